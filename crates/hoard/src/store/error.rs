@@ -1,0 +1,75 @@
+//! Store errors: what went wrong, and whether the commit may have applied.
+//!
+//! Invariant: an expected outcome (a failed condition) is never an error; it is a
+//! `CommitOutcome::Conflict`. Errors are for bad input, unreachable or failing databases, and
+//! stored data the store cannot read. `OutcomeUnknown` is the only error after which a commit may
+//! have applied; callers resolve it by reading back (`store::resolve_unknown_commit`).
+
+use thiserror::Error;
+
+/// Input that breaks a documented rule or limit. Nothing was stored.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum InvalidInput {
+    #[error("{what} is empty; give a non-empty {what}")]
+    Empty { what: &'static str },
+    #[error("{what} is {bytes} bytes, over the limit of {bytes_max} bytes")]
+    TooLong { what: &'static str, bytes: usize, bytes_max: usize },
+    #[error("{what} has a control character at position {position}; use printable characters only")]
+    ControlCharacter { what: &'static str, position: usize },
+    #[error("{what} has {count} entries, over the limit of {count_max}")]
+    TooMany { what: &'static str, count: usize, count_max: usize },
+    #[error("value is not valid JSON: {reason}")]
+    NotJson { reason: String },
+    #[error("value holds a number JSON cannot represent (NaN or infinity)")]
+    NotFinite,
+    #[error("commit has no writes; give at least one")]
+    EmptyCommit,
+    #[error("commit writes key {key} twice; merge the writes into one")]
+    DuplicateKey { key: String },
+    #[error("{what} must be {expected}")]
+    Malformed { what: &'static str, expected: &'static str },
+    #[error("version {version} of {key} is not in history (pruned or never written)")]
+    NoSuchVersion { key: String, version: u64 },
+}
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("invalid input: {0}")]
+    InvalidInput(#[from] InvalidInput),
+    /// The store could not be reached or refused the request; the commit did not apply.
+    #[error("store unavailable (nothing applied): {message}")]
+    Unavailable { message: String },
+    /// The connection failed while the commit was in flight: it may or may not have applied.
+    #[error("commit outcome unknown (it may have applied; read back before deciding): {message}")]
+    OutcomeUnknown { message: String },
+    /// Stored data that this version of hoard cannot read.
+    #[error("stored data is unreadable: {message}")]
+    Corrupt { message: String },
+    /// The store is closed or shutting down.
+    #[error("store is closed")]
+    Closed,
+}
+
+impl StoreError {
+    /// True when retrying the same request may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable { .. } | StoreError::OutcomeUnknown { .. })
+    }
+
+    /// True when the request may have changed the store.
+    pub fn may_have_applied(&self) -> bool {
+        matches!(self, StoreError::OutcomeUnknown { .. })
+    }
+
+    pub fn unavailable(message: impl std::fmt::Display) -> StoreError {
+        StoreError::Unavailable { message: message.to_string() }
+    }
+
+    pub fn outcome_unknown(message: impl std::fmt::Display) -> StoreError {
+        StoreError::OutcomeUnknown { message: message.to_string() }
+    }
+
+    pub fn corrupt(message: impl std::fmt::Display) -> StoreError {
+        StoreError::Corrupt { message: message.to_string() }
+    }
+}

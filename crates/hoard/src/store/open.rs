@@ -1,0 +1,46 @@
+//! Opens a store from a location an operator types: a file path (SQLite) or a PostgreSQL URL.
+//!
+//! Invariant: the choice of backend is made here, once, from the location's form; callers get a
+//! `SharedStore` and never branch on the backend again.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::limits::{HistoryPolicy, Limits};
+use super::postgres::{PostgresOptions, PostgresStore};
+use super::sqlite::{SqliteOptions, SqliteStore};
+use super::{SharedStore, StoreError};
+
+/// Options shared by every durable backend.
+#[derive(Clone, Debug, Default)]
+pub struct StoreOptions {
+    pub limits: Limits,
+    pub history_policy: HistoryPolicy,
+}
+
+/// True when the location names a PostgreSQL database rather than an SQLite file.
+pub fn is_postgres_location(location: &str) -> bool {
+    location.starts_with("postgres://") || location.starts_with("postgresql://")
+}
+
+/// Opens `location`: `postgres://…` or `postgresql://…` for PostgreSQL, anything else as the
+/// path of an SQLite database file (created, with its folder, if missing).
+pub async fn open_store(location: &str, options: StoreOptions) -> Result<SharedStore, StoreError> {
+    if is_postgres_location(location) {
+        let postgres_options = PostgresOptions {
+            url: location.to_string(),
+            limits: options.limits,
+            history_policy: options.history_policy,
+            ..PostgresOptions::default()
+        };
+        Ok(Arc::new(PostgresStore::open(postgres_options).await?))
+    } else {
+        let sqlite_options = SqliteOptions {
+            path: PathBuf::from(location),
+            limits: options.limits,
+            history_policy: options.history_policy,
+            ..SqliteOptions::default()
+        };
+        Ok(Arc::new(SqliteStore::open(sqlite_options).await?))
+    }
+}

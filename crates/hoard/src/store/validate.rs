@@ -1,0 +1,124 @@
+//! Checks a commit against the store's limits before any backend sees it.
+//!
+//! Invariant: a commit that passes `validate_commit` can only fail at the store through a
+//! condition (a `Conflict`) or an infrastructure error, never through its shape or size; a commit
+//! that fails it changes nothing, because no backend has been called yet.
+
+use std::collections::HashSet;
+
+use serde_json::{Map, Value};
+
+use super::error::InvalidInput;
+use super::limits::Limits;
+use super::types::{Commit, DocId, LeaseOp, Notification, ValueOp};
+
+/// Serialized size of a JSON value in bytes.
+pub fn json_bytes(value: &Value) -> usize {
+    // Serializing a `Value` cannot fail: its map keys are strings and it holds no NaN.
+    serde_json::to_vec(value).map(|bytes| bytes.len()).unwrap_or(usize::MAX)
+}
+
+/// Parses JSON text into a value, with an error that says what is wrong.
+/// `NaN` and `Infinity` are not JSON and are refused here.
+pub fn parse_json_value(text: &str) -> Result<Value, InvalidInput> {
+    serde_json::from_str(text).map_err(|error| InvalidInput::NotJson { reason: error.to_string() })
+}
+
+pub fn validate_doc_id(id: &DocId, limits: &Limits) -> Result<(), InvalidInput> {
+    check_len("store name", id.store.as_str(), limits.store_name_bytes_max)?;
+    check_len("key", id.key.as_str(), limits.key_bytes_max)
+}
+
+fn check_len(what: &'static str, text: &str, bytes_max: usize) -> Result<(), InvalidInput> {
+    if text.len() > bytes_max {
+        return Err(InvalidInput::TooLong { what, bytes: text.len(), bytes_max });
+    }
+    Ok(())
+}
+
+fn check_size(what: &'static str, bytes: usize, bytes_max: usize) -> Result<(), InvalidInput> {
+    if bytes > bytes_max {
+        return Err(InvalidInput::TooLong { what, bytes, bytes_max });
+    }
+    Ok(())
+}
+
+pub fn validate_value(value: &Value, limits: &Limits) -> Result<(), InvalidInput> {
+    check_size("value", json_bytes(value), limits.value_bytes_max)
+}
+
+pub fn validate_attributes(attributes: &Map<String, Value>, limits: &Limits) -> Result<(), InvalidInput> {
+    let bytes = json_bytes(&Value::Object(attributes.clone()));
+    check_size("attributes", bytes, limits.attributes_bytes_max)
+}
+
+pub fn validate_user_ids(user_ids: &[String], limits: &Limits) -> Result<(), InvalidInput> {
+    if user_ids.len() > limits.user_ids_per_key_max {
+        return Err(InvalidInput::TooMany { what: "user ids", count: user_ids.len(), count_max: limits.user_ids_per_key_max });
+    }
+    for user_id in user_ids {
+        if user_id.is_empty() {
+            return Err(InvalidInput::Empty { what: "user id" });
+        }
+        check_len("user id", user_id, limits.user_id_bytes_max)?;
+        if let Some(position) = user_id.chars().position(char::is_control) {
+            return Err(InvalidInput::ControlCharacter { what: "user id", position });
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_commit(commit: &Commit, limits: &Limits) -> Result<(), InvalidInput> {
+    if commit.writes.is_empty() {
+        return Err(InvalidInput::EmptyCommit);
+    }
+    if commit.writes.len() > limits.writes_per_commit_max {
+        return Err(InvalidInput::TooMany {
+            what: "writes in one commit",
+            count: commit.writes.len(),
+            count_max: limits.writes_per_commit_max,
+        });
+    }
+    let mut seen = HashSet::with_capacity(commit.writes.len());
+    for write in &commit.writes {
+        validate_doc_id(&write.id, limits)?;
+        if !seen.insert(&write.id) {
+            return Err(InvalidInput::DuplicateKey { key: write.id.to_string() });
+        }
+        if let ValueOp::Put(value) = &write.value {
+            validate_value(value, limits)?;
+        }
+        if let Some(attributes) = &write.attributes {
+            validate_attributes(attributes, limits)?;
+        }
+        if let Some(user_ids) = &write.user_ids {
+            validate_user_ids(user_ids, limits)?;
+        }
+        if let LeaseOp::Acquire(holder) = &write.lease {
+            check_len("holder id", holder.as_str(), limits.holder_id_bytes_max)?;
+        }
+        if write.inbox_push.len() > limits.inbox_messages_max {
+            return Err(InvalidInput::TooMany {
+                what: "inbox messages in one write",
+                count: write.inbox_push.len(),
+                count_max: limits.inbox_messages_max,
+            });
+        }
+        for message in &write.inbox_push {
+            check_size("inbox message", json_bytes(message), limits.inbox_message_bytes_max)?;
+        }
+    }
+    Ok(())
+}
+
+pub fn validate_notification(notification: &Notification, limits: &Limits) -> Result<(), InvalidInput> {
+    if notification.topic.is_empty() {
+        return Err(InvalidInput::Empty { what: "notification topic" });
+    }
+    check_len("notification topic", &notification.topic, limits.notification_topic_bytes_max)?;
+    check_len("notification payload", &notification.payload, limits.notification_payload_bytes_max)?;
+    if notification.topic.contains('\0') || notification.payload.contains('\0') {
+        return Err(InvalidInput::ControlCharacter { what: "notification", position: 0 });
+    }
+    Ok(())
+}

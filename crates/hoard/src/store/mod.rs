@@ -78,6 +78,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Subscribes to notifications sent after this call.
     fn subscribe(&self) -> Subscription;
+
+    /// How commits were grouped into database transactions, for backends that group-commit.
+    fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        None
+    }
+}
+
+/// Counters of the group-commit write path: `commits_total / transactions_total` is the average
+/// number of commits that shared one database transaction (and one fsync).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct GroupCommitStats {
+    /// Commits that reached a database transaction (committed or conflicted).
+    pub commits_total: u64,
+    /// Database transactions that committed.
+    pub transactions_total: u64,
+    /// The most commits that shared one transaction.
+    pub largest_batch: u64,
 }
 
 /// A shared handle to any store.

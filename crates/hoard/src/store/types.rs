@@ -214,7 +214,13 @@ pub enum Condition {
     /// No live holder: the lease is unset, or its holder's lease has expired by the store's
     /// clock, or its holder is gone.
     LeaseFree,
+    /// Every one of these (flat: no nested `All`; at most `CONDITIONS_PER_WRITE_MAX`). The first
+    /// that fails is reported.
+    All(Vec<Condition>),
 }
+
+/// How many conditions one `Condition::All` may combine.
+pub const CONDITIONS_PER_WRITE_MAX: usize = 4;
 
 /// What a write does to a key's value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

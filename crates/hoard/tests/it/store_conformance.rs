@@ -625,6 +625,26 @@ pub async fn write_can_combine_value_lease_and_inbox_changes(t: TestStore) {
     let _ = ValueOp::Keep;
 }
 
+pub async fn combined_conditions_must_all_hold(t: TestStore) {
+    let store = &*t.store;
+    let id = doc("guild", "bank");
+    let holder = HolderId::new("server-a").expect("holder");
+    store.renew_holder(&holder, 60_000).await.expect("renew");
+    commit_ok(store, vec![Write::put(id.clone(), json!(1))]).await;
+    let both = Condition::All(vec![Condition::Version(1), Condition::LeaseFree]);
+    commit_ok(store, vec![Write::put(id.clone(), json!(2)).when(both.clone())]).await;
+    let conflict = commit_conflict(store, vec![Write::put(id.clone(), json!(3)).when(both)]).await;
+    assert_eq!(conflict.kind, ConflictKind::VersionMismatch);
+    commit_ok(store, vec![Write::new(id.clone()).lease(LeaseOp::Acquire(holder))]).await;
+    let conflict = commit_conflict(store, vec![Write::put(id.clone(), json!(3)).when(Condition::All(vec![Condition::Version(2), Condition::LeaseFree]))]).await;
+    assert_eq!(conflict.kind, ConflictKind::LeaseHeld);
+    let nested = Condition::All(vec![Condition::All(vec![])]);
+    assert_invalid(store.commit(Commit::single(Write::put(id.clone(), json!(4)).when(nested))).await, "nested All");
+    let many = Condition::All(vec![Condition::None; hoard::store::CONDITIONS_PER_WRITE_MAX + 1]);
+    assert_invalid(store.commit(Commit::single(Write::put(id.clone(), json!(4)).when(many))).await, "too many conditions");
+    assert_eq!(get(store, &id).await.expect("read").value, Some(json!(2)));
+}
+
 /// Limits the suite configures: small inboxes keep the inbox-full case quick.
 pub fn suite_config() -> TestConfig {
     TestConfig { limits: Limits { inbox_messages_max: 50, ..Limits::default() }, history_policy: HistoryPolicy::default() }
@@ -666,7 +686,8 @@ macro_rules! conformance {
                 concurrent_creators_of_one_key_exactly_one_wins,
                 concurrent_transfers_conserve_the_total,
                 holder_renewal_extends_and_release_removes,
-                write_can_combine_value_lease_and_inbox_changes
+                write_can_combine_value_lease_and_inbox_changes,
+                combined_conditions_must_all_hold
             );
             conformance!(@cases $backend, zero_retention_config;
                 zero_retention_prunes_every_superseded_version_but_keeps_the_latest

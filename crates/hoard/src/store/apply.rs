@@ -165,6 +165,7 @@ pub fn apply_commit(
                     version: next.doc.version,
                     epoch: next.doc.lease.epoch,
                     inbox_seqs,
+                    inbox_last_waiting_seq: next.doc.inbox.last().map_or(0, |message| message.seq),
                 });
                 nexts.push(next);
             }

@@ -355,6 +355,9 @@ pub struct Applied {
     pub epoch: u64,
     /// Sequence numbers given to the messages this write pushed, in order.
     pub inbox_seqs: Vec<u64>,
+    /// The highest sequence number still waiting in the key's inbox after this write (0: empty),
+    /// so a holder learns from its own saves that messages arrived.
+    pub inbox_last_waiting_seq: u64,
 }
 
 /// Why a condition failed, with what the store found on the key.

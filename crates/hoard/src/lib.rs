@@ -5,3 +5,4 @@
 //! PostgreSQL and an in-memory backend. See ARCHITECTURE.md for the map and the invariants.
 
 pub mod store;
+pub mod engine;

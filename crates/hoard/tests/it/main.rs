@@ -1,4 +1,5 @@
 mod backends;
+mod engine_sessions;
 mod store_conformance;
 mod store_faults;
 mod store_model;

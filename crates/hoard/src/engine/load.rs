@@ -235,7 +235,7 @@ fn errored_core<P: Profile>(shared: &Arc<EngineShared>, kind: &ProfileKind<P>, i
     let decoded = kind.schema.decode(None);
     let (profile, meta) = match decoded {
         Ok(decoded) => (decoded.profile, decoded.meta),
-        Err(_) => (kind.schema.template(), ProfileMeta::default()),
+        Err(_) => (kind.schema.template(), kind.schema.current_meta()),
     };
     // Epoch 0 never matches a real lease: even a bug that tried to save it would be fenced.
     new_core(shared, kind, id, 0, profile, meta, SessionStatus::Errored { reason }, None)

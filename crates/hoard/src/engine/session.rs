@@ -203,7 +203,7 @@ impl<P: Profile> SessionCore<P> {
         state.revision += 1;
         let event = match before {
             Some(before) => serde_json::to_value(&state.profile).ok().map(|after| SessionEvent::Changed {
-                changes: ProfileSchema::<P>::changed_fields(&before, &after),
+                changes: super::schema::changed_fields(&before, &after),
                 client_changes: self.kind.schema.client_changes(&before, &after),
             }),
             None => None,

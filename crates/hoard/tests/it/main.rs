@@ -1,2 +1,3 @@
 mod backends;
+mod sqlite_backend;
 mod store_conformance;

@@ -491,6 +491,24 @@ pub async fn values_round_trip_exactly(t: TestStore) {
     assert_eq!(store.get_version(&id, 1).await.expect("read").expect("kept").value, Some(value));
 }
 
+/// Floats read back bit for bit: a backend that stores JSON text must parse it exactly, or a value
+/// read and saved again drifts by one unit in the last place at every save.
+pub async fn floats_round_trip_bit_exactly(t: TestStore) {
+    use rand::{Rng, SeedableRng};
+    let store = &*t.store;
+    let mut random = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let floats: Vec<f64> = (0..2_000).map(|_| f64::from_bits(random.random::<u64>())).filter(|float| float.is_finite()).collect();
+    let id = doc("players", "floats");
+    commit_ok(store, vec![Write::put(id.clone(), json!(floats))]).await;
+    for stored in [get(store, &id).await.expect("read").value, store.get_version(&id, 1).await.expect("read").expect("kept").value] {
+        let read: Vec<f64> = serde_json::from_value(stored.expect("value")).expect("floats");
+        assert_eq!(read.len(), floats.len());
+        for (written, read) in floats.iter().zip(&read) {
+            assert_eq!(written.to_bits(), read.to_bits(), "{written} came back as {read}");
+        }
+    }
+}
+
 pub async fn no_lost_update_with_32_tasks_doing_200_cas_increments(t: TestStore) {
     let store: SharedStore = t.store.clone();
     let id = doc("counters", "cas");
@@ -662,6 +680,7 @@ macro_rules! conformance {
                 bad_input_is_refused_and_changes_nothing,
                 value_at_the_size_limit_is_stored_whole,
                 values_round_trip_exactly,
+                floats_round_trip_bit_exactly,
                 no_lost_update_with_32_tasks_doing_200_cas_increments,
                 concurrent_creators_of_one_key_exactly_one_wins,
                 concurrent_transfers_conserve_the_total,

@@ -251,9 +251,7 @@ impl SqliteStore {
 
     /// The file's schema version (see `SQLITE_SCHEMA_VERSION`).
     pub async fn schema_version(&self) -> Result<i64, StoreError> {
-        self.reads
-            .read(|connection| schema::schema_version(connection))
-            .await
+        self.reads.read(schema::schema_version).await
     }
 
     /// Stops accepting writes, waits until the writer has written and answered everything queued

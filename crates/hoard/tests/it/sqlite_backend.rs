@@ -517,3 +517,60 @@ async fn closing_refuses_later_writes_and_keeps_earlier_ones() {
     );
     reopened.close().await;
 }
+
+/// A commit that fails in SQL (here a history row planted by hand makes its history insert
+/// collide) is rolled back to its own savepoint: it answers `Unavailable`, leaves its key as it
+/// was, and the commits grouped with it still apply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_sql_error_in_one_commit_rolls_back_only_that_commit() {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let path = folder.path().join("savepoint.sqlite3");
+    let store = Arc::new(open_at(&path).await);
+    let broken = doc("players", "broken");
+    commit_ok(&*store, vec![Write::put(broken.clone(), json!("v1"))]).await;
+    let connection = rusqlite::Connection::open(&path).expect("open with plain sqlite");
+    connection
+        .busy_timeout(std::time::Duration::from_secs(10))
+        .expect("busy timeout");
+    connection
+        .execute(
+            "INSERT INTO history (store, key, version, written_at_ms, deleted, value, value_bytes, attributes, user_ids, commit_id)
+             VALUES ('players', 'broken', 2, 0, 0, '\"planted\"', 9, '{}', '[]', '00000000-0000-0000-0000-000000000000')",
+            [],
+        )
+        .expect("plant a history row");
+    drop(connection);
+    let mut tasks = Vec::new();
+    for n in 0..50 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            store
+                .commit(Commit::single(Write::put(
+                    doc("players", &format!("fine-{n}")),
+                    json!(n),
+                )))
+                .await
+        }));
+    }
+    let failing = store
+        .commit(Commit::single(
+            Write::put(broken.clone(), json!("v2"))
+                .lease(LeaseOp::Acquire(HolderId::new("h").expect("holder"))),
+        ))
+        .await;
+    assert!(
+        matches!(failing, Err(StoreError::Unavailable { .. })),
+        "got {failing:?}"
+    );
+    for task in tasks {
+        assert!(task.await.expect("task").expect("commit").is_committed());
+    }
+    let document = get(&*store, &broken).await.expect("read");
+    assert_eq!(
+        (document.value, document.version, document.lease.epoch),
+        (Some(json!("v1")), 1, 0),
+        "nothing of the failed commit applied"
+    );
+    commit_ok(&*store, vec![Write::put(doc("players", "after"), json!(1))]).await;
+    store.close().await;
+}

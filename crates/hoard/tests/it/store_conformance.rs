@@ -246,6 +246,28 @@ pub async fn list_keys_by_prefix_paginates_in_byte_order(t: TestStore) {
     assert!(all.next_after.is_none());
 }
 
+/// A prefix is matched literally and case-sensitively, byte for byte: `%` and `_` are not
+/// wildcards (the trap of an SQL `LIKE`), and keys beyond ASCII sort and match by their bytes.
+pub async fn list_keys_prefix_is_literal_and_case_sensitive(t: TestStore) {
+    let store = &*t.store;
+    let keys = ["a%b", "a_c", "aXb", "abc", "A%b", "a\\d", "é-1", "é-2", "f"];
+    commit_ok(store, keys.iter().map(|key| Write::put(doc("lit", key), json!(1))).collect()).await;
+    let name = StoreName::new("lit").expect("name");
+    let cases: [(&str, &[&str]); 6] = [
+        ("a%", &["a%b"]),
+        ("a_", &["a_c"]),
+        ("A", &["A%b"]),
+        ("a\\", &["a\\d"]),
+        ("é", &["é-1", "é-2"]),
+        ("", &["A%b", "a%b", "aXb", "a\\d", "a_c", "abc", "f", "é-1", "é-2"]),
+    ];
+    for (prefix, expected) in cases {
+        let query = ListQuery { prefix: prefix.to_string(), ..ListQuery::default() };
+        let page = store.list_keys(&name, &query).await.expect("list");
+        assert_eq!(page.keys.iter().map(|key| key.as_str()).collect::<Vec<_>>(), expected, "prefix {prefix:?}");
+    }
+}
+
 pub async fn history_lists_newest_first_and_reads_every_version(t: TestStore) {
     let store = &*t.store;
     let id = doc("players", "hist");
@@ -669,6 +691,7 @@ macro_rules! conformance {
                 increment_creates_adds_and_refuses_non_integers,
                 attributes_and_user_ids_are_kept_unless_replaced,
                 list_keys_by_prefix_paginates_in_byte_order,
+                list_keys_prefix_is_literal_and_case_sensitive,
                 history_lists_newest_first_and_reads_every_version,
                 restore_writes_a_past_version_as_a_new_version,
                 default_history_policy_prunes_nothing_recent,

@@ -246,6 +246,28 @@ pub async fn list_keys_by_prefix_paginates_in_byte_order(t: TestStore) {
     assert!(all.next_after.is_none());
 }
 
+/// A prefix is matched literally and case-sensitively, byte for byte: `%` and `_` are not
+/// wildcards (the trap of an SQL `LIKE`), and keys beyond ASCII sort and match by their bytes.
+pub async fn list_keys_prefix_is_literal_and_case_sensitive(t: TestStore) {
+    let store = &*t.store;
+    let keys = ["a%b", "a_c", "aXb", "abc", "A%b", "a\\d", "é-1", "é-2", "f"];
+    commit_ok(store, keys.iter().map(|key| Write::put(doc("lit", key), json!(1))).collect()).await;
+    let name = StoreName::new("lit").expect("name");
+    let cases: [(&str, &[&str]); 6] = [
+        ("a%", &["a%b"]),
+        ("a_", &["a_c"]),
+        ("A", &["A%b"]),
+        ("a\\", &["a\\d"]),
+        ("é", &["é-1", "é-2"]),
+        ("", &["A%b", "a%b", "aXb", "a\\d", "a_c", "abc", "f", "é-1", "é-2"]),
+    ];
+    for (prefix, expected) in cases {
+        let query = ListQuery { prefix: prefix.to_string(), ..ListQuery::default() };
+        let page = store.list_keys(&name, &query).await.expect("list");
+        assert_eq!(page.keys.iter().map(|key| key.as_str()).collect::<Vec<_>>(), expected, "prefix {prefix:?}");
+    }
+}
+
 pub async fn history_lists_newest_first_and_reads_every_version(t: TestStore) {
     let store = &*t.store;
     let id = doc("players", "hist");
@@ -491,6 +513,24 @@ pub async fn values_round_trip_exactly(t: TestStore) {
     assert_eq!(store.get_version(&id, 1).await.expect("read").expect("kept").value, Some(value));
 }
 
+/// Floats read back bit for bit: a backend that stores JSON text must parse it exactly, or a value
+/// read and saved again drifts by one unit in the last place at every save.
+pub async fn floats_round_trip_bit_exactly(t: TestStore) {
+    use rand::{Rng, SeedableRng};
+    let store = &*t.store;
+    let mut random = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let floats: Vec<f64> = (0..2_000).map(|_| f64::from_bits(random.random::<u64>())).filter(|float| float.is_finite()).collect();
+    let id = doc("players", "floats");
+    commit_ok(store, vec![Write::put(id.clone(), json!(floats))]).await;
+    for stored in [get(store, &id).await.expect("read").value, store.get_version(&id, 1).await.expect("read").expect("kept").value] {
+        let read: Vec<f64> = serde_json::from_value(stored.expect("value")).expect("floats");
+        assert_eq!(read.len(), floats.len());
+        for (written, read) in floats.iter().zip(&read) {
+            assert_eq!(written.to_bits(), read.to_bits(), "{written} came back as {read}");
+        }
+    }
+}
+
 pub async fn no_lost_update_with_32_tasks_doing_200_cas_increments(t: TestStore) {
     let store: SharedStore = t.store.clone();
     let id = doc("counters", "cas");
@@ -671,6 +711,7 @@ macro_rules! conformance {
                 increment_creates_adds_and_refuses_non_integers,
                 attributes_and_user_ids_are_kept_unless_replaced,
                 list_keys_by_prefix_paginates_in_byte_order,
+                list_keys_prefix_is_literal_and_case_sensitive,
                 history_lists_newest_first_and_reads_every_version,
                 restore_writes_a_past_version_as_a_new_version,
                 default_history_policy_prunes_nothing_recent,
@@ -682,6 +723,7 @@ macro_rules! conformance {
                 bad_input_is_refused_and_changes_nothing,
                 value_at_the_size_limit_is_stored_whole,
                 values_round_trip_exactly,
+                floats_round_trip_bit_exactly,
                 no_lost_update_with_32_tasks_doing_200_cas_increments,
                 concurrent_creators_of_one_key_exactly_one_wins,
                 concurrent_transfers_conserve_the_total,

@@ -64,7 +64,8 @@ pub async fn run(location: &str, command: Command) -> Result<ExitCode> {
             }))
         }
         Command::History { store: name, key, before, limit } => {
-            let versions = store.list_versions(&doc_id(&name, &key)?, &VersionQuery { before_version: before, limit }).await?;
+            let versions =
+                store.list_versions(&doc_id(&name, &key)?, &VersionQuery { before_version: before, limit }).await?;
             print_json(&serde_json::to_value(versions)?)
         }
         Command::Restore { store: name, key, version, force } => {
@@ -96,7 +97,9 @@ fn read_value_argument(argument: &str) -> Result<String> {
         return Ok(argument.to_string());
     }
     let mut text = String::new();
-    std::io::stdin().read_to_string(&mut text).context("cannot read the value from standard input (it must be UTF-8)")?;
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read the value from standard input (it must be UTF-8)")?;
     Ok(text)
 }
 
@@ -151,16 +154,22 @@ async fn read(store: &SharedStore, id: &DocId, version: Option<u64>) -> Result<E
 async fn fence_out_holder(store: &SharedStore, id: &DocId) -> Result<bool> {
     let document = get(&**store, id).await?;
     let Some(holder) = document.lease.holder.clone() else { return Ok(false) };
-    let write = Write::new(id.clone())
-        .when(Condition::Lease { holder, epoch: document.lease.epoch })
-        .lease(LeaseOp::Release);
+    let write =
+        Write::new(id.clone()).when(Condition::Lease { holder, epoch: document.lease.epoch }).lease(LeaseOp::Release);
     match store.commit(Commit::single(write)).await? {
         CommitOutcome::Committed { .. } => Ok(true),
-        CommitOutcome::Conflict(conflict) => bail!("the key changed hands while releasing it ({conflict}); run the command again"),
+        CommitOutcome::Conflict(conflict) => {
+            bail!("the key changed hands while releasing it ({conflict}); run the command again")
+        }
     }
 }
 
-async fn operator_write(store: &SharedStore, write: Write, condition: Option<Condition>, force: bool) -> Result<ExitCode> {
+async fn operator_write(
+    store: &SharedStore,
+    write: Write,
+    condition: Option<Condition>,
+    force: bool,
+) -> Result<ExitCode> {
     if force {
         fence_out_holder(store, &write.id).await?;
     }
@@ -192,4 +201,3 @@ fn report(outcome: CommitOutcome, held_message: &str) -> Result<ExitCode> {
         }
     }
 }
-

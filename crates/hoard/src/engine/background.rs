@@ -74,7 +74,10 @@ async fn listen(weak: Weak<EngineShared>, mut subscription: broadcast::Receiver<
 
 /// A stable phase in `0..interval_ms` for a key, so autosaves spread over the interval.
 fn autosave_phase_ms(id: &DocId, interval_ms: u64) -> u64 {
-    let hash = id.to_string().bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3));
+    let hash = id
+        .to_string()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3));
     hash % interval_ms.max(1)
 }
 

@@ -193,7 +193,10 @@ pub struct StartOptions {
 impl StartOptions {
     /// Wait the engine's `handoff_wait_ms` for a handoff, then steal; fail on load errors.
     pub fn default_for(config: &EngineConfig) -> StartOptions {
-        StartOptions { held: HeldPolicy::WaitThenSteal { wait_ms: config.handoff_wait_ms }, on_load_failure: LoadFailurePolicy::Fail }
+        StartOptions {
+            held: HeldPolicy::WaitThenSteal { wait_ms: config.handoff_wait_ms },
+            on_load_failure: LoadFailurePolicy::Fail,
+        }
     }
 }
 
@@ -212,12 +215,20 @@ impl Engine {
     pub async fn open(store: SharedStore, config: EngineConfig) -> Result<Engine, OpenError> {
         config.check().map_err(OpenError::Config)?;
         let holder = HolderId::generate(&config.server_label);
-        let seed = holder.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3));
+        let seed = holder
+            .as_str()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(0x100_0000_01b3));
         Engine::open_with_holder(store, config, holder, seed).await
     }
 
     /// Opens with a given holder id and random seed (the simulator uses this for replayable runs).
-    pub async fn open_with_holder(store: SharedStore, config: EngineConfig, holder: HolderId, seed: u64) -> Result<Engine, OpenError> {
+    pub async fn open_with_holder(
+        store: SharedStore,
+        config: EngineConfig,
+        holder: HolderId,
+        seed: u64,
+    ) -> Result<Engine, OpenError> {
         config.check().map_err(OpenError::Config)?;
         let mut renewed = Err(StoreError::unavailable("not tried"));
         for attempt in 0..config.acquire_attempts_max {
@@ -459,4 +470,3 @@ impl Engine {
         }
     }
 }
-

@@ -19,7 +19,9 @@ pub enum StartError {
     ShuttingDown,
     #[error("this engine already has {sessions_max} live sessions (sessions_max); end some or raise the limit")]
     TooManySessions { sessions_max: usize },
-    #[error("{id} holds a value that is not a valid profile; it is kept untouched (quarantined) for an operator: {reason}")]
+    #[error(
+        "{id} holds a value that is not a valid profile; it is kept untouched (quarantined) for an operator: {reason}"
+    )]
     Quarantined { id: DocId, reason: String },
     #[error("{id} was saved by a newer game version this server cannot read: {source}")]
     NewerData { id: DocId, source: DecodeError },

@@ -19,7 +19,9 @@ pub enum SendError {
     InboxFull { id: DocId },
     #[error("the message could not be sent: {0}")]
     Store(StoreError),
-    #[error("the store lost the answer and the inbox cannot tell whether the message arrived; check the player's inbox before sending again")]
+    #[error(
+        "the store lost the answer and the inbox cannot tell whether the message arrived; check the player's inbox before sending again"
+    )]
     OutcomeUnknown,
 }
 
@@ -45,12 +47,18 @@ pub(crate) async fn send_message(shared: &Arc<EngineShared>, id: &DocId, body: V
                 return Err(SendError::InboxFull { id: id.clone() });
             }
             Ok(CommitOutcome::Conflict(conflict)) => {
-                return Err(SendError::Store(StoreError::corrupt(format!("unexpected conflict sending a message: {conflict}"))));
+                return Err(SendError::Store(StoreError::corrupt(format!(
+                    "unexpected conflict sending a message: {conflict}"
+                ))));
             }
             Err(StoreError::InvalidInput(error)) => return Err(SendError::Store(StoreError::InvalidInput(error))),
             Err(error) if error.may_have_applied() => {
                 let Ok(after) = get(&*shared.store, id).await else { return Err(SendError::OutcomeUnknown) };
-                if let Some(message) = after.inbox.iter().find(|m| m.body.get(MESSAGE_ID_FIELD).and_then(Value::as_str) == Some(&message_id)) {
+                if let Some(message) = after
+                    .inbox
+                    .iter()
+                    .find(|m| m.body.get(MESSAGE_ID_FIELD).and_then(Value::as_str) == Some(&message_id))
+                {
                     announce(shared, id).await;
                     return Ok(message.seq);
                 }

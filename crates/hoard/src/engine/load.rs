@@ -16,16 +16,14 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use crate::store::{
-    Commit, CommitOutcome, Condition, ConflictKind, DocId, Document, HolderId, LeaseOp, Notification, StoreError, StoreName,
-    Write, get,
+    Commit, CommitOutcome, Condition, ConflictKind, DocId, Document, HolderId, LeaseOp, Notification, StoreError,
+    StoreName, Write, get,
 };
 
 use super::engine::{EngineShared, HeldPolicy, LoadFailurePolicy, StartOptions, TOPIC_HANDOFF_PREFIX};
 use super::error::StartError;
 use super::schema::{DecodeError, ProfileMeta};
-use super::session::{
-    Profile, ProfileKind, SESSION_EVENT_CHANNEL_CAPACITY, SessionCore, SessionState, SessionStatus,
-};
+use super::session::{Profile, ProfileKind, SESSION_EVENT_CHANNEL_CAPACITY, SessionCore, SessionState, SessionStatus};
 
 /// The named store where quarantine records go: one key per quarantined value.
 pub const QUARANTINE_STORE: &str = "hoard.quarantine";
@@ -76,7 +74,8 @@ async fn acquire(shared: &EngineShared, id: &DocId, policy: HeldPolicy) -> Resul
     let mut condition = Condition::LeaseFree;
     // Bounded: each pass polls at most every `handoff_poll_interval_ms` until `wait_ms` is over,
     // and store failures are capped by `acquire_attempts_max`.
-    let passes_max = wait_ms / shared.config.handoff_poll_interval_ms + 4 * u64::from(shared.config.acquire_attempts_max);
+    let passes_max =
+        wait_ms / shared.config.handoff_poll_interval_ms + 4 * u64::from(shared.config.acquire_attempts_max);
     for _pass in 0..passes_max {
         match try_acquire(shared, id, condition.clone()).await {
             Ok(Acquired::Yes { epoch }) => return Ok(epoch),
@@ -169,7 +168,8 @@ async fn read_after_acquire(shared: &EngineShared, id: &DocId) -> Result<Documen
 
 /// Releases a key this engine acquired but will not play (bad data, or shutdown).
 async fn release_untouched(shared: &EngineShared, id: &DocId, epoch: u64) {
-    let write = Write::new(id.clone()).when(Condition::Lease { holder: shared.holder.clone(), epoch }).lease(LeaseOp::Release);
+    let write =
+        Write::new(id.clone()).when(Condition::Lease { holder: shared.holder.clone(), epoch }).lease(LeaseOp::Release);
     for attempt in 0..shared.config.save_attempts_max {
         match shared.store.commit(Commit::single(write.clone())).await {
             Ok(_) => {
@@ -231,7 +231,12 @@ fn new_core<P: Profile>(
     })
 }
 
-fn errored_core<P: Profile>(shared: &Arc<EngineShared>, kind: &ProfileKind<P>, id: &DocId, reason: String) -> Arc<SessionCore<P>> {
+fn errored_core<P: Profile>(
+    shared: &Arc<EngineShared>,
+    kind: &ProfileKind<P>,
+    id: &DocId,
+    reason: String,
+) -> Arc<SessionCore<P>> {
     let decoded = kind.schema.decode(None);
     let (profile, meta) = match decoded {
         Ok(decoded) => (decoded.profile, decoded.meta),

@@ -13,8 +13,8 @@ pub mod session;
 
 pub use config::EngineConfig;
 pub use engine::{
-    Engine, EngineCounters, HeldPolicy, LoadFailurePolicy, OpenError, ShutdownReport, StartOptions, TOPIC_HANDOFF_PREFIX,
-    TOPIC_INBOX, TOPIC_RELEASED,
+    Engine, EngineCounters, HeldPolicy, LoadFailurePolicy, OpenError, ShutdownReport, StartOptions,
+    TOPIC_HANDOFF_PREFIX, TOPIC_INBOX, TOPIC_RELEASED,
 };
 pub use error::{SessionError, StartError};
 pub use inbox::SendError;

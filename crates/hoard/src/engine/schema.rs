@@ -51,11 +51,7 @@ impl Migration {
         name: impl Into<String>,
         migrate: impl Fn(Value) -> Result<Value, String> + Send + Sync + 'static,
     ) -> Migration {
-        Migration {
-            name: Arc::from(name.into()),
-            migrate: Arc::new(migrate),
-            backwards_compatible: false,
-        }
+        Migration { name: Arc::from(name.into()), migrate: Arc::new(migrate), backwards_compatible: false }
     }
 
     /// Whether game versions from before this migration can still read *and save* the data after
@@ -131,20 +127,12 @@ pub enum DecodeError {
          {last_compatible_version} or later, but this game is at {this_game_version}: run a newer \
          game build for this player"
     )]
-    NewerThanThisGame {
-        stored_version: u32,
-        last_compatible_version: u32,
-        this_game_version: u32,
-    },
+    NewerThanThisGame { stored_version: u32, last_compatible_version: u32, this_game_version: u32 },
     #[error(
         "migration {name:?} (from data version {from_version}) failed: {reason}; the stored value \
          was left untouched: fix the migration and let the player join again"
     )]
-    MigrationFailed {
-        name: String,
-        from_version: u32,
-        reason: String,
-    },
+    MigrationFailed { name: String, from_version: u32, reason: String },
     #[error(
         "the schema's template is not usable ({reason}): make the template serialize to a JSON \
          object"
@@ -175,10 +163,7 @@ pub enum EncodeError {
          {this_game_version}: nothing was saved, since migrations would run again on \
          already-migrated data; pass the meta returned by decode"
     )]
-    MetaOlderThanThisGame {
-        meta_version: u32,
-        this_game_version: u32,
-    },
+    MetaOlderThanThisGame { meta_version: u32, this_game_version: u32 },
 }
 
 /// Describes a game's profile type `P`: template, migrations, validation and private fields.
@@ -235,10 +220,7 @@ where
     }
 
     /// Sets the check run before every save (`encode`). A later call replaces an earlier one.
-    pub fn validate(
-        mut self,
-        validate: impl Fn(&P) -> Result<(), String> + Send + Sync + 'static,
-    ) -> ProfileSchema<P> {
+    pub fn validate(mut self, validate: impl Fn(&P) -> Result<(), String> + Send + Sync + 'static) -> ProfileSchema<P> {
         self.validate = Some(Arc::new(validate));
         self
     }
@@ -270,22 +252,14 @@ where
     /// The lowest data version whose readers can still read data at this game's version: walk
     /// back from the newest migration while migrations are backwards compatible.
     pub fn last_compatible_version(&self) -> u32 {
-        let trailing_compatible = self
-            .migrations
-            .iter()
-            .rev()
-            .take_while(|migration| migration.backwards_compatible)
-            .count();
-        self.data_version()
-            .saturating_sub(u32::try_from(trailing_compatible).unwrap_or(u32::MAX))
+        let trailing_compatible =
+            self.migrations.iter().rev().take_while(|migration| migration.backwards_compatible).count();
+        self.data_version().saturating_sub(u32::try_from(trailing_compatible).unwrap_or(u32::MAX))
     }
 
     /// The marker for data written by this game.
     pub fn current_meta(&self) -> ProfileMeta {
-        ProfileMeta {
-            data_version: self.data_version(),
-            last_compatible_version: self.last_compatible_version(),
-        }
+        ProfileMeta { data_version: self.data_version(), last_compatible_version: self.last_compatible_version() }
     }
 
     /// Opens a stored value (`None`: the key holds nothing) as a profile: migrates older data,
@@ -316,21 +290,15 @@ where
             (stored_data.clone(), stored_meta, None)
         } else if stored_meta.data_version < this_game_version {
             let migrated = self.run_migrations(stored_meta.data_version, stored_data.clone())?;
-            (
-                migrated,
-                self.current_meta(),
-                Some(stored_meta.data_version),
-            )
+            (migrated, self.current_meta(), Some(stored_meta.data_version))
         } else {
             // Same version: this game's flags describe these migrations, so its marker is the
             // authoritative one.
             (stored_data.clone(), self.current_meta(), None)
         };
 
-        let template =
-            serde_json::to_value(self.template()).map_err(|error| DecodeError::BadTemplate {
-                reason: error.to_string(),
-            })?;
+        let template = serde_json::to_value(self.template())
+            .map_err(|error| DecodeError::BadTemplate { reason: error.to_string() })?;
         let Value::Object(template) = template else {
             return Err(DecodeError::BadTemplate {
                 reason: format!("it serializes to a JSON {}", json_kind(&template)),
@@ -342,25 +310,15 @@ where
             // Checked by read_envelope and run_migrations; kept total rather than panicking.
             other => {
                 return Err(DecodeError::NotAProfile {
-                    reason: format!(
-                        "the profile data is a JSON {}, not an object",
-                        json_kind(other)
-                    ),
+                    reason: format!("the profile data is a JSON {}, not an object", json_kind(other)),
                 });
             }
         };
 
-        let profile =
-            serde_json::from_value::<P>(data).map_err(|error| DecodeError::NotAProfile {
-                reason: format!("the profile data does not fit the profile type: {error}"),
-            })?;
-        Ok(Decoded {
-            profile,
-            meta,
-            is_new: false,
-            migrated_from,
-            reconciled,
-        })
+        let profile = serde_json::from_value::<P>(data).map_err(|error| DecodeError::NotAProfile {
+            reason: format!("the profile data does not fit the profile type: {error}"),
+        })?;
+        Ok(Decoded { profile, meta, is_new: false, migrated_from, reconciled })
     }
 
     /// Turns a profile into the stored value: validates it, serializes it and wraps it in the
@@ -375,13 +333,10 @@ where
         if let Some(validate) = &self.validate {
             validate(profile).map_err(|reason| EncodeError::Invalid { reason })?;
         }
-        let data = serde_json::to_value(profile).map_err(|error| EncodeError::NotSerializable {
-            reason: error.to_string(),
-        })?;
+        let data = serde_json::to_value(profile)
+            .map_err(|error| EncodeError::NotSerializable { reason: error.to_string() })?;
         if !data.is_object() {
-            return Err(EncodeError::NotAnObject {
-                found: json_kind(&data),
-            });
+            return Err(EncodeError::NotAnObject { found: json_kind(&data) });
         }
         Ok(envelope(meta, data))
     }
@@ -403,10 +358,7 @@ where
 
     /// `changed_fields` without private fields: what a client should be told.
     pub fn client_changes(&self, before: &Value, after: &Value) -> Vec<FieldChange> {
-        changed_fields(before, after)
-            .into_iter()
-            .filter(|change| !self.is_private_field(&change.field))
-            .collect()
+        changed_fields(before, after).into_iter().filter(|change| !self.is_private_field(&change.field)).collect()
     }
 
     fn run_migrations(&self, from_version: u32, data: Value) -> Result<Value, DecodeError> {
@@ -443,14 +395,8 @@ pub fn changed_fields(before: &Value, after: &Value) -> Vec<FieldChange> {
         .into_iter()
         .filter_map(|name| match (before.get(name), after.get(name)) {
             (Some(old), Some(new)) if old == new => None,
-            (_, Some(new)) => Some(FieldChange {
-                field: name.clone(),
-                value: Some(new.clone()),
-            }),
-            (Some(_), None) => Some(FieldChange {
-                field: name.clone(),
-                value: None,
-            }),
+            (_, Some(new)) => Some(FieldChange { field: name.clone(), value: Some(new.clone()) }),
+            (Some(_), None) => Some(FieldChange { field: name.clone(), value: None }),
             (None, None) => None,
         })
         .collect()
@@ -459,14 +405,8 @@ pub fn changed_fields(before: &Value, after: &Value) -> Vec<FieldChange> {
 /// Wraps profile data in the stored envelope.
 fn envelope(meta: &ProfileMeta, data: Value) -> Value {
     let mut marker = Map::new();
-    marker.insert(
-        META_DATA_VERSION_FIELD.to_owned(),
-        Value::from(meta.data_version),
-    );
-    marker.insert(
-        META_LAST_COMPATIBLE_VERSION_FIELD.to_owned(),
-        Value::from(meta.last_compatible_version),
-    );
+    marker.insert(META_DATA_VERSION_FIELD.to_owned(), Value::from(meta.data_version));
+    marker.insert(META_LAST_COMPATIBLE_VERSION_FIELD.to_owned(), Value::from(meta.last_compatible_version));
     let mut outer = Map::new();
     outer.insert(ENVELOPE_META_FIELD.to_owned(), Value::Object(marker));
     outer.insert(ENVELOPE_DATA_FIELD.to_owned(), data);
@@ -477,21 +417,14 @@ fn envelope(meta: &ProfileMeta, data: Value) -> Value {
 /// `encode`), so a later hoard can add fields without older ones refusing the value.
 fn read_envelope(stored: &Value) -> Result<(ProfileMeta, &Value), DecodeError> {
     let not_a_profile = |reason: String| DecodeError::NotAProfile { reason };
-    let outer = stored.as_object().ok_or_else(|| {
-        not_a_profile(format!(
-            "the value is a JSON {}, not an object",
-            json_kind(stored)
-        ))
-    })?;
+    let outer = stored
+        .as_object()
+        .ok_or_else(|| not_a_profile(format!("the value is a JSON {}, not an object", json_kind(stored))))?;
     let marker = outer
         .get(ENVELOPE_META_FIELD)
         .ok_or_else(|| not_a_profile(format!("it has no {ENVELOPE_META_FIELD:?} field")))?
         .as_object()
-        .ok_or_else(|| {
-            not_a_profile(format!(
-                "its {ENVELOPE_META_FIELD:?} field is not an object"
-            ))
-        })?;
+        .ok_or_else(|| not_a_profile(format!("its {ENVELOPE_META_FIELD:?} field is not an object")))?;
     let data = outer
         .get(ENVELOPE_DATA_FIELD)
         .ok_or_else(|| not_a_profile(format!("it has no {ENVELOPE_DATA_FIELD:?} field")))?;
@@ -502,16 +435,12 @@ fn read_envelope(stored: &Value) -> Result<(ProfileMeta, &Value), DecodeError> {
         )));
     }
     let version_field = |name: &str| -> Result<u32, DecodeError> {
-        marker
-            .get(name)
-            .and_then(Value::as_u64)
-            .and_then(|number| u32::try_from(number).ok())
-            .ok_or_else(|| {
-                not_a_profile(format!(
-                    "{ENVELOPE_META_FIELD}.{name} is missing or not a whole number from 0 to {}",
-                    u32::MAX
-                ))
-            })
+        marker.get(name).and_then(Value::as_u64).and_then(|number| u32::try_from(number).ok()).ok_or_else(|| {
+            not_a_profile(format!(
+                "{ENVELOPE_META_FIELD}.{name} is missing or not a whole number from 0 to {}",
+                u32::MAX
+            ))
+        })
     };
     let meta = ProfileMeta {
         data_version: version_field(META_DATA_VERSION_FIELD)?,
@@ -587,10 +516,7 @@ mod tests {
         Profile {
             coins: 100,
             items: vec!["starter sword".to_owned()],
-            settings: Settings {
-                music: true,
-                volume: 5,
-            },
+            settings: Settings { music: true, volume: 5 },
             title: Some("newcomer".to_owned()),
             purchase_history: Vec::new(),
         }
@@ -623,15 +549,12 @@ mod tests {
     /// Three migrations: rename gold→coins (breaking), then two that only add fields.
     fn schema_with_three_migrations() -> ProfileSchema<Profile> {
         schema()
-            .migration(Migration::new(
-                "rename gold to coins",
-                |mut value: Value| {
-                    let fields = value.as_object_mut().ok_or("not an object")?;
-                    let gold = fields.remove("gold").ok_or("no gold")?;
-                    fields.insert("coins".to_owned(), gold);
-                    Ok(value)
-                },
-            ))
+            .migration(Migration::new("rename gold to coins", |mut value: Value| {
+                let fields = value.as_object_mut().ok_or("not an object")?;
+                let gold = fields.remove("gold").ok_or("no gold")?;
+                fields.insert("coins".to_owned(), gold);
+                Ok(value)
+            }))
             .migration(
                 Migration::new("double coins", |mut value: Value| {
                     let coins = value["coins"].as_i64().ok_or("coins is not a number")?;
@@ -655,13 +578,7 @@ mod tests {
         let decoded = schema.decode(None).expect("decode");
         assert_eq!(decoded.profile, template());
         assert!(decoded.is_new);
-        assert_eq!(
-            decoded.meta,
-            ProfileMeta {
-                data_version: 3,
-                last_compatible_version: 1
-            }
-        );
+        assert_eq!(decoded.meta, ProfileMeta { data_version: 3, last_compatible_version: 1 });
         assert_eq!(decoded.migrated_from, None);
         assert!(!decoded.reconciled);
     }
@@ -671,13 +588,8 @@ mod tests {
         let schema = schema();
         let mut profile = template();
         profile.coins = 42;
-        let value = schema
-            .encode(&profile, &schema.current_meta())
-            .expect("encode");
-        assert_eq!(
-            value["hoard_profile"],
-            json!({"data_version": 0, "last_compatible_version": 0})
-        );
+        let value = schema.encode(&profile, &schema.current_meta()).expect("encode");
+        assert_eq!(value["hoard_profile"], json!({"data_version": 0, "last_compatible_version": 0}));
         let decoded = schema.decode(Some(&value)).expect("decode");
         assert_eq!(decoded.profile, profile);
         assert!(!decoded.is_new);
@@ -691,13 +603,7 @@ mod tests {
         assert!(decoded.reconciled);
         assert_eq!(decoded.profile.coins, 3);
         assert_eq!(decoded.profile.items, vec!["starter sword".to_owned()]);
-        assert_eq!(
-            decoded.profile.settings,
-            Settings {
-                music: false,
-                volume: 5
-            }
-        );
+        assert_eq!(decoded.profile.settings, Settings { music: false, volume: 5 });
         assert_eq!(decoded.profile.title, Some("newcomer".to_owned()));
     }
 
@@ -719,13 +625,7 @@ mod tests {
         assert_eq!(decoded.profile.coins, 10);
         assert_eq!(decoded.profile.title, Some("veteran".to_owned()));
         assert_eq!(decoded.migrated_from, Some(0));
-        assert_eq!(
-            decoded.meta,
-            ProfileMeta {
-                data_version: 3,
-                last_compatible_version: 1
-            }
-        );
+        assert_eq!(decoded.meta, ProfileMeta { data_version: 3, last_compatible_version: 1 });
 
         // At version 2 only the last one runs.
         let from_two = stored(2, 1, json!({"coins": 5}));
@@ -739,12 +639,11 @@ mod tests {
     fn last_compatible_version_walks_back_over_backwards_compatible_migrations() {
         assert_eq!(schema().last_compatible_version(), 0);
         assert_eq!(schema_with_three_migrations().last_compatible_version(), 1);
-        let breaking_last = schema_with_three_migrations()
-            .migration(Migration::new("breaking", Ok).backwards_compatible(false));
+        let breaking_last =
+            schema_with_three_migrations().migration(Migration::new("breaking", Ok).backwards_compatible(false));
         assert_eq!(breaking_last.data_version(), 4);
         assert_eq!(breaking_last.last_compatible_version(), 4);
-        let all_compatible =
-            schema().migration(Migration::new("compatible", Ok).backwards_compatible(true));
+        let all_compatible = schema().migration(Migration::new("compatible", Ok).backwards_compatible(true));
         assert_eq!(all_compatible.last_compatible_version(), 0);
     }
 
@@ -766,19 +665,8 @@ mod tests {
     #[test]
     fn migration_that_returns_a_non_object_fails() {
         let schema = schema().migration(Migration::new("breaks everything", |_| Ok(json!(1))));
-        let error = schema
-            .decode(Some(&stored(0, 0, full_data())))
-            .expect_err("non-object");
-        assert!(
-            matches!(
-                error,
-                DecodeError::MigrationFailed {
-                    from_version: 0,
-                    ..
-                }
-            ),
-            "{error}"
-        );
+        let error = schema.decode(Some(&stored(0, 0, full_data()))).expect_err("non-object");
+        assert!(matches!(error, DecodeError::MigrationFailed { from_version: 0, .. }), "{error}");
     }
 
     #[test]
@@ -789,13 +677,7 @@ mod tests {
         let decoded = schema.decode(Some(&value)).expect("decode");
         assert_eq!(decoded.profile.coins, 7);
         assert_eq!(decoded.migrated_from, None);
-        assert_eq!(
-            decoded.meta,
-            ProfileMeta {
-                data_version: 3,
-                last_compatible_version: 1
-            }
-        );
+        assert_eq!(decoded.meta, ProfileMeta { data_version: 3, last_compatible_version: 1 });
     }
 
     #[test]
@@ -805,77 +687,45 @@ mod tests {
         let error = schema.decode(Some(&value)).expect_err("too new");
         assert_eq!(
             error,
-            DecodeError::NewerThanThisGame {
-                stored_version: 3,
-                last_compatible_version: 2,
-                this_game_version: 1,
-            }
+            DecodeError::NewerThanThisGame { stored_version: 3, last_compatible_version: 2, this_game_version: 1 }
         );
     }
 
     #[test]
     fn saving_newer_data_keeps_its_version_marker() {
         let schema = schema().migration(Migration::new("first", Ok));
-        let decoded = schema
-            .decode(Some(&stored(3, 1, full_data())))
-            .expect("decode");
-        let saved = schema
-            .encode(&decoded.profile, &decoded.meta)
-            .expect("encode");
-        assert_eq!(
-            saved["hoard_profile"],
-            json!({"data_version": 3, "last_compatible_version": 1})
-        );
+        let decoded = schema.decode(Some(&stored(3, 1, full_data()))).expect("decode");
+        let saved = schema.encode(&decoded.profile, &decoded.meta).expect("encode");
+        assert_eq!(saved["hoard_profile"], json!({"data_version": 3, "last_compatible_version": 1}));
     }
 
     #[test]
     fn encode_refuses_a_marker_older_than_this_game() {
         let schema = schema_with_three_migrations();
-        let stale = ProfileMeta {
-            data_version: 1,
-            last_compatible_version: 1,
-        };
-        let error = schema
-            .encode(&template(), &stale)
-            .expect_err("stale marker");
-        assert_eq!(
-            error,
-            EncodeError::MetaOlderThanThisGame {
-                meta_version: 1,
-                this_game_version: 3
-            }
-        );
+        let stale = ProfileMeta { data_version: 1, last_compatible_version: 1 };
+        let error = schema.encode(&template(), &stale).expect_err("stale marker");
+        assert_eq!(error, EncodeError::MetaOlderThanThisGame { meta_version: 1, this_game_version: 3 });
     }
 
     #[test]
     fn validation_failure_refuses_encode() {
-        let schema = schema().validate(|profile: &Profile| {
-            if profile.coins < 0 {
-                Err(format!("coins is {}", profile.coins))
-            } else {
-                Ok(())
-            }
-        });
+        let schema =
+            schema().validate(
+                |profile: &Profile| {
+                    if profile.coins < 0 { Err(format!("coins is {}", profile.coins)) } else { Ok(()) }
+                },
+            );
         let mut profile = template();
         assert!(schema.encode(&profile, &schema.current_meta()).is_ok());
         profile.coins = -1;
-        let error = schema
-            .encode(&profile, &schema.current_meta())
-            .expect_err("invalid");
-        assert_eq!(
-            error,
-            EncodeError::Invalid {
-                reason: "coins is -1".to_owned()
-            }
-        );
+        let error = schema.encode(&profile, &schema.current_meta()).expect_err("invalid");
+        assert_eq!(error, EncodeError::Invalid { reason: "coins is -1".to_owned() });
     }
 
     #[test]
     fn profile_that_is_not_an_object_is_refused_by_encode() {
         let schema = ProfileSchema::new(|| 5_i64);
-        let error = schema
-            .encode(&5, &schema.current_meta())
-            .expect_err("number");
+        let error = schema.encode(&5, &schema.current_meta()).expect_err("number");
         assert_eq!(error, EncodeError::NotAnObject { found: "number" });
     }
 
@@ -896,10 +746,7 @@ mod tests {
         ];
         for foreign in foreign_values {
             let result = schema.decode(Some(&foreign));
-            assert!(
-                matches!(result, Err(DecodeError::NotAProfile { .. })),
-                "{foreign} gave {result:?}"
-            );
+            assert!(matches!(result, Err(DecodeError::NotAProfile { .. })), "{foreign} gave {result:?}");
         }
     }
 
@@ -919,22 +766,10 @@ mod tests {
         assert_eq!(
             changed_fields(&before, &after),
             vec![
-                FieldChange {
-                    field: "badge".to_owned(),
-                    value: Some(json!(true))
-                },
-                FieldChange {
-                    field: "coins".to_owned(),
-                    value: Some(json!(2))
-                },
-                FieldChange {
-                    field: "settings".to_owned(),
-                    value: Some(json!({"volume": 2}))
-                },
-                FieldChange {
-                    field: "title".to_owned(),
-                    value: None
-                },
+                FieldChange { field: "badge".to_owned(), value: Some(json!(true)) },
+                FieldChange { field: "coins".to_owned(), value: Some(json!(2)) },
+                FieldChange { field: "settings".to_owned(), value: Some(json!({"volume": 2})) },
+                FieldChange { field: "title".to_owned(), value: None },
             ]
         );
         assert!(changed_fields(&before, &before).is_empty());
@@ -948,10 +783,7 @@ mod tests {
         after["purchase_history"] = json!(["p1", "p2"]);
         assert_eq!(
             schema().client_changes(&before, &after),
-            vec![FieldChange {
-                field: "coins".to_owned(),
-                value: Some(json!(8))
-            }]
+            vec![FieldChange { field: "coins".to_owned(), value: Some(json!(8)) }]
         );
     }
 

@@ -43,13 +43,20 @@ type MessageHandler<P> = Arc<dyn Fn(&mut P, &InboxMessage) + Send + Sync>;
 
 impl<P> Clone for ProfileKind<P> {
     fn clone(&self) -> Self {
-        ProfileKind { store: self.store.clone(), schema: self.schema.clone(), message_handler: self.message_handler.clone() }
+        ProfileKind {
+            store: self.store.clone(),
+            schema: self.schema.clone(),
+            message_handler: self.message_handler.clone(),
+        }
     }
 }
 
 impl<P> std::fmt::Debug for ProfileKind<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProfileKind").field("store", &self.store).field("has_message_handler", &self.message_handler.is_some()).finish()
+        f.debug_struct("ProfileKind")
+            .field("store", &self.store)
+            .field("has_message_handler", &self.message_handler.is_some())
+            .finish()
     }
 }
 
@@ -75,7 +82,9 @@ impl<T: Serialize + DeserializeOwned + Clone + Send + Sync + 'static> Profile fo
 pub enum SessionStatus {
     Active,
     /// Playing on default data after a failed load: never writes.
-    Errored { reason: String },
+    Errored {
+        reason: String,
+    },
     /// `end` is saving and releasing.
     Closing,
     Ended,
@@ -89,11 +98,20 @@ pub enum SessionStatus {
 #[derive(Clone, Debug, PartialEq)]
 pub enum SessionEvent {
     /// Profile fields changed in memory: all of them, and those a client may see.
-    Changed { changes: Vec<FieldChange>, client_changes: Vec<FieldChange> },
+    Changed {
+        changes: Vec<FieldChange>,
+        client_changes: Vec<FieldChange>,
+    },
     /// A save became durable, up to this in-memory revision.
-    Saved { revision: u64 },
-    SaveFailed { message: String },
-    MessageApplied { seq: u64 },
+    Saved {
+        revision: u64,
+    },
+    SaveFailed {
+        message: String,
+    },
+    MessageApplied {
+        seq: u64,
+    },
     /// Kick the player: another server holds the key now.
     FencedOut,
     /// Kick or move the player: the key was handed to another server.
@@ -236,7 +254,8 @@ impl<P: Profile> SessionCore<P> {
         Ok(Some(Snapshot {
             value,
             revision: state.revision,
-            ack_through: (state.inbox_applied_through > state.inbox_durable_through).then_some(state.inbox_applied_through),
+            ack_through: (state.inbox_applied_through > state.inbox_durable_through)
+                .then_some(state.inbox_applied_through),
             attributes: metadata_changed.then(|| state.attributes.clone()),
             user_ids: metadata_changed.then(|| state.user_ids.clone()),
         }))
@@ -376,7 +395,8 @@ impl<P: Profile> SessionCore<P> {
             if state.status != SessionStatus::Active || state.in_transaction {
                 return 0;
             }
-            let mut messages: Vec<&InboxMessage> = inbox.iter().filter(|m| m.seq > state.inbox_applied_through).collect();
+            let mut messages: Vec<&InboxMessage> =
+                inbox.iter().filter(|m| m.seq > state.inbox_applied_through).collect();
             messages.sort_by_key(|m| m.seq);
             for message in messages {
                 handler(&mut state.profile, message);
@@ -394,7 +414,8 @@ impl<P: Profile> SessionCore<P> {
     /// Reads the key's inbox and applies what is new.
     pub async fn check_inbox(self: &Arc<Self>) -> Result<usize, SessionError> {
         let engine = self.engine.upgrade().ok_or(SessionError::Ended)?;
-        let document = get(&*engine.store, &self.id).await.map_err(|error| SessionError::Store { message: error.to_string() })?;
+        let document =
+            get(&*engine.store, &self.id).await.map_err(|error| SessionError::Store { message: error.to_string() })?;
         Ok(self.apply_messages(&document.inbox))
     }
 

@@ -122,7 +122,8 @@ pub async fn restore_version(
         Some(value) => ValueOp::Put(value),
         None => ValueOp::Delete,
     };
-    let write = Write::new(id.clone()).when(condition).value(value).attributes(record.attributes).user_ids(record.user_ids);
+    let write =
+        Write::new(id.clone()).when(condition).value(value).attributes(record.attributes).user_ids(record.user_ids);
     store.commit(Commit::single(write)).await
 }
 

@@ -54,7 +54,11 @@ pub fn validate_attributes(attributes: &Map<String, Value>, limits: &Limits) -> 
 
 pub fn validate_user_ids(user_ids: &[String], limits: &Limits) -> Result<(), InvalidInput> {
     if user_ids.len() > limits.user_ids_per_key_max {
-        return Err(InvalidInput::TooMany { what: "user ids", count: user_ids.len(), count_max: limits.user_ids_per_key_max });
+        return Err(InvalidInput::TooMany {
+            what: "user ids",
+            count: user_ids.len(),
+            count_max: limits.user_ids_per_key_max,
+        });
     }
     for user_id in user_ids {
         if user_id.is_empty() {
@@ -94,7 +98,10 @@ pub fn validate_commit(commit: &Commit, limits: &Limits) -> Result<(), InvalidIn
                 });
             }
             if conditions.iter().any(|condition| matches!(condition, Condition::All(_))) {
-                return Err(InvalidInput::Malformed { what: "a combined condition", expected: "flat (no All inside All)" });
+                return Err(InvalidInput::Malformed {
+                    what: "a combined condition",
+                    expected: "flat (no All inside All)",
+                });
             }
         }
         if let ValueOp::Put(value) = &write.value {

@@ -33,13 +33,16 @@ fn kind_v2() -> ProfileKind<V2> {
     let schema = ProfileSchema::new(|| V2 { gold: 0, level: 1, title: "novice".into() })
         .migration(Migration::new("rename coins to gold", rename_coins_to_gold))
         .migration(Migration::new("add level", add_level).backwards_compatible(true))
-        .validate(|profile: &V2| if profile.gold < 0 { Err(format!("gold {} is negative", profile.gold)) } else { Ok(()) });
+        .validate(
+            |profile: &V2| if profile.gold < 0 { Err(format!("gold {} is negative", profile.gold)) } else { Ok(()) },
+        );
     ProfileKind::new(StoreName::new("players").expect("name"), schema)
 }
 
 /// The same game one version older: it knows the first migration only.
 fn kind_v1() -> ProfileKind<serde_json::Map<String, Value>> {
-    let schema = ProfileSchema::new(serde_json::Map::new).migration(Migration::new("rename coins to gold", rename_coins_to_gold));
+    let schema = ProfileSchema::new(serde_json::Map::new)
+        .migration(Migration::new("rename coins to gold", rename_coins_to_gold));
     ProfileKind::new(StoreName::new("players").expect("name"), schema)
 }
 
@@ -54,7 +57,12 @@ async fn put_raw(store: &dyn hoard::store::Store, key: &str, value: Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn old_data_is_migrated_in_order_and_reconciled_on_load() {
     let Some(t) = crate::backends::sqlite(Default::default()).await else { return };
-    put_raw(&*t.store, "old", json!({"hoard_profile": {"data_version": 0, "last_compatible_version": 0}, "data": {"coins": 40}})).await;
+    put_raw(
+        &*t.store,
+        "old",
+        json!({"hoard_profile": {"data_version": 0, "last_compatible_version": 0}, "data": {"coins": 40}}),
+    )
+    .await;
     let engine = Engine::open(t.store.clone(), fast_config("a")).await.expect("open");
     let session = engine.start_session(&kind_v2(), "old").await.expect("start");
     assert_eq!(session.read(Clone::clone), V2 { gold: 40, level: 1, title: "novice".into() });
@@ -126,11 +134,12 @@ async fn change_events_and_client_view_leave_private_fields_out() {
     let engine = Engine::open(t.store.clone(), fast_config("a")).await.expect("open");
     let session = engine.start_session(&kind, "secret").await.expect("start");
     let mut events = session.events();
-    session.update(|p| {
-        p.coins = 3;
-        p.anti_cheat_score = 99;
-    })
-    .expect("update");
+    session
+        .update(|p| {
+            p.coins = 3;
+            p.anti_cheat_score = 99;
+        })
+        .expect("update");
     match events.recv().await.expect("event") {
         hoard::engine::SessionEvent::Changed { changes, client_changes } => {
             assert_eq!(changes.len(), 2);
@@ -166,5 +175,9 @@ async fn attributes_and_user_ids_survive_saves() {
     assert_eq!(again.user_ids(), vec!["1234".to_string()]);
     again.update(|p| p.gold = 9).expect("update");
     again.end().await.expect("end");
-    assert_eq!(get(&*t.store, &id("meta")).await.expect("read").user_ids, vec!["1234".to_string()], "never wiped by a save");
+    assert_eq!(
+        get(&*t.store, &id("meta")).await.expect("read").user_ids,
+        vec!["1234".to_string()],
+        "never wiped by a save"
+    );
 }

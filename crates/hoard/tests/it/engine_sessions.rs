@@ -99,7 +99,10 @@ pub async fn stale_holder_cannot_write_after_steal(t: TestStore) {
     on_a.update(|p| p.coins = 999).expect("memory change still allowed until the store says no");
     assert!(matches!(on_a.save_now().await, Err(SessionError::FencedOut)));
     assert_eq!(on_a.status(), SessionStatus::FencedOut);
-    assert!(matches!(on_a.update(|p| p.coins = 1_000), Err(SessionError::FencedOut)), "fenced sessions refuse changes at once");
+    assert!(
+        matches!(on_a.update(|p| p.coins = 1_000), Err(SessionError::FencedOut)),
+        "fenced sessions refuse changes at once"
+    );
     let mut saw_fenced = false;
     while let Ok(event) = a_events.try_recv() {
         saw_fenced |= event == SessionEvent::FencedOut;
@@ -127,7 +130,8 @@ pub async fn stale_holder_cannot_write_after_release_and_retake(t: TestStore) {
 pub async fn stale_holder_cannot_write_after_expiry_and_take(t: TestStore) {
     let a = engine(&t.store, "a").await;
     // B's handoff requests are lost, so A never hears of B: only A's lease expiry frees the key.
-    let deaf: SharedStore = Arc::new(FaultStore::new(t.store.clone(), FaultConfig { notification_loss: 1.0, ..FaultConfig::none(5) }));
+    let deaf: SharedStore =
+        Arc::new(FaultStore::new(t.store.clone(), FaultConfig { notification_loss: 1.0, ..FaultConfig::none(5) }));
     let b = engine(&deaf, "b").await;
     let on_a = a.start_session(&players(), "dave").await.expect("start");
     on_a.save_now().await.expect("save");
@@ -192,7 +196,8 @@ pub async fn fail_fast_reports_the_holder(t: TestStore) {
 }
 
 pub async fn errored_session_never_writes(t: TestStore) {
-    let faulty: SharedStore = Arc::new(FaultStore::new(t.store.clone(), FaultConfig { read_error: 1.0, ..FaultConfig::none(1) }));
+    let faulty: SharedStore =
+        Arc::new(FaultStore::new(t.store.clone(), FaultConfig { read_error: 1.0, ..FaultConfig::none(1) }));
     let a = engine(&faulty, "a").await;
     let options = StartOptions { held: HeldPolicy::FailFast, on_load_failure: LoadFailurePolicy::PlayOnDefaults };
     let session = a.start_session_with(&players(), "hank", options).await.expect("plays on defaults");
@@ -209,7 +214,13 @@ pub async fn errored_session_never_writes(t: TestStore) {
 pub async fn invalid_stored_value_is_quarantined_and_kept_in_history(t: TestStore) {
     let store = &*t.store;
     let key = id("ivan");
-    assert!(store.commit(Commit::single(Write::put(key.clone(), json!("not a profile")))).await.expect("commit").is_committed());
+    assert!(
+        store
+            .commit(Commit::single(Write::put(key.clone(), json!("not a profile"))))
+            .await
+            .expect("commit")
+            .is_committed()
+    );
     let a = engine(&t.store, "a").await;
     match a.start_session(&players(), "ivan").await {
         Err(StartError::Quarantined { .. }) => {}
@@ -257,7 +268,11 @@ pub async fn message_is_applied_once_when_holder_crashes_before_saving(t: TestSt
     a.crash();
     let wait = StartOptions { held: HeldPolicy::Wait { wait_ms: 10_000 }, on_load_failure: LoadFailurePolicy::Fail };
     let on_b = b.start_session_with(&players(), "kim", wait).await.expect("b takes over");
-    assert_eq!(on_b.read(|p| (p.gifts.clone(), p.coins)), (vec!["sword".to_string()], 110), "applied once, by the next holder");
+    assert_eq!(
+        on_b.read(|p| (p.gifts.clone(), p.coins)),
+        (vec!["sword".to_string()], 110),
+        "applied once, by the next holder"
+    );
     on_b.end().await.expect("end");
     let on_c = c.start_session(&players(), "kim").await.expect("c");
     assert_eq!(on_c.read(|p| (p.gifts.clone(), p.coins)), (vec!["sword".to_string()], 110), "and never again");
@@ -326,7 +341,8 @@ pub async fn writes_to_one_key_apply_in_issue_order_despite_failures(t: TestStor
     }
     let key = id("nina");
     assert_eq!(stored_player(&get(&*t.store, &key).await.expect("read")).counter, 40);
-    let versions = t.store.list_versions(&key, &VersionQuery { before_version: None, limit: 1_000 }).await.expect("history");
+    let versions =
+        t.store.list_versions(&key, &VersionQuery { before_version: None, limit: 1_000 }).await.expect("history");
     let mut counters = Vec::new();
     for info in versions.iter().rev() {
         let record = t.store.get_version(&key, info.version).await.expect("read").expect("kept");

@@ -43,7 +43,11 @@ async fn clean_sessions_write_nothing_at_autosave() {
     session.save_now().await.expect("save");
     let version = get(&*store, &id("clean")).await.expect("read").version;
     tokio::time::sleep(Duration::from_secs(10 * 60)).await;
-    assert_eq!(get(&*store, &id("clean")).await.expect("read").version, version, "ten minutes of autosave ticks wrote nothing");
+    assert_eq!(
+        get(&*store, &id("clean")).await.expect("read").version,
+        version,
+        "ten minutes of autosave ticks wrote nothing"
+    );
     assert!(engine.counters().saves <= 1);
 }
 
@@ -56,12 +60,19 @@ async fn crashed_holders_key_is_free_within_the_default_lease_time() {
     session.save_now().await.expect("save");
     a.crash();
     let started = tokio::time::Instant::now();
-    let options = StartOptions { held: HeldPolicy::Wait { wait_ms: 120_000 }, on_load_failure: LoadFailurePolicy::Fail };
+    let options =
+        StartOptions { held: HeldPolicy::Wait { wait_ms: 120_000 }, on_load_failure: LoadFailurePolicy::Fail };
     b.start_session_with(&players(), "crash", options).await.expect("taken after expiry");
     let waited = started.elapsed();
     let lease = Duration::from_millis(EngineConfig::default().lease_ttl_ms);
-    assert!(waited <= lease + Duration::from_millis(EngineConfig::default().handoff_poll_interval_ms), "waited {waited:?}");
-    assert!(waited >= lease - Duration::from_millis(EngineConfig::default().lease_renew_interval_ms), "not before the lease lapsed: {waited:?}");
+    assert!(
+        waited <= lease + Duration::from_millis(EngineConfig::default().handoff_poll_interval_ms),
+        "waited {waited:?}"
+    );
+    assert!(
+        waited >= lease - Duration::from_millis(EngineConfig::default().lease_renew_interval_ms),
+        "not before the lease lapsed: {waited:?}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -72,7 +83,8 @@ async fn unanswered_handoff_is_stolen_after_the_bounded_wait() {
     let on_a = a.start_session(&players(), "mute").await.expect("start");
     on_a.save_now().await.expect("save");
     let wait_ms = 2_000;
-    let options = StartOptions { held: HeldPolicy::WaitThenSteal { wait_ms }, on_load_failure: LoadFailurePolicy::Fail };
+    let options =
+        StartOptions { held: HeldPolicy::WaitThenSteal { wait_ms }, on_load_failure: LoadFailurePolicy::Fail };
     let store_for_a = store.clone();
     // A holder that is alive (its process lease keeps being renewed) but never answers a handoff
     // request: stop A's own tasks and renew its lease by hand, so only a steal frees the key.
@@ -88,7 +100,10 @@ async fn unanswered_handoff_is_stolen_after_the_bounded_wait() {
     let on_b = b.start_session_with(&players(), "mute", options).await.expect("stolen");
     let waited = started.elapsed();
     renewer.abort();
-    assert!(waited >= Duration::from_millis(wait_ms) && waited < Duration::from_millis(wait_ms + 1_000), "waited {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(wait_ms) && waited < Duration::from_millis(wait_ms + 1_000),
+        "waited {waited:?}"
+    );
     assert_eq!(b.counters().steals, 1);
     assert!(on_b.epoch() > on_a.epoch());
 }

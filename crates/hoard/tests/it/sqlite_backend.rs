@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use hoard::store::sqlite::{SQLITE_SCHEMA_VERSION, SqliteOptions, SqliteStore};
 use hoard::store::{
-    Commit, CommitOutcome, Condition, DocId, HolderId, LeaseOp, ListQuery, Notification, Store,
-    StoreError, VersionQuery, Write, get,
+    Commit, CommitOutcome, Condition, DocId, HolderId, LeaseOp, ListQuery, Notification, Store, StoreError,
+    VersionQuery, Write, get,
 };
 use serde_json::{Map, Value, json};
 
@@ -24,12 +24,9 @@ const CHILD_CAS_INCREMENTS_ENV: &str = "HOARD_CHILD_INCREMENTS";
 const CHILD_ACK_DB_ENV: &str = "HOARD_CHILD_ACK_DB";
 
 async fn open_at(path: &Path) -> SqliteStore {
-    SqliteStore::open(SqliteOptions {
-        path: path.to_path_buf(),
-        ..SqliteOptions::default()
-    })
-    .await
-    .expect("open sqlite store")
+    SqliteStore::open(SqliteOptions { path: path.to_path_buf(), ..SqliteOptions::default() })
+        .await
+        .expect("open sqlite store")
 }
 
 /// Runs one helper test of this binary as a separate OS process.
@@ -52,24 +49,15 @@ async fn child_process_cas_increments_when_asked_by_parent() {
     let Ok(path) = std::env::var(CHILD_CAS_DB_ENV) else {
         return;
     };
-    let increments: u64 = std::env::var(CHILD_CAS_INCREMENTS_ENV)
-        .expect("increments")
-        .parse()
-        .expect("a number");
+    let increments: u64 = std::env::var(CHILD_CAS_INCREMENTS_ENV).expect("increments").parse().expect("a number");
     let store = open_at(Path::new(&path)).await;
     let id = doc("counters", "shared");
     for _ in 0..increments {
         let mut done = false;
         for _attempt in 0..100_000 {
             let current = get(&store, &id).await.expect("read");
-            let write = Write::put(id.clone(), json!(counter(&current) + 1))
-                .when(Condition::Version(current.version));
-            if store
-                .commit(Commit::single(write))
-                .await
-                .expect("commit")
-                .is_committed()
-            {
+            let write = Write::put(id.clone(), json!(counter(&current) + 1)).when(Condition::Version(current.version));
+            if store.commit(Commit::single(write)).await.expect("commit").is_committed() {
                 done = true;
                 break;
             }
@@ -112,11 +100,7 @@ fn two_os_processes_incrementing_one_key_end_at_the_exact_total() {
     runtime.block_on(async {
         let store = open_at(&path).await;
         let document = get(&store, &doc("counters", "shared")).await.expect("read");
-        assert_eq!(
-            document.value,
-            Some(json!(2 * increments_per_process)),
-            "no increment lost or doubled"
-        );
+        assert_eq!(document.value, Some(json!(2 * increments_per_process)), "no increment lost or doubled");
         assert_eq!(document.version, 2 * increments_per_process);
         store.close().await;
     });
@@ -134,12 +118,8 @@ async fn group_commit_combines_concurrent_commits_into_fewer_transactions() {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
             let id = doc("group", &format!("own-{n}"));
-            let outcome = store
-                .commit(Commit::single(
-                    Write::put(id, json!(n)).when(Condition::Absent),
-                ))
-                .await
-                .expect("commit");
+            let outcome =
+                store.commit(Commit::single(Write::put(id, json!(n)).when(Condition::Absent))).await.expect("commit");
             (None, outcome)
         }));
     }
@@ -149,10 +129,7 @@ async fn group_commit_combines_concurrent_commits_into_fewer_transactions() {
             tasks.push(tokio::spawn(async move {
                 let id = doc("group", &format!("contested-{key}"));
                 let write = Write::put(id, json!({"creator": creator})).when(Condition::Absent);
-                (
-                    Some(key),
-                    store.commit(Commit::single(write)).await.expect("commit"),
-                )
+                (Some(key), store.commit(Commit::single(write)).await.expect("commit"))
             }));
         }
     }
@@ -160,52 +137,25 @@ async fn group_commit_combines_concurrent_commits_into_fewer_transactions() {
     let mut winners = vec![0usize; contested_keys];
     for task in tasks {
         match task.await.expect("task") {
-            (None, outcome) => assert!(
-                outcome.is_committed(),
-                "an uncontested create must apply: {outcome:?}"
-            ),
+            (None, outcome) => assert!(outcome.is_committed(), "an uncontested create must apply: {outcome:?}"),
             (Some(key), CommitOutcome::Committed { .. }) => winners[key] += 1,
             (Some(_), CommitOutcome::Conflict(conflict)) => {
                 assert_eq!(conflict.kind, hoard::store::ConflictKind::Exists)
             }
         }
     }
-    assert_eq!(
-        winners,
-        vec![1; contested_keys],
-        "exactly one creator wins each contested key"
-    );
-    let stats = store
-        .group_commit_stats()
-        .expect("sqlite reports group-commit stats");
-    assert_eq!(
-        stats.commits_total, sent,
-        "every commit reached a transaction once"
-    );
-    assert!(
-        stats.transactions_total < stats.commits_total,
-        "commits shared transactions: {stats:?}"
-    );
+    assert_eq!(winners, vec![1; contested_keys], "exactly one creator wins each contested key");
+    let stats = store.group_commit_stats().expect("sqlite reports group-commit stats");
+    assert_eq!(stats.commits_total, sent, "every commit reached a transaction once");
+    assert!(stats.transactions_total < stats.commits_total, "commits shared transactions: {stats:?}");
     assert!(stats.largest_batch > 1, "{stats:?}");
     let page = store
-        .list_keys(
-            &doc("group", "x").store,
-            &ListQuery {
-                limit: 1_000,
-                ..ListQuery::default()
-            },
-        )
+        .list_keys(&doc("group", "x").store, &ListQuery { limit: 1_000, ..ListQuery::default() })
         .await
         .expect("list");
     assert_eq!(page.keys.len(), uncontested + contested_keys);
     for key in 0..contested_keys {
-        assert_eq!(
-            get(&*store, &doc("group", &format!("contested-{key}")))
-                .await
-                .expect("read")
-                .version,
-            1
-        );
+        assert_eq!(get(&*store, &doc("group", &format!("contested-{key}"))).await.expect("read").version, 1);
     }
     store.close().await;
 }
@@ -225,13 +175,7 @@ async fn child_process_commits_and_prints_acknowledgements_when_asked_by_parent(
             for n in 0..1_000_000u64 {
                 let key = format!("ack-{task_index}-{n}");
                 let write = Write::put(doc("acks", &key), json!(n)).when(Condition::Absent);
-                assert!(
-                    store
-                        .commit(Commit::single(write))
-                        .await
-                        .expect("commit")
-                        .is_committed()
-                );
+                assert!(store.commit(Commit::single(write)).await.expect("commit").is_committed());
                 let mut stdout = std::io::stdout().lock();
                 writeln!(stdout, "ACK {key} {n}").expect("stdout");
                 stdout.flush().expect("flush");
@@ -272,11 +216,7 @@ fn acknowledged_commits_survive_kill_9() {
             }
         }
     }
-    assert_eq!(
-        acknowledged.len(),
-        acknowledgements_before_kill,
-        "the child kept acknowledging until the kill"
-    );
+    assert_eq!(acknowledged.len(), acknowledgements_before_kill, "the child kept acknowledging until the kill");
     // SIGKILL: no destructor, no flush, no checkpoint runs in the child.
     child.kill().expect("kill -9 the child");
     // Acknowledgements printed before the kill may still sit in the pipe.
@@ -290,17 +230,10 @@ fn acknowledged_commits_survive_kill_9() {
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let store = open_at(&path).await;
-        let ids: Vec<DocId> = acknowledged
-            .iter()
-            .map(|(key, _)| doc("acks", key))
-            .collect();
+        let ids: Vec<DocId> = acknowledged.iter().map(|(key, _)| doc("acks", key)).collect();
         let documents = store.get_many(&ids).await.expect("read");
         for ((key, n), document) in acknowledged.iter().zip(&documents) {
-            assert_eq!(
-                document.value,
-                Some(json!(n)),
-                "acknowledged {key} was lost by kill -9"
-            );
+            assert_eq!(document.value, Some(json!(n)), "acknowledged {key} was lost by kill -9");
         }
         store.close().await;
     });
@@ -317,19 +250,9 @@ async fn reopening_a_file_keeps_every_document_and_the_schema_version() {
     let ids: Vec<DocId> = (0..20).map(|n| doc("players", &format!("p-{n}"))).collect();
     let (before, histories) = {
         let store = open_at(&path).await;
-        assert_eq!(
-            store.schema_version().await.expect("schema version"),
-            SQLITE_SCHEMA_VERSION
-        );
+        assert_eq!(store.schema_version().await.expect("schema version"), SQLITE_SCHEMA_VERSION);
         for (n, id) in ids.iter().enumerate() {
-            commit_ok(
-                &store,
-                vec![Write::put(
-                    id.clone(),
-                    json!({"coins": n, "items": ["sword", "é✓"]}),
-                )],
-            )
-            .await;
+            commit_ok(&store, vec![Write::put(id.clone(), json!({"coins": n, "items": ["sword", "é✓"]}))]).await;
             commit_ok(
                 &store,
                 vec![
@@ -346,42 +269,30 @@ async fn reopening_a_file_keeps_every_document_and_the_schema_version() {
         let before = store.get_many(&ids).await.expect("read");
         let mut histories = Vec::new();
         for id in &ids {
-            histories.push(
-                store
-                    .list_versions(id, &VersionQuery::default())
-                    .await
-                    .expect("history"),
-            );
+            histories.push(store.list_versions(id, &VersionQuery::default()).await.expect("history"));
         }
         // Dropped without close: everything acknowledged must still be in the file.
         (before, histories)
     };
     let store = open_at(&path).await;
-    assert_eq!(
-        store.schema_version().await.expect("schema version"),
-        SQLITE_SCHEMA_VERSION
-    );
+    assert_eq!(store.schema_version().await.expect("schema version"), SQLITE_SCHEMA_VERSION);
     assert_eq!(store.get_many(&ids).await.expect("read"), before);
     for (id, history) in ids.iter().zip(&histories) {
-        assert_eq!(
-            &store
-                .list_versions(id, &VersionQuery::default())
-                .await
-                .expect("history"),
-            history
-        );
+        assert_eq!(&store.list_versions(id, &VersionQuery::default()).await.expect("history"), history);
     }
     assert_eq!(before[1].inbox.len(), 1);
     assert_eq!(before[1].lease.holder, Some(holder));
     store.close().await;
     let connection = rusqlite::Connection::open(&path).expect("open with plain sqlite");
-    let rows: i64 = connection
-        .query_row("SELECT count(*) FROM schema_version", [], |row| row.get(0))
-        .expect("count");
+    let rows: i64 = connection.query_row("SELECT count(*) FROM schema_version", [], |row| row.get(0)).expect("count");
     assert_eq!(rows, 1);
     // Operators can read values with json_extract.
     let coins: i64 = connection
-        .query_row("SELECT json_extract(value, '$.coins') FROM docs WHERE store = 'players' AND key = 'p-3'", [], |row| row.get(0))
+        .query_row(
+            "SELECT json_extract(value, '$.coins') FROM docs WHERE store = 'players' AND key = 'p-3'",
+            [],
+            |row| row.get(0),
+        )
         .expect("json_extract");
     assert_eq!(coins, 6);
 }
@@ -391,42 +302,22 @@ async fn migrations_are_idempotent_across_reopens_and_two_stores_opening_one_fre
     let folder = tempfile::tempdir().expect("temporary folder");
     let path = folder.path().join("fresh.sqlite3");
     let (first, second) = tokio::join!(
-        SqliteStore::open(SqliteOptions {
-            path: path.clone(),
-            ..SqliteOptions::default()
-        }),
-        SqliteStore::open(SqliteOptions {
-            path: path.clone(),
-            ..SqliteOptions::default()
-        }),
+        SqliteStore::open(SqliteOptions { path: path.clone(), ..SqliteOptions::default() }),
+        SqliteStore::open(SqliteOptions { path: path.clone(), ..SqliteOptions::default() }),
     );
     let (first, second) = (first.expect("first open"), second.expect("second open"));
     let id = doc("players", "both");
-    commit_ok(
-        &first,
-        vec![Write::put(id.clone(), json!(1)).when(Condition::Absent)],
-    )
-    .await;
-    let conflict = second
-        .commit(Commit::single(
-            Write::put(id.clone(), json!(2)).when(Condition::Absent),
-        ))
-        .await
-        .expect("commit");
-    assert!(
-        conflict.conflict().is_some(),
-        "the second store sees the first one's commit"
-    );
+    commit_ok(&first, vec![Write::put(id.clone(), json!(1)).when(Condition::Absent)]).await;
+    let conflict =
+        second.commit(Commit::single(Write::put(id.clone(), json!(2)).when(Condition::Absent))).await.expect("commit");
+    assert!(conflict.conflict().is_some(), "the second store sees the first one's commit");
     commit_ok(&second, vec![Write::increment(id.clone(), 1)]).await;
     assert_eq!(get(&first, &id).await.expect("read").value, Some(json!(2)));
     first.close().await;
     second.close().await;
     for _ in 0..3 {
         let store = open_at(&path).await;
-        assert_eq!(
-            store.schema_version().await.expect("schema version"),
-            SQLITE_SCHEMA_VERSION
-        );
+        assert_eq!(store.schema_version().await.expect("schema version"), SQLITE_SCHEMA_VERSION);
         assert_eq!(get(&store, &id).await.expect("read").version, 2);
         store.close().await;
     }
@@ -438,16 +329,9 @@ async fn a_file_from_a_newer_hoard_is_refused() {
     let path = folder.path().join("newer.sqlite3");
     open_at(&path).await.close().await;
     let connection = rusqlite::Connection::open(&path).expect("open with plain sqlite");
-    connection
-        .execute("UPDATE schema_version SET version = 999", [])
-        .expect("update");
+    connection.execute("UPDATE schema_version SET version = 999", []).expect("update");
     drop(connection);
-    match SqliteStore::open(SqliteOptions {
-        path,
-        ..SqliteOptions::default()
-    })
-    .await
-    {
+    match SqliteStore::open(SqliteOptions { path, ..SqliteOptions::default() }).await {
         Err(StoreError::Corrupt { message }) => assert!(message.contains("999"), "{message}"),
         other => panic!("expected a refusal, got {other:?}"),
     }
@@ -459,18 +343,10 @@ async fn a_path_whose_folder_cannot_be_created_gives_a_clear_error() {
     let blocker = folder.path().join("a-file-not-a-folder");
     std::fs::write(&blocker, b"x").expect("write");
     let path: PathBuf = blocker.join("sub/hoard.sqlite3");
-    match SqliteStore::open(SqliteOptions {
-        path,
-        ..SqliteOptions::default()
-    })
-    .await
-    {
+    match SqliteStore::open(SqliteOptions { path, ..SqliteOptions::default() }).await {
         Err(StoreError::Unavailable { message }) => {
             assert!(message.contains("cannot create the folder"), "{message}");
-            assert!(
-                message.contains("a-file-not-a-folder"),
-                "the error names the path: {message}"
-            );
+            assert!(message.contains("a-file-not-a-folder"), "the error names the path: {message}");
         }
         other => panic!("expected a clear error, got {other:?}"),
     }
@@ -482,10 +358,7 @@ async fn notifications_cross_between_two_stores_on_one_file() {
     let path = folder.path().join("notify.sqlite3");
     let (sender, receiver) = (open_at(&path).await, open_at(&path).await);
     let mut subscription = receiver.subscribe();
-    let sent = Notification {
-        topic: "holder/b".into(),
-        payload: "release players/x".into(),
-    };
+    let sent = Notification { topic: "holder/b".into(), payload: "release players/x".into() };
     sender.notify(sent.clone()).await.expect("notify");
     let received = tokio::time::timeout(std::time::Duration::from_secs(10), subscription.recv())
         .await
@@ -504,17 +377,9 @@ async fn closing_refuses_later_writes_and_keeps_earlier_ones() {
     let id = doc("players", "closing");
     commit_ok(&store, vec![Write::put(id.clone(), json!(1))]).await;
     store.close().await;
-    assert!(matches!(
-        store
-            .commit(Commit::single(Write::put(id.clone(), json!(2))))
-            .await,
-        Err(StoreError::Closed)
-    ));
+    assert!(matches!(store.commit(Commit::single(Write::put(id.clone(), json!(2)))).await, Err(StoreError::Closed)));
     let reopened = open_at(&path).await;
-    assert_eq!(
-        get(&reopened, &id).await.expect("read").value,
-        Some(json!(1))
-    );
+    assert_eq!(get(&reopened, &id).await.expect("read").value, Some(json!(1)));
     reopened.close().await;
 }
 
@@ -529,9 +394,7 @@ async fn an_sql_error_in_one_commit_rolls_back_only_that_commit() {
     let broken = doc("players", "broken");
     commit_ok(&*store, vec![Write::put(broken.clone(), json!("v1"))]).await;
     let connection = rusqlite::Connection::open(&path).expect("open with plain sqlite");
-    connection
-        .busy_timeout(std::time::Duration::from_secs(10))
-        .expect("busy timeout");
+    connection.busy_timeout(std::time::Duration::from_secs(10)).expect("busy timeout");
     connection
         .execute(
             "INSERT INTO history (store, key, version, written_at_ms, deleted, value, value_bytes, attributes, user_ids, commit_id)
@@ -544,24 +407,15 @@ async fn an_sql_error_in_one_commit_rolls_back_only_that_commit() {
     for n in 0..50 {
         let store = store.clone();
         tasks.push(tokio::spawn(async move {
-            store
-                .commit(Commit::single(Write::put(
-                    doc("players", &format!("fine-{n}")),
-                    json!(n),
-                )))
-                .await
+            store.commit(Commit::single(Write::put(doc("players", &format!("fine-{n}")), json!(n)))).await
         }));
     }
     let failing = store
         .commit(Commit::single(
-            Write::put(broken.clone(), json!("v2"))
-                .lease(LeaseOp::Acquire(HolderId::new("h").expect("holder"))),
+            Write::put(broken.clone(), json!("v2")).lease(LeaseOp::Acquire(HolderId::new("h").expect("holder"))),
         ))
         .await;
-    assert!(
-        matches!(failing, Err(StoreError::Unavailable { .. })),
-        "got {failing:?}"
-    );
+    assert!(matches!(failing, Err(StoreError::Unavailable { .. })), "got {failing:?}");
     for task in tasks {
         assert!(task.await.expect("task").expect("commit").is_committed());
     }

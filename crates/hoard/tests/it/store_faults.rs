@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use hoard::store::fault::{FaultConfig, FaultStore};
 use hoard::store::{
-    Commit, Condition, HolderId, LeaseOp, SharedStore, Store, StoreError, VersionQuery, Write, get, resolve_unknown_commit,
+    Commit, Condition, HolderId, LeaseOp, SharedStore, Store, StoreError, VersionQuery, Write, get,
+    resolve_unknown_commit,
 };
 use serde_json::json;
 
@@ -56,7 +57,8 @@ pub async fn hidden_lease_acquisition_is_resolved_by_reading_the_holder(t: TestS
     let id = doc("players", "hidden-lease");
     let holder = HolderId::new("server-hidden").expect("holder");
     let store = faulty(inner.clone(), FaultConfig { error_after_apply: 1.0, ..FaultConfig::none(3) });
-    let commit = Commit::single(Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(holder.clone())));
+    let commit =
+        Commit::single(Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(holder.clone())));
     assert!(store.commit(commit.clone()).await.is_err());
     assert_eq!(resolve_unknown_commit(&*inner, &commit).await.expect("read back"), Some(true));
     let never = Commit::single(Write::new(doc("players", "other")).lease(LeaseOp::Acquire(holder)));
@@ -97,8 +99,12 @@ async fn same_seed_injects_the_same_faults() {
         for n in 0..300 {
             let id = doc("players", &format!("p{}", n % 7));
             let result = store.commit(Commit::single(Write::put(id.clone(), json!(n)))).await;
-            trace.push(format!("{:?}", result.map(|outcome| outcome.is_committed()).map_err(|error| error.to_string())));
-            trace.push(format!("{:?}", store.get_many(&[id]).await.map(|docs| docs[0].version).map_err(|error| error.to_string())));
+            trace
+                .push(format!("{:?}", result.map(|outcome| outcome.is_committed()).map_err(|error| error.to_string())));
+            trace.push(format!(
+                "{:?}",
+                store.get_many(&[id]).await.map(|docs| docs[0].version).map_err(|error| error.to_string())
+            ));
         }
         trace
     }

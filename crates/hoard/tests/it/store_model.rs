@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use hoard::store::{
-    Commit, CommitOutcome, Condition, ConflictKind, DocId, HolderId, LeaseOp, SharedStore, StoreName, ValueOp, VersionQuery,
-    Write,
+    Commit, CommitOutcome, Condition, ConflictKind, DocId, HolderId, LeaseOp, SharedStore, StoreName, ValueOp,
+    VersionQuery, Write,
 };
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -78,7 +78,10 @@ fn op_strategy() -> impl Strategy<Value = OpSpec> {
 }
 
 fn commit_strategy() -> impl Strategy<Value = Vec<WriteSpec>> {
-    prop::collection::vec((0..KEYS, cond_strategy(), op_strategy()).prop_map(|(key, cond, op)| WriteSpec { key, cond, op }), 1..=3)
+    prop::collection::vec(
+        (0..KEYS, cond_strategy(), op_strategy()).prop_map(|(key, cond, op)| WriteSpec { key, cond, op }),
+        1..=3,
+    )
 }
 
 fn holder(index: usize) -> HolderId {
@@ -143,7 +146,9 @@ fn to_write(id: DocId, doc: &ModelDoc, spec: &WriteSpec) -> Write {
         CondSpec::Absent => Condition::Absent,
         CondSpec::Version(0) => Condition::Version(doc.version),
         // Any other version must mismatch, also below version 0.
-        CondSpec::Version(offset) => Condition::Version(doc.version.checked_add_signed(i64::from(*offset)).unwrap_or(doc.version + 7)),
+        CondSpec::Version(offset) => {
+            Condition::Version(doc.version.checked_add_signed(i64::from(*offset)).unwrap_or(doc.version + 7))
+        }
         CondSpec::Lease(true) if doc.holder.is_some() => {
             Condition::Lease { holder: holder(doc.holder.unwrap_or(0)), epoch: doc.epoch }
         }
@@ -162,16 +167,24 @@ fn to_write(id: DocId, doc: &ModelDoc, spec: &WriteSpec) -> Write {
     }
 }
 
-async fn run_sequence(store: SharedStore, store_name: StoreName, commits: Vec<Vec<WriteSpec>>) -> Result<(), TestCaseError> {
+async fn run_sequence(
+    store: SharedStore,
+    store_name: StoreName,
+    commits: Vec<Vec<WriteSpec>>,
+) -> Result<(), TestCaseError> {
     for index in 0..HOLDERS {
         store.renew_holder(&holder(index), 3_600_000).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     }
-    let ids: Vec<DocId> = (0..KEYS).map(|n| DocId::new(store_name.clone(), hoard::store::Key::new(format!("k{n}")).expect("key"))).collect();
-    let mut model: BTreeMap<usize, ModelDoc> = (0..KEYS).map(|n| (n, ModelDoc { next_seq: 1, ..ModelDoc::default() })).collect();
+    let ids: Vec<DocId> = (0..KEYS)
+        .map(|n| DocId::new(store_name.clone(), hoard::store::Key::new(format!("k{n}")).expect("key")))
+        .collect();
+    let mut model: BTreeMap<usize, ModelDoc> =
+        (0..KEYS).map(|n| (n, ModelDoc { next_seq: 1, ..ModelDoc::default() })).collect();
     for mut specs in commits {
         specs.sort_by_key(|spec| spec.key);
         specs.dedup_by_key(|spec| spec.key);
-        let writes: Vec<Write> = specs.iter().map(|spec| to_write(ids[spec.key].clone(), &model[&spec.key], spec)).collect();
+        let writes: Vec<Write> =
+            specs.iter().map(|spec| to_write(ids[spec.key].clone(), &model[&spec.key], spec)).collect();
         let mut expected = model.clone();
         let mut expected_conflict = None;
         for (index, spec) in specs.iter().enumerate() {
@@ -192,7 +205,9 @@ async fn run_sequence(store: SharedStore, store_name: StoreName, commits: Vec<Ve
                 prop_assert_eq!(conflict.write_index, index);
                 prop_assert_eq!(conflict.kind, kind);
             }
-            (outcome, expected) => prop_assert!(false, "store said {:?}, model expected conflict {:?}", outcome, expected),
+            (outcome, expected) => {
+                prop_assert!(false, "store said {:?}, model expected conflict {:?}", outcome, expected)
+            }
         }
         let docs = store.get_many(&ids).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
         for (n, document) in docs.iter().enumerate() {
@@ -206,7 +221,10 @@ async fn run_sequence(store: SharedStore, store_name: StoreName, commits: Vec<Ve
         }
     }
     for (n, id) in ids.iter().enumerate() {
-        let versions = store.list_versions(id, &VersionQuery { before_version: None, limit: 1_000 }).await.map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let versions = store
+            .list_versions(id, &VersionQuery { before_version: None, limit: 1_000 })
+            .await
+            .map_err(|e| TestCaseError::fail(e.to_string()))?;
         let want: Vec<u64> = model[&n].history.iter().rev().map(|(version, _)| *version).collect();
         prop_assert_eq!(versions.iter().map(|v| v.version).collect::<Vec<_>>(), want, "history of k{}", n);
         for (version, value) in &model[&n].history {

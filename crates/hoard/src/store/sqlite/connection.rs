@@ -48,43 +48,25 @@ pub(crate) struct ConnectionSettings {
 }
 
 fn open_error(path: &Path, error: rusqlite::Error) -> StoreError {
-    StoreError::unavailable(format!(
-        "cannot open the SQLite file {}: {error}",
-        path.display()
-    ))
+    StoreError::unavailable(format!("cannot open the SQLite file {}: {error}", path.display()))
 }
 
 fn pragma_error(name: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
     move |error| StoreError::unavailable(format!("setting SQLite pragma {name}: {error}"))
 }
 
-fn set_common_pragmas(
-    connection: &Connection,
-    settings: &ConnectionSettings,
-) -> Result<(), StoreError> {
-    connection
-        .busy_timeout(Duration::from_millis(settings.busy_timeout_ms))
-        .map_err(pragma_error("busy_timeout"))?;
-    connection
-        .pragma_update(None, "foreign_keys", "ON")
-        .map_err(pragma_error("foreign_keys"))?;
-    connection
-        .pragma_update(None, "temp_store", "MEMORY")
-        .map_err(pragma_error("temp_store"))?;
+fn set_common_pragmas(connection: &Connection, settings: &ConnectionSettings) -> Result<(), StoreError> {
+    connection.busy_timeout(Duration::from_millis(settings.busy_timeout_ms)).map_err(pragma_error("busy_timeout"))?;
+    connection.pragma_update(None, "foreign_keys", "ON").map_err(pragma_error("foreign_keys"))?;
+    connection.pragma_update(None, "temp_store", "MEMORY").map_err(pragma_error("temp_store"))?;
     let synchronous = match settings.synchronous {
         SqliteSynchronous::Full => "FULL",
         SqliteSynchronous::Normal => "NORMAL",
     };
-    connection
-        .pragma_update(None, "synchronous", synchronous)
-        .map_err(pragma_error("synchronous"))?;
+    connection.pragma_update(None, "synchronous", synchronous).map_err(pragma_error("synchronous"))?;
     let full = matches!(settings.synchronous, SqliteSynchronous::Full);
-    connection
-        .pragma_update(None, "fullfsync", full)
-        .map_err(pragma_error("fullfsync"))?;
-    connection
-        .pragma_update(None, "checkpoint_fullfsync", full)
-        .map_err(pragma_error("checkpoint_fullfsync"))?;
+    connection.pragma_update(None, "fullfsync", full).map_err(pragma_error("fullfsync"))?;
+    connection.pragma_update(None, "checkpoint_fullfsync", full).map_err(pragma_error("checkpoint_fullfsync"))?;
     Ok(())
 }
 
@@ -94,8 +76,7 @@ fn set_common_pragmas(
 fn set_wal(connection: &Connection, settings: &ConnectionSettings) -> Result<(), StoreError> {
     let deadline = Instant::now() + Duration::from_millis(settings.busy_timeout_ms);
     loop {
-        let result = connection
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0));
+        let result = connection.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get::<_, String>(0));
         match result {
             Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
             Ok(mode) => {
@@ -112,31 +93,18 @@ fn set_wal(connection: &Connection, settings: &ConnectionSettings) -> Result<(),
 }
 
 pub(crate) fn is_busy(error: &rusqlite::Error) -> bool {
-    matches!(
-        error.sqlite_error_code(),
-        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-    )
+    matches!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked))
 }
 
 /// Opens the connection that writes (the writer thread's, and the one migrations run on),
 /// creating the file if it does not exist.
-pub(crate) fn open_write_connection(
-    path: &Path,
-    settings: &ConnectionSettings,
-) -> Result<Connection, StoreError> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let connection =
-        Connection::open_with_flags(path, flags).map_err(|error| open_error(path, error))?;
+pub(crate) fn open_write_connection(path: &Path, settings: &ConnectionSettings) -> Result<Connection, StoreError> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let connection = Connection::open_with_flags(path, flags).map_err(|error| open_error(path, error))?;
     set_common_pragmas(&connection, settings)?;
     set_wal(&connection, settings)?;
     connection
-        .pragma_update(
-            None,
-            "wal_autocheckpoint",
-            settings.wal_autocheckpoint_pages,
-        )
+        .pragma_update(None, "wal_autocheckpoint", settings.wal_autocheckpoint_pages)
         .map_err(pragma_error("wal_autocheckpoint"))?;
     connection
         .pragma_update(None, "journal_size_limit", JOURNAL_SIZE_LIMIT_BYTES)
@@ -145,16 +113,10 @@ pub(crate) fn open_write_connection(
 }
 
 /// Opens a read-only connection to a file the writer already created and switched to WAL.
-pub(crate) fn open_read_connection(
-    path: &Path,
-    settings: &ConnectionSettings,
-) -> Result<Connection, StoreError> {
+pub(crate) fn open_read_connection(path: &Path, settings: &ConnectionSettings) -> Result<Connection, StoreError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let connection =
-        Connection::open_with_flags(path, flags).map_err(|error| open_error(path, error))?;
+    let connection = Connection::open_with_flags(path, flags).map_err(|error| open_error(path, error))?;
     set_common_pragmas(&connection, settings)?;
-    connection
-        .pragma_update(None, "query_only", true)
-        .map_err(pragma_error("query_only"))?;
+    connection.pragma_update(None, "query_only", true).map_err(pragma_error("query_only"))?;
     Ok(connection)
 }

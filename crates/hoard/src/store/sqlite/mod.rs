@@ -32,13 +32,11 @@ use self::reads::ReadPool;
 use self::writer::{WriteRequest, WriterContext, WriterStats};
 use crate::store::limits::{HistoryPolicy, Limits};
 use crate::store::types::{
-    Commit, CommitOutcome, DocId, Document, HolderId, HolderLease, KeyPage, ListQuery,
-    Notification, StoreName, VersionInfo, VersionQuery, VersionRecord,
+    Commit, CommitOutcome, DocId, Document, HolderId, HolderLease, KeyPage, ListQuery, Notification, StoreName,
+    VersionInfo, VersionQuery, VersionRecord,
 };
 use crate::store::validate::{validate_commit, validate_doc_id, validate_notification};
-use crate::store::{
-    GroupCommitStats, NOTIFICATION_CHANNEL_CAPACITY, Store, StoreError, Subscription,
-};
+use crate::store::{GroupCommitStats, NOTIFICATION_CHANNEL_CAPACITY, Store, StoreError, Subscription};
 
 pub use self::schema::SCHEMA_VERSION_LATEST as SQLITE_SCHEMA_VERSION;
 
@@ -129,16 +127,11 @@ pub struct SqliteStore {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // These mutexes guard handles only (no invariant spans a panic), so a poisoned one is usable.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 fn create_parent_folder(path: &Path) -> Result<(), StoreError> {
-    let Some(folder) = path
-        .parent()
-        .filter(|folder| !folder.as_os_str().is_empty())
-    else {
+    let Some(folder) = path.parent().filter(|folder| !folder.as_os_str().is_empty()) else {
         return Ok(());
     };
     std::fs::create_dir_all(folder).map_err(|error| {
@@ -163,11 +156,7 @@ fn open_blocking(path: &Path, settings: &ConnectionSettings) -> Result<Opened, S
     schema::migrate(&write_connection)?;
     let poll_connection = open_read_connection(path, settings)?;
     let largest_notification_id = notifications::largest_notification_id(&poll_connection)?;
-    Ok(Opened {
-        write_connection,
-        poll_connection,
-        largest_notification_id,
-    })
+    Ok(Opened { write_connection, poll_connection, largest_notification_id })
 }
 
 impl SqliteStore {
@@ -183,9 +172,7 @@ impl SqliteStore {
         let open_settings = settings.clone();
         let opened = tokio::task::spawn_blocking(move || open_blocking(&path, &open_settings))
             .await
-            .map_err(|error| {
-                StoreError::unavailable(format!("opening the SQLite store failed: {error}"))
-            })??;
+            .map_err(|error| StoreError::unavailable(format!("opening the SQLite store failed: {error}")))??;
 
         let (write_queue, write_receiver) = mpsc::channel(options.commit_queue_depth_max.max(1));
         let writer_stats = Arc::new(WriterStats::default());
@@ -200,9 +187,7 @@ impl SqliteStore {
         let writer_thread = std::thread::Builder::new()
             .name("hoard-sqlite-writer".into())
             .spawn(move || writer::run_writer(write_connection, write_receiver, context))
-            .map_err(|error| {
-                StoreError::unavailable(format!("cannot start the SQLite writer thread: {error}"))
-            })?;
+            .map_err(|error| StoreError::unavailable(format!("cannot start the SQLite writer thread: {error}")))?;
 
         let (notifications, _) = broadcast::channel(NOTIFICATION_CHANNEL_CAPACITY);
         let (poller_stop, poller_stop_receiver) = std::sync::mpsc::channel();
@@ -222,17 +207,11 @@ impl SqliteStore {
                 )
             })
             .map_err(|error| {
-                StoreError::unavailable(format!(
-                    "cannot start the SQLite notification thread: {error}"
-                ))
+                StoreError::unavailable(format!("cannot start the SQLite notification thread: {error}"))
             })?;
 
         Ok(SqliteStore {
-            reads: Arc::new(ReadPool::new(
-                options.path.clone(),
-                settings,
-                options.read_connections,
-            )),
+            reads: Arc::new(ReadPool::new(options.path.clone(), settings, options.read_connections)),
             path: options.path,
             limits: options.limits,
             write_queue: Mutex::new(Some(write_queue)),
@@ -275,24 +254,16 @@ impl SqliteStore {
     }
 
     /// Sends a request to the writer thread and waits for its answer.
-    async fn write<T>(
-        &self,
-        request: impl FnOnce(writer::Reply<T>) -> WriteRequest,
-    ) -> Result<T, StoreError> {
+    async fn write<T>(&self, request: impl FnOnce(writer::Reply<T>) -> WriteRequest) -> Result<T, StoreError> {
         let sender = lock(&self.write_queue).clone().ok_or(StoreError::Closed)?;
         let (reply, answer) = oneshot::channel();
         // A full queue makes this wait (back-pressure); a closed one means the writer is gone and
         // the request was never queued.
-        sender
-            .send(request(reply))
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        sender.send(request(reply)).await.map_err(|_| StoreError::Closed)?;
         drop(sender);
         // The writer dropped the reply without answering only if it died mid-batch, possibly
         // after COMMIT: the request may have applied.
-        answer.await.map_err(|_| {
-            StoreError::outcome_unknown("the SQLite writer thread stopped before answering")
-        })?
+        answer.await.map_err(|_| StoreError::outcome_unknown("the SQLite writer thread stopped before answering"))?
     }
 }
 
@@ -326,46 +297,29 @@ impl Store for SqliteStore {
         }
         let ids = ids.to_vec();
         let limits = self.limits.clone();
-        self.reads
-            .read(move |connection| reads::get_many(connection, &ids, &limits))
-            .await
+        self.reads.read(move |connection| reads::get_many(connection, &ids, &limits)).await
     }
 
     async fn list_keys(&self, store: &StoreName, query: &ListQuery) -> Result<KeyPage, StoreError> {
         let (store, query, limits) = (store.clone(), query.clone(), self.limits.clone());
-        self.reads
-            .read(move |connection| reads::list_keys(connection, &store, &query, &limits))
-            .await
+        self.reads.read(move |connection| reads::list_keys(connection, &store, &query, &limits)).await
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
         validate_commit(&commit, &self.limits)?;
-        self.write(|reply| WriteRequest::Commit { commit, reply })
-            .await
+        self.write(|reply| WriteRequest::Commit { commit, reply }).await
     }
 
-    async fn list_versions(
-        &self,
-        id: &DocId,
-        query: &VersionQuery,
-    ) -> Result<Vec<VersionInfo>, StoreError> {
+    async fn list_versions(&self, id: &DocId, query: &VersionQuery) -> Result<Vec<VersionInfo>, StoreError> {
         validate_doc_id(id, &self.limits)?;
         let (id, query, limits) = (id.clone(), query.clone(), self.limits.clone());
-        self.reads
-            .read(move |connection| reads::list_versions(connection, &id, &query, &limits))
-            .await
+        self.reads.read(move |connection| reads::list_versions(connection, &id, &query, &limits)).await
     }
 
-    async fn get_version(
-        &self,
-        id: &DocId,
-        version: u64,
-    ) -> Result<Option<VersionRecord>, StoreError> {
+    async fn get_version(&self, id: &DocId, version: u64) -> Result<Option<VersionRecord>, StoreError> {
         validate_doc_id(id, &self.limits)?;
         let id = id.clone();
-        self.reads
-            .read(move |connection| reads::get_version(connection, &id, version))
-            .await
+        self.reads.read(move |connection| reads::get_version(connection, &id, version)).await
     }
 
     async fn prune_history(&self) -> Result<u64, StoreError> {
@@ -374,9 +328,7 @@ impl Store for SqliteStore {
         let mut pruned_total = 0u64;
         let mut after = None;
         loop {
-            let page = self
-                .write(|reply| WriteRequest::PruneHistoryPage { after, reply })
-                .await?;
+            let page = self.write(|reply| WriteRequest::PruneHistoryPage { after, reply }).await?;
             pruned_total += page.pruned;
             match page.next_after {
                 Some(cursor) => after = Some(cursor),
@@ -385,41 +337,25 @@ impl Store for SqliteStore {
         }
     }
 
-    async fn renew_holder(
-        &self,
-        holder: &HolderId,
-        ttl_ms: u64,
-    ) -> Result<HolderLease, StoreError> {
+    async fn renew_holder(&self, holder: &HolderId, ttl_ms: u64) -> Result<HolderLease, StoreError> {
         let ttl_ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
         let holder = holder.clone();
-        self.write(|reply| WriteRequest::RenewHolder {
-            holder,
-            ttl_ms,
-            reply,
-        })
-        .await
+        self.write(|reply| WriteRequest::RenewHolder { holder, ttl_ms, reply }).await
     }
 
     async fn release_holder(&self, holder: &HolderId) -> Result<(), StoreError> {
         let holder = holder.clone();
-        self.write(|reply| WriteRequest::ReleaseHolder { holder, reply })
-            .await
+        self.write(|reply| WriteRequest::ReleaseHolder { holder, reply }).await
     }
 
     async fn holder_lease(&self, holder: &HolderId) -> Result<Option<HolderLease>, StoreError> {
         let holder = holder.clone();
-        self.reads
-            .read(move |connection| reads::holder_lease(connection, &holder))
-            .await
+        self.reads.read(move |connection| reads::holder_lease(connection, &holder)).await
     }
 
     async fn notify(&self, notification: Notification) -> Result<(), StoreError> {
         validate_notification(&notification, &self.limits)?;
-        self.write(|reply| WriteRequest::Notify {
-            notification,
-            reply,
-        })
-        .await
+        self.write(|reply| WriteRequest::Notify { notification, reply }).await
     }
 
     fn subscribe(&self) -> Subscription {

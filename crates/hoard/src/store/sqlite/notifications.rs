@@ -49,11 +49,7 @@ pub(crate) fn run_poller(
                 false
             }
         };
-        let pause = if full_page {
-            Duration::ZERO
-        } else {
-            poll_interval
-        };
+        let pause = if full_page { Duration::ZERO } else { poll_interval };
         match stop.recv_timeout(pause) {
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -68,9 +64,7 @@ fn poll_once(
     subscribers: &broadcast::Sender<Notification>,
 ) -> Result<bool, StoreError> {
     let mut statement = connection
-        .prepare_cached(
-            "SELECT id, topic, payload FROM notifications WHERE id > ?1 ORDER BY id LIMIT ?2",
-        )
+        .prepare_cached("SELECT id, topic, payload FROM notifications WHERE id > ?1 ORDER BY id LIMIT ?2")
         .map_err(sql_error("preparing the notification poll"))?;
     let rows: Vec<(i64, String, String)> = statement
         .query_map(params![*last_seen_id, NOTIFICATION_ROWS_PER_POLL], |row| {

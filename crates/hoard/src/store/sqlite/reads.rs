@@ -17,8 +17,8 @@ use super::rows::{VERSION_INFO_COLUMNS, VersionInfoRow, read_document, read_vers
 use crate::store::StoreError;
 use crate::store::limits::Limits;
 use crate::store::types::{
-    DocId, Document, HolderId, HolderLease, Key, KeyPage, ListQuery, StoreName, VersionInfo,
-    VersionQuery, VersionRecord,
+    DocId, Document, HolderId, HolderLease, Key, KeyPage, ListQuery, StoreName, VersionInfo, VersionQuery,
+    VersionRecord,
 };
 
 /// Read-only connections, opened lazily up to the permit count and reused.
@@ -31,11 +31,7 @@ pub(crate) struct ReadPool {
 }
 
 impl ReadPool {
-    pub(crate) fn new(
-        path: PathBuf,
-        settings: ConnectionSettings,
-        read_connections: usize,
-    ) -> ReadPool {
+    pub(crate) fn new(path: PathBuf, settings: ConnectionSettings, read_connections: usize) -> ReadPool {
         ReadPool {
             path,
             settings,
@@ -46,17 +42,11 @@ impl ReadPool {
 
     fn take_idle(&self) -> Option<Connection> {
         // A poisoned lock only means a reader panicked; the idle list itself is still sound.
-        self.idle_connections
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .pop()
+        self.idle_connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).pop()
     }
 
     fn put_back(&self, connection: Connection) {
-        self.idle_connections
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(connection);
+        self.idle_connections.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(connection);
     }
 
     /// Runs `work` inside one read transaction on a pooled connection, off the async threads.
@@ -65,12 +55,7 @@ impl ReadPool {
         T: Send + 'static,
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let permit = self
-            .permits
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| StoreError::Closed)?;
+        let permit = self.permits.clone().acquire_owned().await.map_err(|_| StoreError::Closed)?;
         let pool = Arc::clone(self);
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -85,8 +70,7 @@ impl ReadPool {
             }
             result
         });
-        task.await
-            .map_err(|error| StoreError::unavailable(format!("SQLite read task failed: {error}")))?
+        task.await.map_err(|error| StoreError::unavailable(format!("SQLite read task failed: {error}")))?
     }
 }
 
@@ -96,27 +80,17 @@ fn read_transaction<T>(
 ) -> Result<T, StoreError> {
     // A deferred BEGIN on a read-only connection takes a WAL read snapshot at the first SELECT and
     // keeps it until COMMIT, so every statement of `work` sees the same committed state.
-    connection
-        .execute_batch("BEGIN")
-        .map_err(sql_error("starting a read transaction"))?;
+    connection.execute_batch("BEGIN").map_err(sql_error("starting a read transaction"))?;
     let result = work(connection);
     let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-    let ended = connection
-        .execute_batch(end)
-        .map_err(sql_error("ending a read transaction"));
+    let ended = connection.execute_batch(end).map_err(sql_error("ending a read transaction"));
     let value = result?;
     ended?;
     Ok(value)
 }
 
-pub(crate) fn get_many(
-    connection: &Connection,
-    ids: &[DocId],
-    limits: &Limits,
-) -> Result<Vec<Document>, StoreError> {
-    ids.iter()
-        .map(|id| read_document(connection, id, limits))
-        .collect()
+pub(crate) fn get_many(connection: &Connection, ids: &[DocId], limits: &Limits) -> Result<Vec<Document>, StoreError> {
+    ids.iter().map(|id| read_document(connection, id, limits)).collect()
 }
 
 /// The smallest string greater than every string that starts with `prefix`, in byte order (which
@@ -154,21 +128,16 @@ pub(crate) fn list_keys(
         _ => query.prefix.clone(),
     };
     // `key > after` is exclusive, `key >= prefix` inclusive; the greater bound wins.
-    let lower_inclusive =
-        !matches!(&query.after, Some(after) if after.as_str() >= query.prefix.as_str());
+    let lower_inclusive = !matches!(&query.after, Some(after) if after.as_str() >= query.prefix.as_str());
     let upper = prefix_successor(&query.prefix);
     let sql = format!(
         "SELECT key FROM docs WHERE store = ?1 AND value IS NOT NULL AND key {} ?2 AND (?3 IS NULL OR key < ?3) \
          ORDER BY key LIMIT ?4",
         if lower_inclusive { ">=" } else { ">" }
     );
-    let mut statement = connection
-        .prepare_cached(&sql)
-        .map_err(sql_error("preparing a key listing"))?;
+    let mut statement = connection.prepare_cached(&sql).map_err(sql_error("preparing a key listing"))?;
     let texts: Vec<String> = statement
-        .query_map(params![store.as_str(), lower, upper, fetch], |row| {
-            row.get(0)
-        })
+        .query_map(params![store.as_str(), lower, upper, fetch], |row| row.get(0))
         .and_then(|rows| rows.collect())
         .map_err(sql_error("listing keys"))?;
     let more = texts.len() > page_size;
@@ -191,21 +160,14 @@ pub(crate) fn list_versions(
     limits: &Limits,
 ) -> Result<Vec<VersionInfo>, StoreError> {
     let page_size = i64::try_from(limits.page_size(query.limit)).unwrap_or(i64::MAX);
-    let before = query.before_version.map_or(i64::MAX, |version| {
-        i64::try_from(version).unwrap_or(i64::MAX)
-    });
+    let before = query.before_version.map_or(i64::MAX, |version| i64::try_from(version).unwrap_or(i64::MAX));
     let sql = format!(
         "SELECT {VERSION_INFO_COLUMNS} FROM history WHERE store = ?1 AND key = ?2 AND version < ?3 \
          ORDER BY version DESC LIMIT ?4"
     );
-    let mut statement = connection
-        .prepare_cached(&sql)
-        .map_err(sql_error("preparing a history listing"))?;
+    let mut statement = connection.prepare_cached(&sql).map_err(sql_error("preparing a history listing"))?;
     let rows: Vec<VersionInfoRow> = statement
-        .query_map(
-            params![id.store.as_str(), id.key.as_str(), before, page_size],
-            VersionInfoRow::from_row,
-        )
+        .query_map(params![id.store.as_str(), id.key.as_str(), before, page_size], VersionInfoRow::from_row)
         .and_then(|rows| rows.collect())
         .map_err(sql_error("listing history"))?;
     rows.into_iter().map(|row| row.decode(id)).collect()
@@ -219,24 +181,16 @@ pub(crate) fn get_version(
     read_version(connection, id, version)
 }
 
-pub(crate) fn holder_lease(
-    connection: &Connection,
-    holder: &HolderId,
-) -> Result<Option<HolderLease>, StoreError> {
+pub(crate) fn holder_lease(connection: &Connection, holder: &HolderId) -> Result<Option<HolderLease>, StoreError> {
     let mut statement = connection
         .prepare_cached("SELECT expires_at_ms FROM holders WHERE holder = ?1")
         .map_err(sql_error("preparing a holder read"))?;
-    let mut rows = statement
-        .query(params![holder.as_str()])
-        .map_err(sql_error("reading a holder"))?;
+    let mut rows = statement.query(params![holder.as_str()]).map_err(sql_error("reading a holder"))?;
     let row = rows.next().map_err(sql_error("reading a holder"))?;
     match row {
         Some(row) => {
             let expires_at_ms: i64 = row.get(0).map_err(sql_error("reading a holder"))?;
-            Ok(Some(HolderLease {
-                holder: holder.clone(),
-                expires_at_ms,
-            }))
+            Ok(Some(HolderLease { holder: holder.clone(), expires_at_ms }))
         }
         None => Ok(None),
     }
@@ -255,16 +209,10 @@ mod tests {
         assert_eq!(prefix_successor("x\u{D7FF}").as_deref(), Some("x\u{E000}"));
         let successor = prefix_successor("ab").unwrap_or_default();
         for key in ["ab", "ab\u{10FFFF}\u{10FFFF}", "ab%", "abz"] {
-            assert!(
-                key >= "ab" && key < successor.as_str(),
-                "{key} is in the range"
-            );
+            assert!(key >= "ab" && key < successor.as_str(), "{key} is in the range");
         }
         for key in ["aa\u{10FFFF}", "ac", "AB", "b"] {
-            assert!(
-                !(key >= "ab" && key < successor.as_str()),
-                "{key} is outside the range"
-            );
+            assert!(!(key >= "ab" && key < successor.as_str()), "{key} is outside the range");
         }
     }
 }

@@ -12,9 +12,7 @@ use serde_json::{Map, Value};
 use crate::store::StoreError;
 use crate::store::apply::Current;
 use crate::store::limits::Limits;
-use crate::store::types::{
-    CommitId, DocId, Document, HolderId, InboxMessage, LeaseState, VersionInfo, VersionRecord,
-};
+use crate::store::types::{CommitId, DocId, Document, HolderId, InboxMessage, LeaseState, VersionInfo, VersionRecord};
 use crate::store::validate::json_bytes;
 
 /// Maps an SQL error of a read or write to `Unavailable`: the statement did not change the file
@@ -24,37 +22,27 @@ pub(crate) fn sql_error(context: &'static str) -> impl Fn(rusqlite::Error) -> St
 }
 
 fn to_json_text<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
-    serde_json::to_string(value)
-        .map_err(|error| StoreError::corrupt(format!("cannot encode {what} as JSON: {error}")))
+    serde_json::to_string(value).map_err(|error| StoreError::corrupt(format!("cannot encode {what} as JSON: {error}")))
 }
 
-fn from_json_text<T: serde::de::DeserializeOwned>(
-    what: &str,
-    id: &DocId,
-    text: &str,
-) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|error| {
-        StoreError::corrupt(format!("stored {what} of {id} is not valid: {error}"))
-    })
+fn from_json_text<T: serde::de::DeserializeOwned>(what: &str, id: &DocId, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|error| StoreError::corrupt(format!("stored {what} of {id} is not valid: {error}")))
 }
 
 pub(crate) fn counter_to_sql(what: &str, counter: u64) -> Result<i64, StoreError> {
-    i64::try_from(counter).map_err(|_| {
-        StoreError::corrupt(format!(
-            "{what} {counter} does not fit in an SQLite INTEGER"
-        ))
-    })
+    i64::try_from(counter)
+        .map_err(|_| StoreError::corrupt(format!("{what} {counter} does not fit in an SQLite INTEGER")))
 }
 
 fn counter_from_sql(what: &str, id: &DocId, stored: i64) -> Result<u64, StoreError> {
-    u64::try_from(stored)
-        .map_err(|_| StoreError::corrupt(format!("stored {what} of {id} is negative ({stored})")))
+    u64::try_from(stored).map_err(|_| StoreError::corrupt(format!("stored {what} of {id} is negative ({stored})")))
 }
 
 fn commit_id_from_sql(id: &DocId, text: &str) -> Result<CommitId, StoreError> {
-    uuid::Uuid::parse_str(text).map(CommitId).map_err(|error| {
-        StoreError::corrupt(format!("stored commit id of {id} is not a UUID: {error}"))
-    })
+    uuid::Uuid::parse_str(text)
+        .map(CommitId)
+        .map_err(|error| StoreError::corrupt(format!("stored commit id of {id} is not a UUID: {error}")))
 }
 
 /// The `docs` columns `document_from_row` reads, in order, from a table aliased `d`.
@@ -105,9 +93,10 @@ impl DocRow {
         let attributes: Map<String, Value> = from_json_text("attributes", &id, &self.attributes)?;
         let user_ids: Vec<String> = from_json_text("user ids", &id, &self.user_ids)?;
         let holder = match self.lease_holder {
-            Some(text) => Some(HolderId::with_limits(text, limits).map_err(|error| {
-                StoreError::corrupt(format!("stored lease holder of {id}: {error}"))
-            })?),
+            Some(text) => Some(
+                HolderId::with_limits(text, limits)
+                    .map_err(|error| StoreError::corrupt(format!("stored lease holder of {id}: {error}")))?,
+            ),
             None => None,
         };
         let inbox: Vec<InboxMessage> = from_json_text("inbox", &id, &self.inbox)?;
@@ -117,10 +106,7 @@ impl DocRow {
         };
         Ok(Document {
             version: counter_from_sql("version", &id, self.version)?,
-            lease: LeaseState {
-                holder,
-                epoch: counter_from_sql("lease epoch", &id, self.lease_epoch)?,
-            },
+            lease: LeaseState { holder, epoch: counter_from_sql("lease epoch", &id, self.lease_epoch)? },
             inbox_next_seq: counter_from_sql("inbox sequence", &id, self.inbox_next_seq)?,
             created_at_ms: self.created_at_ms,
             updated_at_ms: self.updated_at_ms,
@@ -135,20 +121,11 @@ impl DocRow {
 }
 
 /// Reads one key's document (absent when no row exists).
-pub(crate) fn read_document(
-    connection: &Connection,
-    id: &DocId,
-    limits: &Limits,
-) -> Result<Document, StoreError> {
+pub(crate) fn read_document(connection: &Connection, id: &DocId, limits: &Limits) -> Result<Document, StoreError> {
     let sql = format!("SELECT {DOC_COLUMNS} FROM docs AS d WHERE d.store = ?1 AND d.key = ?2");
-    let mut statement = connection
-        .prepare_cached(&sql)
-        .map_err(sql_error("preparing a document read"))?;
+    let mut statement = connection.prepare_cached(&sql).map_err(sql_error("preparing a document read"))?;
     let row = statement
-        .query_row(
-            params![id.store.as_str(), id.key.as_str()],
-            DocRow::from_row,
-        )
+        .query_row(params![id.store.as_str(), id.key.as_str()], DocRow::from_row)
         .optional()
         .map_err(sql_error("reading a document"))?;
     match row {
@@ -159,37 +136,22 @@ pub(crate) fn read_document(
 
 /// Reads one key's state for a commit: its document and its holder's process-lease expiry
 /// (`None` when the key names no holder or the holder has no lease row), in one statement.
-pub(crate) fn read_current(
-    connection: &Connection,
-    id: &DocId,
-    limits: &Limits,
-) -> Result<Current, StoreError> {
+pub(crate) fn read_current(connection: &Connection, id: &DocId, limits: &Limits) -> Result<Current, StoreError> {
     let sql = format!(
         "SELECT {DOC_COLUMNS}, h.expires_at_ms FROM docs AS d \
          LEFT JOIN holders AS h ON h.holder = d.lease_holder \
          WHERE d.store = ?1 AND d.key = ?2"
     );
-    let mut statement = connection
-        .prepare_cached(&sql)
-        .map_err(sql_error("preparing a commit read"))?;
+    let mut statement = connection.prepare_cached(&sql).map_err(sql_error("preparing a commit read"))?;
     let row = statement
         .query_row(params![id.store.as_str(), id.key.as_str()], |row| {
-            Ok((
-                DocRow::from_row(row)?,
-                row.get::<_, Option<i64>>(DOC_COLUMN_COUNT)?,
-            ))
+            Ok((DocRow::from_row(row)?, row.get::<_, Option<i64>>(DOC_COLUMN_COUNT)?))
         })
         .optional()
         .map_err(sql_error("reading a key inside a commit"))?;
     match row {
-        Some((row, holder_expires_at_ms)) => Ok(Current {
-            doc: row.decode(id.clone(), limits)?,
-            holder_expires_at_ms,
-        }),
-        None => Ok(Current {
-            doc: Document::absent(id.clone()),
-            holder_expires_at_ms: None,
-        }),
+        Some((row, holder_expires_at_ms)) => Ok(Current { doc: row.decode(id.clone(), limits)?, holder_expires_at_ms }),
+        None => Ok(Current { doc: Document::absent(id.clone()), holder_expires_at_ms: None }),
     }
 }
 
@@ -280,8 +242,7 @@ pub(crate) struct VersionInfoRow {
 }
 
 /// The `history` columns `VersionInfoRow::from_row` reads, in order.
-pub(crate) const VERSION_INFO_COLUMNS: &str =
-    "version, written_at_ms, deleted, value_bytes, commit_id";
+pub(crate) const VERSION_INFO_COLUMNS: &str = "version, written_at_ms, deleted, value_bytes, commit_id";
 
 impl VersionInfoRow {
     pub(crate) fn from_row(row: &Row<'_>) -> rusqlite::Result<VersionInfoRow> {
@@ -315,24 +276,19 @@ pub(crate) fn read_version(
         "SELECT {VERSION_INFO_COLUMNS}, value, attributes, user_ids FROM history \
          WHERE store = ?1 AND key = ?2 AND version = ?3"
     );
-    let mut statement = connection
-        .prepare_cached(&sql)
-        .map_err(sql_error("preparing a version read"))?;
+    let mut statement = connection.prepare_cached(&sql).map_err(sql_error("preparing a version read"))?;
     let Ok(version) = i64::try_from(version) else {
         return Ok(None);
     };
     let row = statement
-        .query_row(
-            params![id.store.as_str(), id.key.as_str(), version],
-            |row| {
-                Ok((
-                    VersionInfoRow::from_row(row)?,
-                    row.get::<_, Option<String>>(5)?,
-                    row.get::<_, String>(6)?,
-                    row.get::<_, String>(7)?,
-                ))
-            },
-        )
+        .query_row(params![id.store.as_str(), id.key.as_str(), version], |row| {
+            Ok((
+                VersionInfoRow::from_row(row)?,
+                row.get::<_, Option<String>>(5)?,
+                row.get::<_, String>(6)?,
+                row.get::<_, String>(7)?,
+            ))
+        })
         .optional()
         .map_err(sql_error("reading a version"))?;
     let Some((info, value, attributes, user_ids)) = row else {

@@ -18,12 +18,8 @@ pub const SCHEMA_VERSION_LATEST: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the file's schema to `SCHEMA_VERSION_LATEST`; a no-op when it is already there.
 pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
-    let unavailable = |error: rusqlite::Error| {
-        StoreError::unavailable(format!("migrating the SQLite schema: {error}"))
-    };
-    connection
-        .execute_batch("BEGIN IMMEDIATE")
-        .map_err(unavailable)?;
+    let unavailable = |error: rusqlite::Error| StoreError::unavailable(format!("migrating the SQLite schema: {error}"));
+    connection.execute_batch("BEGIN IMMEDIATE").map_err(unavailable)?;
     let result = migrate_in_transaction(connection);
     match result {
         Ok(()) => connection.execute_batch("COMMIT").map_err(unavailable),
@@ -36,9 +32,7 @@ pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
 }
 
 fn migrate_in_transaction(connection: &Connection) -> Result<(), StoreError> {
-    let unavailable = |error: rusqlite::Error| {
-        StoreError::unavailable(format!("migrating the SQLite schema: {error}"))
-    };
+    let unavailable = |error: rusqlite::Error| StoreError::unavailable(format!("migrating the SQLite schema: {error}"));
     connection
         .execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_version (
@@ -48,11 +42,7 @@ fn migrate_in_transaction(connection: &Connection) -> Result<(), StoreError> {
         )
         .map_err(unavailable)?;
     let current: i64 = connection
-        .query_row(
-            "SELECT version FROM schema_version WHERE singleton = 1",
-            [],
-            |row| row.get(0),
-        )
+        .query_row("SELECT version FROM schema_version WHERE singleton = 1", [], |row| row.get(0))
         .optional()
         .map_err(unavailable)?
         .unwrap_or(0);
@@ -62,8 +52,8 @@ fn migrate_in_transaction(connection: &Connection) -> Result<(), StoreError> {
              {SCHEMA_VERSION_LATEST}; open it with a newer hoard"
         )));
     }
-    let first_pending = usize::try_from(current)
-        .map_err(|_| StoreError::corrupt(format!("negative schema version {current}")))?;
+    let first_pending =
+        usize::try_from(current).map_err(|_| StoreError::corrupt(format!("negative schema version {current}")))?;
     for migration in MIGRATIONS.iter().skip(first_pending) {
         connection.execute_batch(migration).map_err(unavailable)?;
     }
@@ -80,14 +70,8 @@ fn migrate_in_transaction(connection: &Connection) -> Result<(), StoreError> {
 /// Reads the file's schema version (0 when no migration ran).
 pub(crate) fn schema_version(connection: &Connection) -> Result<i64, StoreError> {
     let version: Option<i64> = connection
-        .query_row(
-            "SELECT version FROM schema_version WHERE singleton = 1",
-            [],
-            |row| row.get(0),
-        )
+        .query_row("SELECT version FROM schema_version WHERE singleton = 1", [], |row| row.get(0))
         .optional()
-        .map_err(|error| {
-            StoreError::unavailable(format!("reading the SQLite schema version: {error}"))
-        })?;
+        .map_err(|error| StoreError::unavailable(format!("reading the SQLite schema version: {error}")))?;
     Ok(version.unwrap_or(0))
 }

@@ -57,27 +57,11 @@ pub(crate) struct PrunePage {
 /// A write for the writer thread.
 #[derive(Debug)]
 pub(crate) enum WriteRequest {
-    Commit {
-        commit: Commit,
-        reply: Reply<CommitOutcome>,
-    },
-    RenewHolder {
-        holder: HolderId,
-        ttl_ms: i64,
-        reply: Reply<HolderLease>,
-    },
-    ReleaseHolder {
-        holder: HolderId,
-        reply: Reply<()>,
-    },
-    Notify {
-        notification: Notification,
-        reply: Reply<()>,
-    },
-    PruneHistoryPage {
-        after: Option<HistoryCursor>,
-        reply: Reply<PrunePage>,
-    },
+    Commit { commit: Commit, reply: Reply<CommitOutcome> },
+    RenewHolder { holder: HolderId, ttl_ms: i64, reply: Reply<HolderLease> },
+    ReleaseHolder { holder: HolderId, reply: Reply<()> },
+    Notify { notification: Notification, reply: Reply<()> },
+    PruneHistoryPage { after: Option<HistoryCursor>, reply: Reply<PrunePage> },
 }
 
 /// Counters of the writer, shared with the store for `group_commit_stats`.
@@ -111,11 +95,7 @@ pub(crate) struct WriterContext {
 
 /// The body of the writer thread: runs until every sender is gone and the queue is drained, so
 /// everything queued before the store was dropped is still written and answered.
-pub(crate) fn run_writer(
-    mut connection: Connection,
-    mut queue: mpsc::Receiver<WriteRequest>,
-    context: WriterContext,
-) {
+pub(crate) fn run_writer(mut connection: Connection, mut queue: mpsc::Receiver<WriteRequest>, context: WriterContext) {
     let batch_max = context.group_commit_max_commits.max(1);
     let mut last_notification_cleanup_ms = i64::MIN;
     while let Some(first) = queue.blocking_recv() {
@@ -129,12 +109,7 @@ pub(crate) fn run_writer(
                 Err(_) => break,
             }
         }
-        run_batch(
-            &mut connection,
-            batch,
-            &context,
-            &mut last_notification_cleanup_ms,
-        );
+        run_batch(&mut connection, batch, &context, &mut last_notification_cleanup_ms);
     }
 }
 
@@ -169,12 +144,8 @@ impl Answer {
     /// Replaces a success with `error` (keeps an error the request already had).
     fn fail_with(self, error: impl Fn() -> StoreError) -> Answer {
         match self {
-            Answer::Commit(reply, result) => {
-                Answer::Commit(reply, result.and_then(|_| Err(error())))
-            }
-            Answer::Holder(reply, result) => {
-                Answer::Holder(reply, result.and_then(|_| Err(error())))
-            }
+            Answer::Commit(reply, result) => Answer::Commit(reply, result.and_then(|_| Err(error()))),
+            Answer::Holder(reply, result) => Answer::Holder(reply, result.and_then(|_| Err(error()))),
             Answer::Unit(reply, result) => Answer::Unit(reply, result.and_then(|_| Err(error()))),
             Answer::Prune(reply, result) => Answer::Prune(reply, result.and_then(|_| Err(error()))),
         }
@@ -231,8 +202,7 @@ fn run_batch(
     let mut requests = batch.into_iter();
     let mut transaction_lost = None;
     for request in requests.by_ref() {
-        let (answer, savepoint_clean) =
-            run_in_savepoint(connection, request, now_ms, context, last_cleanup_ms);
+        let (answer, savepoint_clean) = run_in_savepoint(connection, request, now_ms, context, last_cleanup_ms);
         answers.push(answer);
         if !savepoint_clean {
             transaction_lost = Some("a savepoint could not be released or rolled back");
@@ -248,8 +218,7 @@ fn run_batch(
     if let Some(reason) = transaction_lost {
         // Nothing was COMMITted, so nothing of this batch is in the file.
         let _ = connection.execute_batch("ROLLBACK");
-        let error =
-            || StoreError::unavailable(format!("SQLite write transaction abandoned: {reason}"));
+        let error = || StoreError::unavailable(format!("SQLite write transaction abandoned: {reason}"));
         for answer in answers {
             answer.fail_with(error).send();
         }
@@ -265,13 +234,9 @@ fn run_batch(
             // notifications or pruning is not counted, so commits / transactions is the real
             // number of commits per fsync.
             if commits_in_batch > 0 {
-                stats
-                    .commits_total
-                    .fetch_add(commits_in_batch, Ordering::SeqCst);
+                stats.commits_total.fetch_add(commits_in_batch, Ordering::SeqCst);
                 stats.transactions_total.fetch_add(1, Ordering::SeqCst);
-                stats
-                    .largest_batch
-                    .fetch_max(commits_in_batch, Ordering::SeqCst);
+                stats.largest_batch.fetch_max(commits_in_batch, Ordering::SeqCst);
             }
             for answer in answers {
                 answer.send();
@@ -286,13 +251,9 @@ fn run_batch(
             let message = format!("SQLite COMMIT failed: {error}");
             for answer in answers {
                 if answer.wrote() {
-                    answer
-                        .fail_with(|| StoreError::outcome_unknown(&message))
-                        .send();
+                    answer.fail_with(|| StoreError::outcome_unknown(&message)).send();
                 } else if answer.succeeded() {
-                    answer
-                        .fail_with(|| StoreError::unavailable(&message))
-                        .send();
+                    answer.fail_with(|| StoreError::unavailable(&message)).send();
                 } else {
                     answer.send();
                 }
@@ -312,45 +273,29 @@ fn run_in_savepoint(
 ) -> (Answer, bool) {
     if let Err(error) = connection.execute_batch("SAVEPOINT hoard_request") {
         let answer = match request {
-            WriteRequest::Commit { reply, .. } => {
-                Answer::Commit(reply, Err(sql_error("savepoint")(error)))
-            }
-            WriteRequest::RenewHolder { reply, .. } => {
-                Answer::Holder(reply, Err(sql_error("savepoint")(error)))
-            }
+            WriteRequest::Commit { reply, .. } => Answer::Commit(reply, Err(sql_error("savepoint")(error))),
+            WriteRequest::RenewHolder { reply, .. } => Answer::Holder(reply, Err(sql_error("savepoint")(error))),
             WriteRequest::ReleaseHolder { reply, .. } | WriteRequest::Notify { reply, .. } => {
                 Answer::Unit(reply, Err(sql_error("savepoint")(error)))
             }
-            WriteRequest::PruneHistoryPage { reply, .. } => {
-                Answer::Prune(reply, Err(sql_error("savepoint")(error)))
-            }
+            WriteRequest::PruneHistoryPage { reply, .. } => Answer::Prune(reply, Err(sql_error("savepoint")(error))),
         };
         return (answer, false);
     }
     let answer = match request {
-        WriteRequest::Commit { commit, reply } => Answer::Commit(
-            reply,
-            write_commit(connection, &commit, now_ms, &context.limits),
-        ),
-        WriteRequest::RenewHolder {
-            holder,
-            ttl_ms,
-            reply,
-        } => Answer::Holder(reply, renew_holder(connection, holder, ttl_ms, now_ms)),
-        WriteRequest::ReleaseHolder { holder, reply } => {
-            Answer::Unit(reply, release_holder(connection, &holder))
+        WriteRequest::Commit { commit, reply } => {
+            Answer::Commit(reply, write_commit(connection, &commit, now_ms, &context.limits))
         }
-        WriteRequest::Notify {
-            notification,
-            reply,
-        } => Answer::Unit(
-            reply,
-            insert_notification(connection, &notification, now_ms, context, last_cleanup_ms),
-        ),
-        WriteRequest::PruneHistoryPage { after, reply } => Answer::Prune(
-            reply,
-            prune_history_page(connection, after.as_ref(), now_ms, &context.history_policy),
-        ),
+        WriteRequest::RenewHolder { holder, ttl_ms, reply } => {
+            Answer::Holder(reply, renew_holder(connection, holder, ttl_ms, now_ms))
+        }
+        WriteRequest::ReleaseHolder { holder, reply } => Answer::Unit(reply, release_holder(connection, &holder)),
+        WriteRequest::Notify { notification, reply } => {
+            Answer::Unit(reply, insert_notification(connection, &notification, now_ms, context, last_cleanup_ms))
+        }
+        WriteRequest::PruneHistoryPage { after, reply } => {
+            Answer::Prune(reply, prune_history_page(connection, after.as_ref(), now_ms, &context.history_policy))
+        }
     };
     if connection.is_autocommit() {
         // The transaction is already gone (see `run_batch`); there is no savepoint to end.
@@ -358,19 +303,14 @@ fn run_in_savepoint(
     }
     if answer.succeeded() {
         if let Err(error) = connection.execute_batch("RELEASE hoard_request") {
-            let answer =
-                answer.fail_with(|| sql_error("releasing a savepoint")(clone_error(&error)));
-            let clean = connection
-                .execute_batch("ROLLBACK TO hoard_request; RELEASE hoard_request")
-                .is_ok();
+            let answer = answer.fail_with(|| sql_error("releasing a savepoint")(clone_error(&error)));
+            let clean = connection.execute_batch("ROLLBACK TO hoard_request; RELEASE hoard_request").is_ok();
             return (answer, clean);
         }
         (answer, true)
     } else {
         // An SQL error part-way through a commit: undo whatever rows it already wrote.
-        let clean = connection
-            .execute_batch("ROLLBACK TO hoard_request; RELEASE hoard_request")
-            .is_ok();
+        let clean = connection.execute_batch("ROLLBACK TO hoard_request; RELEASE hoard_request").is_ok();
         (answer, clean)
     }
 }
@@ -402,11 +342,7 @@ fn write_commit(
             insert_history(connection, &next.doc, commit.id, now_ms)?;
         }
     }
-    Ok(CommitOutcome::Committed {
-        commit_id: commit.id,
-        at_ms: now_ms,
-        applied,
-    })
+    Ok(CommitOutcome::Committed { commit_id: commit.id, at_ms: now_ms, applied })
 }
 
 fn renew_holder(
@@ -423,10 +359,7 @@ fn renew_holder(
         )
         .and_then(|mut statement| statement.execute(params![holder.as_str(), expires_at_ms]))
         .map_err(sql_error("renewing a holder"))?;
-    Ok(HolderLease {
-        holder,
-        expires_at_ms,
-    })
+    Ok(HolderLease { holder, expires_at_ms })
 }
 
 fn release_holder(connection: &Connection, holder: &HolderId) -> Result<(), StoreError> {
@@ -445,12 +378,8 @@ fn insert_notification(
     last_cleanup_ms: &mut i64,
 ) -> Result<(), StoreError> {
     connection
-        .prepare_cached(
-            "INSERT INTO notifications (topic, payload, created_at_ms) VALUES (?1, ?2, ?3)",
-        )
-        .and_then(|mut statement| {
-            statement.execute(params![notification.topic, notification.payload, now_ms])
-        })
+        .prepare_cached("INSERT INTO notifications (topic, payload, created_at_ms) VALUES (?1, ?2, ?3)")
+        .and_then(|mut statement| statement.execute(params![notification.topic, notification.payload, now_ms]))
         .map_err(sql_error("inserting a notification"))?;
     // Old notifications are deleted here, by the writer, rather than by the pollers: pollers are
     // read-only, and a notification only needs to live as long as the slowest poll interval.
@@ -458,9 +387,7 @@ fn insert_notification(
         connection
             .prepare_cached("DELETE FROM notifications WHERE created_at_ms < ?1")
             .and_then(|mut statement| {
-                statement.execute(params![
-                    now_ms.saturating_sub(context.notification_retention_ms)
-                ])
+                statement.execute(params![now_ms.saturating_sub(context.notification_retention_ms)])
             })
             .map_err(sql_error("deleting old notifications"))?;
         *last_cleanup_ms = now_ms;
@@ -482,14 +409,7 @@ fn prune_history_page(
     // One row more than the page: the look-ahead row is the successor of the page's last row.
     let fetch = i64::try_from(PRUNE_HISTORY_ROWS_PER_TRANSACTION + 1).unwrap_or(i64::MAX);
     let map_row = |row: &rusqlite::Row<'_>| {
-        Ok((
-            HistoryCursor {
-                store: row.get(0)?,
-                key: row.get(1)?,
-                version: row.get(2)?,
-            },
-            row.get::<_, i64>(3)?,
-        ))
+        Ok((HistoryCursor { store: row.get(0)?, key: row.get(1)?, version: row.get(2)? }, row.get::<_, i64>(3)?))
     };
     let rows: Vec<(HistoryCursor, i64)> = match after {
         None => connection
@@ -517,23 +437,17 @@ fn prune_history_page(
         if successor.store != cursor.store || successor.key != cursor.key {
             continue;
         }
-        let later_in_same_hour =
-            written_at_ms.div_euclid(HOUR_MS) == superseded_at_ms.div_euclid(HOUR_MS);
+        let later_in_same_hour = written_at_ms.div_euclid(HOUR_MS) == superseded_at_ms.div_euclid(HOUR_MS);
         if policy.should_prune(*superseded_at_ms, later_in_same_hour, now_ms) {
             connection
-                .prepare_cached(
-                    "DELETE FROM history WHERE store = ?1 AND key = ?2 AND version = ?3",
-                )
-                .and_then(|mut statement| {
-                    statement.execute(params![cursor.store, cursor.key, cursor.version])
-                })
+                .prepare_cached("DELETE FROM history WHERE store = ?1 AND key = ?2 AND version = ?3")
+                .and_then(|mut statement| statement.execute(params![cursor.store, cursor.key, cursor.version]))
                 .map_err(sql_error("pruning history"))?;
             pruned += 1;
         }
     }
     let next_after = if rows.len() > PRUNE_HISTORY_ROWS_PER_TRANSACTION {
-        rows.get(examined.saturating_sub(1))
-            .map(|(cursor, _)| cursor.clone())
+        rows.get(examined.saturating_sub(1)).map(|(cursor, _)| cursor.clone())
     } else {
         None
     };

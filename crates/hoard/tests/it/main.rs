@@ -6,3 +6,4 @@ mod sqlite_backend;
 mod store_conformance;
 mod store_faults;
 mod store_model;
+mod tidy;

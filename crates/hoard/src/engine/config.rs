@@ -35,6 +35,8 @@ pub struct EngineConfig {
     pub sessions_max: usize,
     /// Saves that may be in flight at once across all sessions (autosave and shutdown).
     pub concurrent_saves_max: usize,
+    /// Sessions plus shared documents in one transaction or trade.
+    pub transaction_parties_max: usize,
 }
 
 impl Default for EngineConfig {
@@ -53,6 +55,7 @@ impl Default for EngineConfig {
             handoff_poll_interval_ms: 250,
             sessions_max: 100_000,
             concurrent_saves_max: 4_096,
+            transaction_parties_max: 16,
         }
     }
 }
@@ -74,6 +77,9 @@ impl EngineConfig {
         }
         if self.retry_backoff_initial_ms > self.retry_backoff_max_ms {
             return Err("retry_backoff_initial_ms must not exceed retry_backoff_max_ms".into());
+        }
+        if self.transaction_parties_max < 2 {
+            return Err("transaction_parties_max must allow at least two parties (a trade)".into());
         }
         if self.sessions_max == 0 || self.concurrent_saves_max == 0 || self.handoff_poll_interval_ms == 0 {
             return Err("sessions_max, concurrent_saves_max and handoff_poll_interval_ms must be positive".into());

@@ -8,8 +8,11 @@ mod engine;
 pub mod error;
 pub mod inbox;
 mod load;
+pub mod receipt;
 pub mod schema;
 pub mod session;
+pub mod trade;
+pub mod transaction;
 
 pub use config::EngineConfig;
 pub use engine::{
@@ -21,3 +24,6 @@ pub use inbox::SendError;
 pub use load::QUARANTINE_STORE;
 pub use schema::{FieldChange, ProfileMeta, ProfileSchema};
 pub use session::{Profile, ProfileKind, SaveKind, SaveOutcome, Session, SessionEvent, SessionStatus};
+pub use receipt::{ReceiptOutcome, ReceiptRecord};
+pub use trade::{Holdings, Tradable, Trade, TradeError, TradeLeg, TradeOutcome, TradeRecord};
+pub use transaction::{TransactError, TxContext};

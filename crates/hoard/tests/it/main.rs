@@ -1,2 +1,3 @@
 mod backends;
+mod postgres_backend;
 mod store_conformance;

@@ -1,1 +1,129 @@
-fn main() {}
+//! The `hoard` command: operator tools on a database (SQLite file or PostgreSQL URL).
+//!
+//! Invariant: the CLI parses, opens a store and prints; every rule (limits, conditions, history)
+//! is the library's, so the CLI can never store what the library would refuse.
+
+mod operator;
+
+use clap::{Parser, Subcommand};
+
+/// The embedded default database, relative to the working directory.
+pub const DEFAULT_DATABASE: &str = "hoard-data/hoard.sqlite3";
+
+#[derive(Debug, Parser)]
+#[command(name = "hoard", version, about = "hoard: a player-data engine for online games", long_about = None)]
+struct Cli {
+    /// Database: an SQLite file path (created if missing) or a postgres:// URL.
+    #[arg(long, global = true, env = "HOARD_DB", default_value = DEFAULT_DATABASE)]
+    db: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Open the database (creating it if needed) and print what it is.
+    Status,
+    /// Print a key's document: value, version, times, attributes, user ids, lease and inbox.
+    Get {
+        store: String,
+        key: String,
+        /// Print this past version instead of the current one.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Write a JSON value to a key (`-` reads it from standard input).
+    Put {
+        store: String,
+        key: String,
+        /// JSON text, or `-` for standard input.
+        value: String,
+        /// Only write if the key is at this version (compare-and-set).
+        #[arg(long, conflicts_with = "if_absent")]
+        if_version: Option<u64>,
+        /// Only write if the key holds no value.
+        #[arg(long)]
+        if_absent: bool,
+        /// Replace the key's attributes with this JSON object.
+        #[arg(long)]
+        attributes: Option<String>,
+        /// Replace the key's user ids (comma-separated), for data-deletion requests.
+        #[arg(long, value_delimiter = ',')]
+        user_ids: Option<Vec<String>>,
+        /// Write even while a session holds the key (its holder will be fenced out on its next
+        /// save only if you also release it; prefer `release` first).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Delete a key's value, leaving a tombstone in its history.
+    Delete {
+        store: String,
+        key: String,
+        #[arg(long)]
+        if_version: Option<u64>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Add an integer to a key holding an integer (absent counts as 0).
+    Increment {
+        store: String,
+        key: String,
+        #[arg(allow_negative_numbers = true)]
+        by: i64,
+    },
+    /// List keys holding a value, in byte order.
+    List {
+        store: String,
+        #[arg(long, default_value = "")]
+        prefix: String,
+        /// Start after this key (the `next_after` of the previous page).
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size (up to the store's page-size limit).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// List a key's versions, newest first.
+    History {
+        store: String,
+        key: String,
+        /// List versions older than this one.
+        #[arg(long)]
+        before: Option<u64>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
+    /// Roll a key back: write a past version as its new version. Refused while a session holds
+    /// the key, unless --force, which first takes the key from its holder (fencing it out).
+    Restore {
+        store: String,
+        key: String,
+        version: u64,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Free a key a session still holds (a stuck session). The holder is fenced out: it can
+    /// never write this key again.
+    Release { store: String, key: String },
+    /// Remove history the retention policy no longer keeps (30 days; all of the last 24 hours).
+    Prune,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(operator::run(&cli.db, cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -4,4 +4,5 @@
 //! epochs, inboxes, history, conditional multi-key atomic commits and notifications, on SQLite,
 //! PostgreSQL and an in-memory backend. See ARCHITECTURE.md for the map and the invariants.
 
+pub mod engine;
 pub mod store;

@@ -9,7 +9,8 @@ use serde_json::Value;
 
 use super::limits::Limits;
 use super::types::{
-    Applied, Commit, CommitId, Condition, Conflict, ConflictKind, Document, Found, InboxMessage, LeaseOp, ValueOp, Write,
+    Applied, Commit, CommitId, Condition, Conflict, ConflictKind, Document, Found, InboxMessage, LeaseOp, ValueOp,
+    Write,
 };
 use super::validate::json_bytes;
 
@@ -65,6 +66,9 @@ pub fn check_condition(current: &Current, condition: &Condition, now_ms: i64) ->
         }
         Condition::LeaseFree if lease_is_live(current, now_ms) => Err(ConflictKind::LeaseHeld),
         Condition::LeaseFree => Ok(()),
+        Condition::All(conditions) => {
+            conditions.iter().try_for_each(|condition| check_condition(current, condition, now_ms))
+        }
     }
 }
 
@@ -164,6 +168,7 @@ pub fn apply_commit(
                     version: next.doc.version,
                     epoch: next.doc.lease.epoch,
                     inbox_seqs,
+                    inbox_last_waiting_seq: next.doc.inbox.last().map_or(0, |message| message.seq),
                 });
                 nexts.push(next);
             }

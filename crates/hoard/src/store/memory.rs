@@ -188,7 +188,8 @@ impl Store for MemoryStore {
         let mut state = self.lock();
         let mut pruned = 0;
         for versions in state.history.values_mut() {
-            let entries: Vec<(u64, i64)> = versions.iter().map(|(version, record)| (*version, record.info.written_at_ms)).collect();
+            let entries: Vec<(u64, i64)> =
+                versions.iter().map(|(version, record)| (*version, record.info.written_at_ms)).collect();
             for pair in entries.windows(2) {
                 let [(version, written_at_ms), (_, superseded_at_ms)] = pair else { continue };
                 let later_in_same_hour = written_at_ms.div_euclid(HOUR_MS) == superseded_at_ms.div_euclid(HOUR_MS);
@@ -215,7 +216,10 @@ impl Store for MemoryStore {
 
     async fn holder_lease(&self, holder: &HolderId) -> Result<Option<HolderLease>, StoreError> {
         let state = self.lock();
-        Ok(state.holders.get(holder).map(|expires_at_ms| HolderLease { holder: holder.clone(), expires_at_ms: *expires_at_ms }))
+        Ok(state
+            .holders
+            .get(holder)
+            .map(|expires_at_ms| HolderLease { holder: holder.clone(), expires_at_ms: *expires_at_ms }))
     }
 
     async fn notify(&self, notification: Notification) -> Result<(), StoreError> {

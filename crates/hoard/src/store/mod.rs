@@ -10,7 +10,7 @@ pub mod error;
 pub mod fault;
 pub mod limits;
 pub mod memory;
-// mod open; (enabled once both SQL backends exist)
+mod open;
 pub mod postgres;
 pub mod sqlite;
 pub mod types;
@@ -23,7 +23,7 @@ use tokio::sync::broadcast;
 
 pub use error::{InvalidInput, StoreError};
 pub use limits::{HistoryPolicy, Limits};
-// pub use open::{StoreOptions, open_store};
+pub use open::{StoreOptions, is_postgres_location, open_store};
 pub use types::*;
 
 /// A stream of notifications from every process sharing the store. Lossy by design: a slow
@@ -122,7 +122,8 @@ pub async fn restore_version(
         Some(value) => ValueOp::Put(value),
         None => ValueOp::Delete,
     };
-    let write = Write::new(id.clone()).when(condition).value(value).attributes(record.attributes).user_ids(record.user_ids);
+    let write =
+        Write::new(id.clone()).when(condition).value(value).attributes(record.attributes).user_ids(record.user_ids);
     store.commit(Commit::single(write)).await
 }
 

@@ -214,7 +214,13 @@ pub enum Condition {
     /// No live holder: the lease is unset, or its holder's lease has expired by the store's
     /// clock, or its holder is gone.
     LeaseFree,
+    /// Every one of these (flat: no nested `All`; at most `CONDITIONS_PER_WRITE_MAX`). The first
+    /// that fails is reported.
+    All(Vec<Condition>),
 }
+
+/// How many conditions one `Condition::All` may combine.
+pub const CONDITIONS_PER_WRITE_MAX: usize = 4;
 
 /// What a write does to a key's value.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -349,6 +355,9 @@ pub struct Applied {
     pub epoch: u64,
     /// Sequence numbers given to the messages this write pushed, in order.
     pub inbox_seqs: Vec<u64>,
+    /// The highest sequence number still waiting in the key's inbox after this write (0: empty),
+    /// so a holder learns from its own saves that messages arrived.
+    pub inbox_last_waiting_seq: u64,
 }
 
 /// Why a condition failed, with what the store found on the key.

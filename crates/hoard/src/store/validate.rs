@@ -10,7 +10,7 @@ use serde_json::{Map, Value};
 
 use super::error::InvalidInput;
 use super::limits::Limits;
-use super::types::{Commit, DocId, LeaseOp, Notification, ValueOp};
+use super::types::{CONDITIONS_PER_WRITE_MAX, Commit, Condition, DocId, LeaseOp, Notification, ValueOp};
 
 /// Serialized size of a JSON value in bytes.
 pub fn json_bytes(value: &Value) -> usize {
@@ -54,7 +54,11 @@ pub fn validate_attributes(attributes: &Map<String, Value>, limits: &Limits) -> 
 
 pub fn validate_user_ids(user_ids: &[String], limits: &Limits) -> Result<(), InvalidInput> {
     if user_ids.len() > limits.user_ids_per_key_max {
-        return Err(InvalidInput::TooMany { what: "user ids", count: user_ids.len(), count_max: limits.user_ids_per_key_max });
+        return Err(InvalidInput::TooMany {
+            what: "user ids",
+            count: user_ids.len(),
+            count_max: limits.user_ids_per_key_max,
+        });
     }
     for user_id in user_ids {
         if user_id.is_empty() {
@@ -84,6 +88,21 @@ pub fn validate_commit(commit: &Commit, limits: &Limits) -> Result<(), InvalidIn
         validate_doc_id(&write.id, limits)?;
         if !seen.insert(&write.id) {
             return Err(InvalidInput::DuplicateKey { key: write.id.to_string() });
+        }
+        if let Condition::All(conditions) = &write.condition {
+            if conditions.len() > CONDITIONS_PER_WRITE_MAX {
+                return Err(InvalidInput::TooMany {
+                    what: "conditions in one write",
+                    count: conditions.len(),
+                    count_max: CONDITIONS_PER_WRITE_MAX,
+                });
+            }
+            if conditions.iter().any(|condition| matches!(condition, Condition::All(_))) {
+                return Err(InvalidInput::Malformed {
+                    what: "a combined condition",
+                    expected: "flat (no All inside All)",
+                });
+            }
         }
         if let ValueOp::Put(value) = &write.value {
             validate_value(value, limits)?;

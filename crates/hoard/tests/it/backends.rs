@@ -7,11 +7,11 @@
 use std::any::Any;
 use std::sync::Arc;
 
+use hoard::store::SharedStore;
 use hoard::store::limits::{HistoryPolicy, Limits};
 use hoard::store::memory::{MemoryClock, MemoryStore};
 use hoard::store::postgres::{PostgresOptions, PostgresStore};
 use hoard::store::sqlite::{SqliteOptions, SqliteStore};
-use hoard::store::SharedStore;
 
 /// How a test wants its store configured.
 #[derive(Clone, Debug, Default)]
@@ -27,7 +27,10 @@ pub struct TestStore {
 }
 
 pub async fn memory(config: TestConfig) -> Option<TestStore> {
-    let clock = MemoryClock::Tokio { start_ms: hoard::store::memory::MEMORY_CLOCK_START_MS, started: tokio::time::Instant::now() };
+    let clock = MemoryClock::Tokio {
+        start_ms: hoard::store::memory::MEMORY_CLOCK_START_MS,
+        started: tokio::time::Instant::now(),
+    };
     let store = MemoryStore::with_options(config.limits, config.history_policy, clock);
     Some(TestStore { store: Arc::new(store), _guard: Box::new(()) })
 }
@@ -59,12 +62,16 @@ pub async fn postgres(config: TestConfig) -> Option<TestStore> {
 
 pub async fn postgres_in_schema(config: TestConfig, schema: String) -> Option<TestStore> {
     let url = postgres_url();
-    let reachable = tokio::time::timeout(std::time::Duration::from_secs(5), tokio_postgres::connect(&url, tokio_postgres::NoTls)).await;
+    let reachable =
+        tokio::time::timeout(std::time::Duration::from_secs(5), tokio_postgres::connect(&url, tokio_postgres::NoTls))
+            .await;
     if !matches!(reachable, Ok(Ok(_))) {
         if std::env::var("CI").as_deref() == Ok("true") {
             panic!("PostgreSQL at {url} is unreachable and CI=true: PostgreSQL tests must run in CI");
         }
-        eprintln!("\n*** SKIPPED: PostgreSQL at {url} is unreachable; set HOARD_TEST_POSTGRES_URL or start PostgreSQL ***\n");
+        eprintln!(
+            "\n*** SKIPPED: PostgreSQL at {url} is unreachable; set HOARD_TEST_POSTGRES_URL or start PostgreSQL ***\n"
+        );
         return None;
     }
     let options = PostgresOptions {

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use hoard::store::limits::{HistoryPolicy, Limits};
 use hoard::store::validate::parse_json_value;
 use hoard::store::{
-    Commit, CommitOutcome, Condition, ConflictKind, DocId, HolderId, InvalidInput, Key, LeaseOp, ListQuery, Notification,
-    SharedStore, Store, StoreError, StoreName, ValueOp, VersionQuery, Write, get, restore_version,
+    Commit, CommitOutcome, Condition, ConflictKind, DocId, HolderId, InvalidInput, Key, LeaseOp, ListQuery,
+    Notification, SharedStore, Store, StoreError, StoreName, ValueOp, VersionQuery, Write, get, restore_version,
 };
 use serde_json::{Map, Value, json};
 
@@ -80,7 +80,8 @@ pub async fn get_many_returns_documents_in_request_order(t: TestStore) {
 
 pub async fn named_stores_keep_keys_apart(t: TestStore) {
     let store = &*t.store;
-    commit_ok(store, vec![Write::put(doc("game-a", "k"), json!("a")), Write::put(doc("game-b", "k"), json!("b"))]).await;
+    commit_ok(store, vec![Write::put(doc("game-a", "k"), json!("a")), Write::put(doc("game-b", "k"), json!("b"))])
+        .await;
     assert_eq!(get(store, &doc("game-a", "k")).await.expect("read").value, Some(json!("a")));
     assert_eq!(get(store, &doc("game-b", "k")).await.expect("read").value, Some(json!("b")));
 }
@@ -105,7 +106,9 @@ pub async fn version_condition_refuses_stale_writer_after_a_b_a(t: TestStore) {
     let stale_version = get(store, &id).await.expect("read").version;
     commit_ok(store, vec![Write::put(id.clone(), json!("B"))]).await;
     commit_ok(store, vec![Write::put(id.clone(), json!("A"))]).await;
-    let conflict = commit_conflict(store, vec![Write::put(id.clone(), json!("stale")).when(Condition::Version(stale_version))]).await;
+    let conflict =
+        commit_conflict(store, vec![Write::put(id.clone(), json!("stale")).when(Condition::Version(stale_version))])
+            .await;
     assert_eq!(conflict.kind, ConflictKind::VersionMismatch);
     assert_eq!(conflict.found.version, 3);
     assert_eq!(conflict.id, id);
@@ -144,14 +147,18 @@ pub async fn multi_key_commit_with_one_failing_condition_changes_no_key(t: TestS
     assert_eq!(conflict.found.version, 1);
     let after = store.get_many(&[a.clone(), b.clone(), c.clone()]).await.expect("read");
     assert_eq!(before, after, "no key changed");
-    assert!(store.list_versions(&c, &VersionQuery::default()).await.expect("history").is_empty(), "no history entry either");
+    assert!(
+        store.list_versions(&c, &VersionQuery::default()).await.expect("history").is_empty(),
+        "no history entry either"
+    );
     assert_eq!(store.list_versions(&a, &VersionQuery::default()).await.expect("history").len(), 1);
 }
 
 pub async fn multi_key_commit_applies_every_write(t: TestStore) {
     let store = &*t.store;
     let (a, b) = (doc("players", "a"), doc("players", "b"));
-    commit_ok(store, vec![Write::put(a.clone(), json!({"coins": 10})), Write::put(b.clone(), json!({"coins": 0}))]).await;
+    commit_ok(store, vec![Write::put(a.clone(), json!({"coins": 10})), Write::put(b.clone(), json!({"coins": 0}))])
+        .await;
     let applied = commit_ok(
         store,
         vec![
@@ -210,7 +217,11 @@ pub async fn attributes_and_user_ids_are_kept_unless_replaced(t: TestStore) {
     let id = doc("players", "meta");
     let mut attributes = Map::new();
     attributes.insert("region".into(), json!("eu"));
-    commit_ok(store, vec![Write::put(id.clone(), json!(1)).attributes(attributes.clone()).user_ids(vec!["7".into(), "8".into()])]).await;
+    commit_ok(
+        store,
+        vec![Write::put(id.clone(), json!(1)).attributes(attributes.clone()).user_ids(vec!["7".into(), "8".into()])],
+    )
+    .await;
     commit_ok(store, vec![Write::put(id.clone(), json!(2))]).await;
     let document = get(store, &id).await.expect("read");
     assert_eq!(document.attributes, attributes);
@@ -226,12 +237,19 @@ pub async fn list_keys_by_prefix_paginates_in_byte_order(t: TestStore) {
     let store = &*t.store;
     let writes = (0..25).map(|n| Write::put(doc("inv", &format!("player-{n:03}")), json!(n))).collect();
     commit_ok(store, writes).await;
-    commit_ok(store, vec![Write::put(doc("inv", "other"), json!(0)), Write::put(doc("elsewhere", "player-000"), json!(0))]).await;
+    commit_ok(
+        store,
+        vec![Write::put(doc("inv", "other"), json!(0)), Write::put(doc("elsewhere", "player-000"), json!(0))],
+    )
+    .await;
     let name = StoreName::new("inv").expect("name");
     let mut seen = Vec::new();
     let mut after = None;
     for _page in 0..10 {
-        let page = store.list_keys(&name, &ListQuery { prefix: "player-".into(), after: after.clone(), limit: 10 }).await.expect("list");
+        let page = store
+            .list_keys(&name, &ListQuery { prefix: "player-".into(), after: after.clone(), limit: 10 })
+            .await
+            .expect("list");
         assert!(page.keys.len() <= 10);
         seen.extend(page.keys.iter().map(|key| key.as_str().to_string()));
         match page.next_after {
@@ -244,6 +262,28 @@ pub async fn list_keys_by_prefix_paginates_in_byte_order(t: TestStore) {
     let all = store.list_keys(&name, &ListQuery::default()).await.expect("list");
     assert_eq!(all.keys.len(), 26);
     assert!(all.next_after.is_none());
+}
+
+/// A prefix is matched literally and case-sensitively, byte for byte: `%` and `_` are not
+/// wildcards (the trap of an SQL `LIKE`), and keys beyond ASCII sort and match by their bytes.
+pub async fn list_keys_prefix_is_literal_and_case_sensitive(t: TestStore) {
+    let store = &*t.store;
+    let keys = ["a%b", "a_c", "aXb", "abc", "A%b", "a\\d", "é-1", "é-2", "f"];
+    commit_ok(store, keys.iter().map(|key| Write::put(doc("lit", key), json!(1))).collect()).await;
+    let name = StoreName::new("lit").expect("name");
+    let cases: [(&str, &[&str]); 6] = [
+        ("a%", &["a%b"]),
+        ("a_", &["a_c"]),
+        ("A", &["A%b"]),
+        ("a\\", &["a\\d"]),
+        ("é", &["é-1", "é-2"]),
+        ("", &["A%b", "a%b", "aXb", "a\\d", "a_c", "abc", "f", "é-1", "é-2"]),
+    ];
+    for (prefix, expected) in cases {
+        let query = ListQuery { prefix: prefix.to_string(), ..ListQuery::default() };
+        let page = store.list_keys(&name, &query).await.expect("list");
+        assert_eq!(page.keys.iter().map(|key| key.as_str()).collect::<Vec<_>>(), expected, "prefix {prefix:?}");
+    }
 }
 
 pub async fn history_lists_newest_first_and_reads_every_version(t: TestStore) {
@@ -317,17 +357,33 @@ pub async fn acquire_bumps_epoch_and_release_keeps_it(t: TestStore) {
     let store = &*t.store;
     let id = doc("players", "leased");
     let server_a = HolderId::new("server-a").expect("holder");
-    let applied = commit_ok(store, vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(server_a.clone()))]).await;
+    let applied = commit_ok(
+        store,
+        vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(server_a.clone()))],
+    )
+    .await;
     assert_eq!(applied[0].epoch, 1);
     assert_eq!(applied[0].version, 0, "a lease change is not a new version");
     let document = get(store, &id).await.expect("read");
     assert_eq!(document.lease.holder, Some(server_a.clone()));
     assert_eq!(document.lease.epoch, 1);
-    commit_ok(store, vec![Write::new(id.clone()).when(Condition::Lease { holder: server_a.clone(), epoch: 1 }).lease(LeaseOp::Release)]).await;
+    commit_ok(
+        store,
+        vec![
+            Write::new(id.clone())
+                .when(Condition::Lease { holder: server_a.clone(), epoch: 1 })
+                .lease(LeaseOp::Release),
+        ],
+    )
+    .await;
     let document = get(store, &id).await.expect("read");
     assert!(document.lease.holder.is_none());
     assert_eq!(document.lease.epoch, 1, "release keeps the epoch");
-    let applied = commit_ok(store, vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(server_a.clone()))]).await;
+    let applied = commit_ok(
+        store,
+        vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(server_a.clone()))],
+    )
+    .await;
     assert_eq!(applied[0].epoch, 2, "re-acquiring bumps again");
 }
 
@@ -337,7 +393,11 @@ pub async fn stale_holder_cannot_write_after_steal_or_release_and_retake(t: Test
     let (a, b) = (HolderId::new("server-a").expect("holder"), HolderId::new("server-b").expect("holder"));
     store.renew_holder(&a, 60_000).await.expect("renew");
     store.renew_holder(&b, 60_000).await.expect("renew");
-    commit_ok(store, vec![Write::put(id.clone(), json!("a1")).when(Condition::LeaseFree).lease(LeaseOp::Acquire(a.clone()))]).await;
+    commit_ok(
+        store,
+        vec![Write::put(id.clone(), json!("a1")).when(Condition::LeaseFree).lease(LeaseOp::Acquire(a.clone()))],
+    )
+    .await;
     let a_fence = Condition::Lease { holder: a.clone(), epoch: 1 };
     commit_ok(store, vec![Write::put(id.clone(), json!("a2")).when(a_fence.clone())]).await;
     // B steals (conditional on what it saw), and A's next write is refused.
@@ -348,11 +408,16 @@ pub async fn stale_holder_cannot_write_after_steal_or_release_and_retake(t: Test
     assert_eq!(conflict.found.lease.holder, Some(b.clone()));
     assert_eq!(conflict.found.lease.epoch, 2);
     // B releases; A re-acquires at a new epoch; A's old fence still fails (the DocumentService trap).
-    commit_ok(store, vec![Write::new(id.clone()).when(Condition::Lease { holder: b.clone(), epoch: 2 }).lease(LeaseOp::Release)]).await;
+    commit_ok(
+        store,
+        vec![Write::new(id.clone()).when(Condition::Lease { holder: b.clone(), epoch: 2 }).lease(LeaseOp::Release)],
+    )
+    .await;
     commit_conflict(store, vec![Write::put(id.clone(), json!("a-stale")).when(a_fence.clone())]).await;
     commit_ok(store, vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(a.clone()))]).await;
     commit_conflict(store, vec![Write::put(id.clone(), json!("a-stale")).when(a_fence)]).await;
-    commit_ok(store, vec![Write::put(id.clone(), json!("a3")).when(Condition::Lease { holder: a.clone(), epoch: 3 })]).await;
+    commit_ok(store, vec![Write::put(id.clone(), json!("a3")).when(Condition::Lease { holder: a.clone(), epoch: 3 })])
+        .await;
     assert_eq!(get(store, &id).await.expect("read").value, Some(json!("a3")));
 }
 
@@ -365,7 +430,11 @@ pub async fn lease_free_follows_the_holders_process_lease(t: TestStore) {
     assert!(lease.expires_at_ms >= now_ms + 50_000 && lease.expires_at_ms <= now_ms + 70_000);
     assert_eq!(store.holder_lease(&a).await.expect("read"), Some(lease));
     commit_ok(store, vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(a.clone()))]).await;
-    let conflict = commit_conflict(store, vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(b.clone()))]).await;
+    let conflict = commit_conflict(
+        store,
+        vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(b.clone()))],
+    )
+    .await;
     assert_eq!(conflict.kind, ConflictKind::LeaseHeld);
     assert!(conflict.found.holder_expires_at_ms.is_some());
     // A's process lease lapses (ttl 0 expires at once): the key is free by the store's clock.
@@ -373,17 +442,24 @@ pub async fn lease_free_follows_the_holders_process_lease(t: TestStore) {
     commit_ok(store, vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(b.clone()))]).await;
     // B releases its process lease entirely: every key naming B is free at once.
     store.renew_holder(&b, 60_000).await.expect("renew");
-    commit_conflict(store, vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(a.clone()))]).await;
+    commit_conflict(store, vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(a.clone()))])
+        .await;
     store.release_holder(&b).await.expect("release");
     assert_eq!(store.holder_lease(&b).await.expect("read"), None);
-    let applied = commit_ok(store, vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(a.clone()))]).await;
+    let applied =
+        commit_ok(store, vec![Write::new(id.clone()).when(Condition::LeaseFree).lease(LeaseOp::Acquire(a.clone()))])
+            .await;
     assert_eq!(applied[0].epoch, 3);
 }
 
 pub async fn inbox_assigns_sequences_acks_and_refuses_when_full(t: TestStore) {
     let store = &*t.store;
     let id = doc("players", "mail");
-    let applied = commit_ok(store, vec![Write::new(id.clone()).push_message(json!({"gift": 1})).push_message(json!({"gift": 2}))]).await;
+    let applied = commit_ok(
+        store,
+        vec![Write::new(id.clone()).push_message(json!({"gift": 1})).push_message(json!({"gift": 2}))],
+    )
+    .await;
     assert_eq!(applied[0].inbox_seqs, vec![1, 2]);
     assert_eq!(applied[0].version, 0, "a message is not a new version of the value");
     commit_ok(store, vec![Write::new(id.clone()).push_message(json!({"gift": 3}))]).await;
@@ -445,20 +521,35 @@ pub async fn bad_input_is_refused_and_changes_nothing(t: TestStore) {
     assert_invalid(store.commit(Commit::single(Write::put(id.clone(), oversized))).await, "oversized value");
     let mut attributes = Map::new();
     attributes.insert("a".into(), Value::String("x".repeat(limits.attributes_bytes_max)));
-    assert_invalid(store.commit(Commit::single(Write::put(id.clone(), json!(1)).attributes(attributes))).await, "oversized attributes");
+    assert_invalid(
+        store.commit(Commit::single(Write::put(id.clone(), json!(1)).attributes(attributes))).await,
+        "oversized attributes",
+    );
     let user_ids = (0..=limits.user_ids_per_key_max).map(|n| n.to_string()).collect();
-    assert_invalid(store.commit(Commit::single(Write::put(id.clone(), json!(1)).user_ids(user_ids))).await, "too many user ids");
-    assert_invalid(store.commit(Commit::single(Write::put(id.clone(), json!(1)).user_ids(vec![String::new()]))).await, "empty user id");
+    assert_invalid(
+        store.commit(Commit::single(Write::put(id.clone(), json!(1)).user_ids(user_ids))).await,
+        "too many user ids",
+    );
+    assert_invalid(
+        store.commit(Commit::single(Write::put(id.clone(), json!(1)).user_ids(vec![String::new()]))).await,
+        "empty user id",
+    );
     assert_invalid(store.commit(Commit::new(vec![])).await, "empty commit");
     assert_invalid(
         store.commit(Commit::new(vec![Write::put(id.clone(), json!(1)), Write::put(id.clone(), json!(2))])).await,
         "same key twice",
     );
-    let too_many = (0..=limits.writes_per_commit_max).map(|n| Write::put(doc("players", &format!("many-{n}")), json!(n))).collect();
+    let too_many = (0..=limits.writes_per_commit_max)
+        .map(|n| Write::put(doc("players", &format!("many-{n}")), json!(n)))
+        .collect();
     assert_invalid(store.commit(Commit::new(too_many)).await, "too many writes");
     let big_message = Value::String("m".repeat(limits.inbox_message_bytes_max));
-    assert_invalid(store.commit(Commit::single(Write::new(id.clone()).push_message(big_message))).await, "oversized message");
-    let notification = Notification { topic: "t".into(), payload: "p".repeat(limits.notification_payload_bytes_max + 1) };
+    assert_invalid(
+        store.commit(Commit::single(Write::new(id.clone()).push_message(big_message))).await,
+        "oversized message",
+    );
+    let notification =
+        Notification { topic: "t".into(), payload: "p".repeat(limits.notification_payload_bytes_max + 1) };
     assert!(matches!(store.notify(notification).await, Err(StoreError::InvalidInput(_))));
     let empty_topic = Notification { topic: String::new(), payload: "p".into() };
     assert!(matches!(store.notify(empty_topic).await, Err(StoreError::InvalidInput(_))));
@@ -489,6 +580,28 @@ pub async fn values_round_trip_exactly(t: TestStore) {
     commit_ok(store, vec![Write::put(id.clone(), value.clone())]).await;
     assert_eq!(get(store, &id).await.expect("read").value, Some(value.clone()));
     assert_eq!(store.get_version(&id, 1).await.expect("read").expect("kept").value, Some(value));
+}
+
+/// Floats read back bit for bit: a backend that stores JSON text must parse it exactly, or a value
+/// read and saved again drifts by one unit in the last place at every save.
+pub async fn floats_round_trip_bit_exactly(t: TestStore) {
+    use rand::{Rng, SeedableRng};
+    let store = &*t.store;
+    let mut random = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let floats: Vec<f64> =
+        (0..2_000).map(|_| f64::from_bits(random.random::<u64>())).filter(|float| float.is_finite()).collect();
+    let id = doc("players", "floats");
+    commit_ok(store, vec![Write::put(id.clone(), json!(floats))]).await;
+    for stored in [
+        get(store, &id).await.expect("read").value,
+        store.get_version(&id, 1).await.expect("read").expect("kept").value,
+    ] {
+        let read: Vec<f64> = serde_json::from_value(stored.expect("value")).expect("floats");
+        assert_eq!(read.len(), floats.len());
+        for (written, read) in floats.iter().zip(&read) {
+            assert_eq!(written.to_bits(), read.to_bits(), "{written} came back as {read}");
+        }
+    }
 }
 
 pub async fn no_lost_update_with_32_tasks_doing_200_cas_increments(t: TestStore) {
@@ -536,7 +649,11 @@ pub async fn concurrent_creators_of_one_key_exactly_one_wins(t: TestStore) {
         let store = store.clone();
         let id = id.clone();
         tasks.push(tokio::spawn(async move {
-            store.commit(Commit::single(Write::put(id, json!(n)).when(Condition::Absent))).await.expect("commit").is_committed()
+            store
+                .commit(Commit::single(Write::put(id, json!(n)).when(Condition::Absent)))
+                .await
+                .expect("commit")
+                .is_committed()
         }));
     }
     let mut winners = 0;
@@ -572,8 +689,10 @@ pub async fn concurrent_transfers_conserve_the_total(t: TestStore) {
                     let balance = |d: &hoard::store::Document| d.value.as_ref().and_then(Value::as_i64).unwrap_or(0);
                     let amount = 7;
                     let writes = vec![
-                        Write::put(from.clone(), json!(balance(&docs[0]) - amount)).when(Condition::Version(docs[0].version)),
-                        Write::put(to.clone(), json!(balance(&docs[1]) + amount)).when(Condition::Version(docs[1].version)),
+                        Write::put(from.clone(), json!(balance(&docs[0]) - amount))
+                            .when(Condition::Version(docs[0].version)),
+                        Write::put(to.clone(), json!(balance(&docs[1]) + amount))
+                            .when(Condition::Version(docs[1].version)),
                     ];
                     if store.commit(Commit::new(writes)).await.expect("commit").is_committed() {
                         break;
@@ -597,7 +716,10 @@ pub async fn holder_renewal_extends_and_release_removes(t: TestStore) {
     let first = store.renew_holder(&holder, 1_000).await.expect("renew");
     let second = store.renew_holder(&holder, 600_000).await.expect("renew");
     assert!(second.expires_at_ms > first.expires_at_ms);
-    assert_eq!(store.holder_lease(&holder).await.expect("read").map(|lease| lease.expires_at_ms), Some(second.expires_at_ms));
+    assert_eq!(
+        store.holder_lease(&holder).await.expect("read").map(|lease| lease.expires_at_ms),
+        Some(second.expires_at_ms)
+    );
     store.release_holder(&holder).await.expect("release");
     assert_eq!(store.holder_lease(&holder).await.expect("read"), None);
     store.release_holder(&holder).await.expect("releasing twice is harmless");
@@ -610,7 +732,12 @@ pub async fn write_can_combine_value_lease_and_inbox_changes(t: TestStore) {
     commit_ok(store, vec![Write::new(id.clone()).push_message(json!("welcome"))]).await;
     let applied = commit_ok(
         store,
-        vec![Write::put(id.clone(), json!({"read": 1})).when(Condition::LeaseFree).lease(LeaseOp::Acquire(holder.clone())).ack_inbox_through(1)],
+        vec![
+            Write::put(id.clone(), json!({"read": 1}))
+                .when(Condition::LeaseFree)
+                .lease(LeaseOp::Acquire(holder.clone()))
+                .ack_inbox_through(1),
+        ],
     )
     .await;
     assert_eq!((applied[0].version, applied[0].epoch), (1, 1));
@@ -625,9 +752,39 @@ pub async fn write_can_combine_value_lease_and_inbox_changes(t: TestStore) {
     let _ = ValueOp::Keep;
 }
 
+pub async fn combined_conditions_must_all_hold(t: TestStore) {
+    let store = &*t.store;
+    let id = doc("guild", "bank");
+    let holder = HolderId::new("server-a").expect("holder");
+    store.renew_holder(&holder, 60_000).await.expect("renew");
+    commit_ok(store, vec![Write::put(id.clone(), json!(1))]).await;
+    let both = Condition::All(vec![Condition::Version(1), Condition::LeaseFree]);
+    commit_ok(store, vec![Write::put(id.clone(), json!(2)).when(both.clone())]).await;
+    let conflict = commit_conflict(store, vec![Write::put(id.clone(), json!(3)).when(both)]).await;
+    assert_eq!(conflict.kind, ConflictKind::VersionMismatch);
+    commit_ok(store, vec![Write::new(id.clone()).lease(LeaseOp::Acquire(holder))]).await;
+    let conflict = commit_conflict(
+        store,
+        vec![Write::put(id.clone(), json!(3)).when(Condition::All(vec![Condition::Version(2), Condition::LeaseFree]))],
+    )
+    .await;
+    assert_eq!(conflict.kind, ConflictKind::LeaseHeld);
+    let nested = Condition::All(vec![Condition::All(vec![])]);
+    assert_invalid(store.commit(Commit::single(Write::put(id.clone(), json!(4)).when(nested))).await, "nested All");
+    let many = Condition::All(vec![Condition::None; hoard::store::CONDITIONS_PER_WRITE_MAX + 1]);
+    assert_invalid(
+        store.commit(Commit::single(Write::put(id.clone(), json!(4)).when(many))).await,
+        "too many conditions",
+    );
+    assert_eq!(get(store, &id).await.expect("read").value, Some(json!(2)));
+}
+
 /// Limits the suite configures: small inboxes keep the inbox-full case quick.
 pub fn suite_config() -> TestConfig {
-    TestConfig { limits: Limits { inbox_messages_max: 50, ..Limits::default() }, history_policy: HistoryPolicy::default() }
+    TestConfig {
+        limits: Limits { inbox_messages_max: 50, ..Limits::default() },
+        history_policy: HistoryPolicy::default(),
+    }
 }
 
 pub fn zero_retention_config() -> TestConfig {
@@ -651,6 +808,7 @@ macro_rules! conformance {
                 increment_creates_adds_and_refuses_non_integers,
                 attributes_and_user_ids_are_kept_unless_replaced,
                 list_keys_by_prefix_paginates_in_byte_order,
+                list_keys_prefix_is_literal_and_case_sensitive,
                 history_lists_newest_first_and_reads_every_version,
                 restore_writes_a_past_version_as_a_new_version,
                 default_history_policy_prunes_nothing_recent,
@@ -662,11 +820,13 @@ macro_rules! conformance {
                 bad_input_is_refused_and_changes_nothing,
                 value_at_the_size_limit_is_stored_whole,
                 values_round_trip_exactly,
+                floats_round_trip_bit_exactly,
                 no_lost_update_with_32_tasks_doing_200_cas_increments,
                 concurrent_creators_of_one_key_exactly_one_wins,
                 concurrent_transfers_conserve_the_total,
                 holder_renewal_extends_and_release_removes,
-                write_can_combine_value_lease_and_inbox_changes
+                write_can_combine_value_lease_and_inbox_changes,
+                combined_conditions_must_all_hold
             );
             conformance!(@cases $backend, zero_retention_config;
                 zero_retention_prunes_every_superseded_version_but_keeps_the_latest

@@ -1,0 +1,203 @@
+//! Operator commands: read, write, list, history, restore, release and prune, on any store.
+//!
+//! Invariant: every write an operator makes is a conditional commit like any other; writes to a
+//! key a session holds are refused unless forced, and a forced write first fences the holder out,
+//! so an operator can never be silently overwritten by (or overwrite) a live session.
+
+use std::io::Read;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use hoard::store::validate::parse_json_value;
+use hoard::store::{
+    Commit, CommitOutcome, Condition, DocId, Document, Key, LeaseOp, ListQuery, SharedStore, StoreName, StoreOptions,
+    ValueOp, VersionQuery, Write, get, open_store, restore_version,
+};
+use serde_json::{Value, json};
+
+use crate::Command;
+
+/// Exit code when a condition failed (a conflict): distinct from errors, so scripts can tell.
+const EXIT_CONFLICT: u8 = 3;
+
+pub async fn run(location: &str, command: Command) -> Result<ExitCode> {
+    let store = open_store(location, StoreOptions::default())
+        .await
+        .with_context(|| format!("cannot open the database at {location}; check the path or URL (--db or HOARD_DB)"))?;
+    match command {
+        Command::Status => status(&store, location).await,
+        Command::Get { store: name, key, version } => read(&store, &doc_id(&name, &key)?, version).await,
+        Command::Put { store: name, key, value, if_version, if_absent, attributes, user_ids, force } => {
+            let id = doc_id(&name, &key)?;
+            let value = parse_json_value(&read_value_argument(&value)?).context("the value must be JSON")?;
+            let mut write = Write::put(id.clone(), value);
+            if let Some(text) = attributes {
+                match parse_json_value(&text).context("--attributes must be a JSON object")? {
+                    Value::Object(map) => write = write.attributes(map),
+                    _ => bail!("--attributes must be a JSON object, like '{{\"note\": \"gm grant\"}}'"),
+                }
+            }
+            if let Some(user_ids) = user_ids {
+                write = write.user_ids(user_ids);
+            }
+            let condition = match (if_version, if_absent) {
+                (Some(version), _) => Some(Condition::Version(version)),
+                (None, true) => Some(Condition::Absent),
+                (None, false) => None,
+            };
+            operator_write(&store, write, condition, force).await
+        }
+        Command::Delete { store: name, key, if_version, force } => {
+            let write = Write::delete(doc_id(&name, &key)?);
+            operator_write(&store, write, if_version.map(Condition::Version), force).await
+        }
+        Command::Increment { store: name, key, by } => {
+            operator_write(&store, Write::new(doc_id(&name, &key)?).value(ValueOp::Increment(by)), None, false).await
+        }
+        Command::List { store: name, prefix, after, limit } => {
+            let store_name = StoreName::new(name).context("invalid store name")?;
+            let after = after.map(Key::new).transpose().context("invalid --after key")?;
+            let page = store.list_keys(&store_name, &ListQuery { prefix, after, limit }).await?;
+            print_json(&json!({
+                "keys": page.keys.iter().map(Key::as_str).collect::<Vec<_>>(),
+                "next_after": page.next_after.as_ref().map(Key::as_str),
+            }))
+        }
+        Command::History { store: name, key, before, limit } => {
+            let versions =
+                store.list_versions(&doc_id(&name, &key)?, &VersionQuery { before_version: before, limit }).await?;
+            print_json(&serde_json::to_value(versions)?)
+        }
+        Command::Restore { store: name, key, version, force } => {
+            let id = doc_id(&name, &key)?;
+            if force {
+                fence_out_holder(&store, &id).await?;
+            }
+            let outcome = restore_version(&*store, &id, version, Condition::LeaseFree).await?;
+            report(outcome, "restore refused: a session holds the key; use --force to take it from its holder first")
+        }
+        Command::Release { store: name, key } => {
+            let id = doc_id(&name, &key)?;
+            let released = fence_out_holder(&store, &id).await?;
+            print_json(&json!({ "released": released }))
+        }
+        Command::Prune => {
+            let pruned = store.prune_history().await?;
+            print_json(&json!({ "pruned_versions": pruned }))
+        }
+    }
+}
+
+fn doc_id(store: &str, key: &str) -> Result<DocId> {
+    Ok(DocId::new(StoreName::new(store).context("invalid store name")?, Key::new(key).context("invalid key")?))
+}
+
+fn read_value_argument(argument: &str) -> Result<String> {
+    if argument != "-" {
+        return Ok(argument.to_string());
+    }
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .context("cannot read the value from standard input (it must be UTF-8)")?;
+    Ok(text)
+}
+
+#[allow(clippy::print_stdout)]
+fn print_json(value: &Value) -> Result<ExitCode> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn document_json(document: &Document) -> Value {
+    json!({
+        "store": document.id.store.as_str(),
+        "key": document.id.key.as_str(),
+        "exists": document.exists(),
+        "value": document.value,
+        "version": document.version,
+        "created_at_ms": document.created_at_ms,
+        "updated_at_ms": document.updated_at_ms,
+        "attributes": document.attributes,
+        "user_ids": document.user_ids,
+        "lease": { "holder": document.lease.holder.as_ref().map(|h| h.as_str()), "epoch": document.lease.epoch },
+        "inbox": document.inbox,
+    })
+}
+
+async fn status(store: &SharedStore, location: &str) -> Result<ExitCode> {
+    let now_ms = store.now_ms().await?;
+    print_json(&json!({
+        "backend": store.backend_name(),
+        "location": location,
+        "store_clock_ms": now_ms,
+        "limits": serde_json::to_value(store.limits())?,
+    }))
+}
+
+async fn read(store: &SharedStore, id: &DocId, version: Option<u64>) -> Result<ExitCode> {
+    match version {
+        None => {
+            let document = get(&**store, id).await?;
+            print_json(&document_json(&document))
+        }
+        Some(version) => match store.get_version(id, version).await? {
+            Some(record) => print_json(&serde_json::to_value(record)?),
+            None => bail!("version {version} of {id} is not in history (never written, or pruned)"),
+        },
+    }
+}
+
+/// Takes the key from its holder, if any, by releasing it conditionally on the holder and epoch
+/// seen: the holder's fence no longer matches, so it can never write again. Returns whether a
+/// holder was fenced out.
+async fn fence_out_holder(store: &SharedStore, id: &DocId) -> Result<bool> {
+    let document = get(&**store, id).await?;
+    let Some(holder) = document.lease.holder.clone() else { return Ok(false) };
+    let write =
+        Write::new(id.clone()).when(Condition::Lease { holder, epoch: document.lease.epoch }).lease(LeaseOp::Release);
+    match store.commit(Commit::single(write)).await? {
+        CommitOutcome::Committed { .. } => Ok(true),
+        CommitOutcome::Conflict(conflict) => {
+            bail!("the key changed hands while releasing it ({conflict}); run the command again")
+        }
+    }
+}
+
+async fn operator_write(
+    store: &SharedStore,
+    write: Write,
+    condition: Option<Condition>,
+    force: bool,
+) -> Result<ExitCode> {
+    if force {
+        fence_out_holder(store, &write.id).await?;
+    }
+    // An operator write never lands under a live session: its own condition, if any, and no
+    // live holder, checked together inside the commit.
+    let condition = match condition {
+        Some(condition) => Condition::All(vec![condition, Condition::LeaseFree]),
+        None => Condition::LeaseFree,
+    };
+    let held_message = "write refused: a session holds the key; use --force to take it from its holder first";
+    let outcome = store.commit(Commit::single(write.when(condition))).await?;
+    report(outcome, held_message)
+}
+
+fn report(outcome: CommitOutcome, held_message: &str) -> Result<ExitCode> {
+    match outcome {
+        CommitOutcome::Committed { applied, commit_id, .. } => print_json(&json!({
+            "committed": true,
+            "commit_id": commit_id.to_string(),
+            "version": applied.first().map(|a| a.version),
+        })),
+        CommitOutcome::Conflict(conflict) => {
+            if conflict.kind == hoard::store::ConflictKind::LeaseHeld {
+                eprintln!("{held_message}");
+            } else {
+                eprintln!("conflict: {conflict}");
+            }
+            Ok(ExitCode::from(EXIT_CONFLICT))
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The `hoard` binary, run as an operator would, on a fresh SQLite file.
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+struct Database {
+    _folder: tempfile::TempDir,
+    path: String,
+}
+
+fn database() -> Database {
+    let folder = tempfile::tempdir().expect("temporary folder");
+    let path = folder.path().join("nested/folder/hoard.sqlite3").to_string_lossy().into_owned();
+    Database { _folder: folder, path }
+}
+
+fn hoard(db: &Database, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hoard")).arg("--db").arg(&db.path).args(args).output().expect("run hoard")
+}
+
+fn json_of(output: &Output) -> Value {
+    assert!(output.status.success(), "hoard failed: {}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout).expect("hoard prints JSON")
+}
+
+#[test]
+fn put_get_history_restore_and_delete_round_trip() {
+    let db = database();
+    json_of(&hoard(&db, &["put", "players", "alice", r#"{"coins": 10}"#, "--user-ids", "1001"]));
+    json_of(&hoard(&db, &["put", "players", "alice", r#"{"coins": 0}"#, "--if-version", "1"]));
+    let document = json_of(&hoard(&db, &["get", "players", "alice"]));
+    assert_eq!(document["value"]["coins"], 0);
+    assert_eq!(document["version"], 2);
+    assert_eq!(document["user_ids"][0], "1001");
+    let history = json_of(&hoard(&db, &["history", "players", "alice"]));
+    assert_eq!(history.as_array().map(Vec::len), Some(2));
+    let old = json_of(&hoard(&db, &["get", "players", "alice", "--version", "1"]));
+    assert_eq!(old["value"]["coins"], 10);
+    json_of(&hoard(&db, &["restore", "players", "alice", "1"]));
+    let document = json_of(&hoard(&db, &["get", "players", "alice"]));
+    assert_eq!(document["value"]["coins"], 10);
+    assert_eq!(document["version"], 3);
+    json_of(&hoard(&db, &["delete", "players", "alice"]));
+    let document = json_of(&hoard(&db, &["get", "players", "alice"]));
+    assert_eq!(document["exists"], false);
+    assert_eq!(document["version"], 4);
+}
+
+#[test]
+fn stale_compare_and_set_exits_with_conflict_and_changes_nothing() {
+    let db = database();
+    json_of(&hoard(&db, &["put", "players", "bob", "1"]));
+    let output = hoard(&db, &["put", "players", "bob", "2", "--if-version", "7"]);
+    assert_eq!(output.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("VersionMismatch"));
+    assert_eq!(json_of(&hoard(&db, &["get", "players", "bob"]))["value"], 1);
+}
+
+#[test]
+fn list_pages_through_keys_by_prefix() {
+    let db = database();
+    for n in 0..5 {
+        json_of(&hoard(&db, &["increment", "scores", &format!("p{n}"), "-3"]));
+    }
+    let page = json_of(&hoard(&db, &["list", "scores", "--prefix", "p", "--limit", "3"]));
+    assert_eq!(page["keys"].as_array().map(Vec::len), Some(3));
+    assert_eq!(page["next_after"], "p2");
+    let rest = json_of(&hoard(&db, &["list", "scores", "--prefix", "p", "--after", "p2"]));
+    assert_eq!(rest["keys"], serde_json::json!(["p3", "p4"]));
+    assert_eq!(json_of(&hoard(&db, &["get", "scores", "p4"]))["value"], -3);
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_message_and_nothing_stored() {
+    let db = database();
+    for (args, needle) in [
+        (vec!["put", "players", "carol", "{not json"], "JSON"),
+        (vec!["put", "players", "carol", "NaN"], "JSON"),
+        (vec!["put", "players", "", "1"], "empty"),
+        (vec!["put", "players", "tab\tkey", "1"], "control character"),
+        (vec!["put", "players", "carol", "1", "--attributes", "[1]"], "JSON object"),
+    ] {
+        let output = hoard(&db, &args);
+        assert!(!output.status.success(), "{args:?} must fail");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(needle), "{args:?}: stderr {stderr:?} should mention {needle:?}");
+    }
+    let long_key = "k".repeat(10_000);
+    assert!(!hoard(&db, &["put", "players", &long_key, "1"]).status.success());
+    let page = json_of(&hoard(&db, &["list", "players"]));
+    assert_eq!(page["keys"], serde_json::json!([]));
+}
+
+#[cfg(unix)]
+#[test]
+fn non_utf8_key_is_refused() {
+    use std::os::unix::ffi::OsStrExt;
+    let db = database();
+    let output = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .arg("--db")
+        .arg(&db.path)
+        .args(["put", "players"])
+        .arg(std::ffi::OsStr::from_bytes(b"bad\xff"))
+        .arg("1")
+        .output()
+        .expect("run hoard");
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).to_lowercase().contains("utf-8"));
+}
+
+#[test]
+fn restore_of_a_held_key_is_refused_unless_forced() {
+    let db = database();
+    json_of(&hoard(&db, &["put", "players", "dave", "1"]));
+    json_of(&hoard(&db, &["put", "players", "dave", "2"]));
+    // Take the key with a holder whose process lease is live, through the library.
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        use hoard::store::{Commit, Condition, DocId, HolderId, LeaseOp, StoreOptions, Write, open_store};
+        let store = open_store(&db.path, StoreOptions::default()).await.expect("open");
+        let holder = HolderId::new("game-server-1").expect("holder");
+        store.renew_holder(&holder, 600_000).await.expect("renew");
+        let id = DocId::parse("players", "dave").expect("id");
+        let write = Write::new(id).when(Condition::LeaseFree).lease(LeaseOp::Acquire(holder));
+        assert!(store.commit(Commit::single(write)).await.expect("commit").is_committed());
+    });
+    let refused = hoard(&db, &["restore", "players", "dave", "1"]);
+    assert_eq!(refused.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--force"));
+    assert_eq!(json_of(&hoard(&db, &["get", "players", "dave"]))["value"], 2);
+    json_of(&hoard(&db, &["restore", "players", "dave", "1", "--force"]));
+    let document = json_of(&hoard(&db, &["get", "players", "dave"]));
+    assert_eq!(document["value"], 1);
+    assert_eq!(document["lease"]["holder"], Value::Null);
+    assert_eq!(document["lease"]["epoch"], 1, "the release keeps the epoch, so the old holder stays fenced out");
+}
+
+#[test]
+fn status_creates_the_database_and_reports_the_backend() {
+    let db = database();
+    let status = json_of(&hoard(&db, &["status"]));
+    assert_eq!(status["backend"], "sqlite");
+    assert!(std::path::Path::new(&db.path).exists());
+}
+
+#[test]
+fn help_lists_every_operator_command() {
+    let output = Command::new(env!("CARGO_BIN_EXE_hoard")).arg("--help").output().expect("run hoard");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for command in ["status", "get", "put", "delete", "increment", "list", "history", "restore", "release", "prune"] {
+        assert!(help.contains(command), "--help mentions {command}");
+    }
+}

@@ -1,0 +1,299 @@
+//! Starting a session: acquire the key (asking a live holder to hand over, stealing after a
+//! bounded wait), then read, migrate, reconcile and check the profile.
+//!
+//! Invariants:
+//! - The profile is read only after the key is acquired, so the previous holder's final save is
+//!   always seen.
+//! - A value that is not a valid profile is never overwritten: the key is released untouched and
+//!   a quarantine record names it (it stays in history too).
+//! - Every wait and retry is bounded by `EngineConfig`.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::sync::broadcast;
+
+use crate::store::{
+    Commit, CommitOutcome, Condition, ConflictKind, DocId, Document, HolderId, LeaseOp, Notification, StoreError,
+    StoreName, Write, get,
+};
+
+use super::engine::{EngineShared, HeldPolicy, LoadFailurePolicy, StartOptions, TOPIC_HANDOFF_PREFIX};
+use super::error::StartError;
+use super::schema::{DecodeError, ProfileMeta};
+use super::session::{Profile, ProfileKind, SESSION_EVENT_CHANNEL_CAPACITY, SessionCore, SessionState, SessionStatus};
+
+/// The named store where quarantine records go: one key per quarantined value.
+pub const QUARANTINE_STORE: &str = "hoard.quarantine";
+
+enum Acquired {
+    Yes { epoch: u64 },
+    HeldBy { holder: HolderId, epoch: u64 },
+}
+
+async fn try_acquire(shared: &EngineShared, id: &DocId, condition: Condition) -> Result<Acquired, StoreError> {
+    let write = Write::new(id.clone()).when(condition).lease(LeaseOp::Acquire(shared.holder.clone()));
+    let commit = Commit::single(write);
+    match shared.store.commit(commit).await {
+        Ok(CommitOutcome::Committed { applied, .. }) => {
+            let epoch = applied.first().map_or(0, |applied| applied.epoch);
+            Ok(Acquired::Yes { epoch })
+        }
+        Ok(CommitOutcome::Conflict(conflict)) => match conflict.found.lease.holder {
+            Some(holder) if matches!(conflict.kind, ConflictKind::LeaseHeld | ConflictKind::LeaseMismatch) => {
+                Ok(Acquired::HeldBy { holder, epoch: conflict.found.lease.epoch })
+            }
+            // The holder changed between our read and our steal (released meanwhile): try again.
+            _ => Ok(Acquired::HeldBy { holder: shared.holder.clone(), epoch: u64::MAX }),
+        },
+        Err(error) if error.may_have_applied() => {
+            // Read back: holder ids are unique per process, so naming us means we acquired it.
+            let document = get(&*shared.store, id).await?;
+            if document.lease.holder.as_ref() == Some(&shared.holder) {
+                Ok(Acquired::Yes { epoch: document.lease.epoch })
+            } else {
+                Err(error)
+            }
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// Acquires `id` for this engine, following the policy. Returns the epoch.
+async fn acquire(shared: &EngineShared, id: &DocId, policy: HeldPolicy) -> Result<u64, StartError> {
+    let mut released = shared.store.subscribe();
+    let started = tokio::time::Instant::now();
+    let wait_ms = match policy {
+        HeldPolicy::WaitThenSteal { wait_ms } | HeldPolicy::Wait { wait_ms } => wait_ms,
+        HeldPolicy::StealNow | HeldPolicy::FailFast => 0,
+    };
+    let mut asked: Option<(HolderId, u64)> = None;
+    let mut store_failures = 0u32;
+    let mut condition = Condition::LeaseFree;
+    // Bounded: each pass polls at most every `handoff_poll_interval_ms` until `wait_ms` is over,
+    // and store failures are capped by `acquire_attempts_max`.
+    let passes_max =
+        wait_ms / shared.config.handoff_poll_interval_ms + 4 * u64::from(shared.config.acquire_attempts_max);
+    for _pass in 0..passes_max {
+        match try_acquire(shared, id, condition.clone()).await {
+            Ok(Acquired::Yes { epoch }) => return Ok(epoch),
+            Ok(Acquired::HeldBy { holder, epoch }) => {
+                condition = Condition::LeaseFree;
+                if holder == shared.holder && epoch != u64::MAX {
+                    // Our own lease from a session this engine no longer has (its release was
+                    // lost): nobody plays it, take it back at once.
+                    condition = Condition::Lease { holder, epoch };
+                    continue;
+                }
+                if epoch == u64::MAX {
+                    continue;
+                }
+                if policy == HeldPolicy::FailFast {
+                    return Err(StartError::Locked { id: id.clone(), holder });
+                }
+                let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let steal = policy == HeldPolicy::StealNow
+                    || matches!(policy, HeldPolicy::WaitThenSteal { .. }) && waited_ms >= wait_ms;
+                if steal {
+                    shared.counters.steals.fetch_add(1, Ordering::Relaxed);
+                    condition = Condition::Lease { holder, epoch };
+                    continue;
+                }
+                if waited_ms >= wait_ms {
+                    return Err(StartError::Locked { id: id.clone(), holder });
+                }
+                if asked.as_ref() != Some(&(holder.clone(), epoch)) {
+                    request_handoff(shared, id, &holder).await;
+                    asked = Some((holder, epoch));
+                }
+                wait_for_release(shared, id, &mut released).await;
+            }
+            Err(error) => {
+                store_failures += 1;
+                if store_failures >= shared.config.acquire_attempts_max {
+                    return Err(StartError::Store { id: id.clone(), source: error });
+                }
+                shared.sleep_backoff(store_failures - 1).await;
+            }
+        }
+    }
+    Err(StartError::Locked { id: id.clone(), holder: shared.holder.clone() })
+}
+
+async fn request_handoff(shared: &EngineShared, id: &DocId, holder: &HolderId) {
+    shared.counters.handoffs_requested.fetch_add(1, Ordering::Relaxed);
+    let payload = serde_json::to_string(id).unwrap_or_default();
+    let topic = format!("{TOPIC_HANDOFF_PREFIX}{holder}");
+    // Best effort: a lost request only means we wait for the steal.
+    let _ = shared.store.notify(Notification { topic, payload }).await;
+}
+
+/// Waits for a release announcement of `id` (from any process), or one poll interval.
+async fn wait_for_release(shared: &EngineShared, id: &DocId, released: &mut broadcast::Receiver<Notification>) {
+    let poll = tokio::time::sleep(Duration::from_millis(shared.config.handoff_poll_interval_ms));
+    tokio::pin!(poll);
+    let payload = serde_json::to_string(id).unwrap_or_default();
+    loop {
+        tokio::select! {
+            () = &mut poll => return,
+            () = shared.released.notified() => return,
+            received = released.recv() => match received {
+                Ok(notification) if notification.topic == super::engine::TOPIC_RELEASED && notification.payload == payload => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    poll.as_mut().await;
+                    return;
+                }
+            },
+        }
+    }
+}
+
+/// Reads the document after acquiring, retrying store failures.
+async fn read_after_acquire(shared: &EngineShared, id: &DocId) -> Result<Document, StoreError> {
+    let mut last_error = StoreError::unavailable("not read");
+    for attempt in 0..shared.config.load_attempts_max {
+        if attempt > 0 {
+            shared.sleep_backoff(attempt - 1).await;
+        }
+        match get(&*shared.store, id).await {
+            Ok(document) => return Ok(document),
+            Err(error) => last_error = error,
+        }
+    }
+    Err(last_error)
+}
+
+/// Releases a key this engine acquired but will not play (bad data, or shutdown).
+async fn release_untouched(shared: &EngineShared, id: &DocId, epoch: u64) {
+    let write =
+        Write::new(id.clone()).when(Condition::Lease { holder: shared.holder.clone(), epoch }).lease(LeaseOp::Release);
+    for attempt in 0..shared.config.save_attempts_max {
+        match shared.store.commit(Commit::single(write.clone())).await {
+            Ok(_) => {
+                shared.announce_released(id);
+                return;
+            }
+            Err(_) => shared.sleep_backoff(attempt).await,
+        }
+    }
+}
+
+async fn quarantine(shared: &EngineShared, document: &Document, reason: &str) {
+    let Ok(store) = StoreName::new(QUARANTINE_STORE) else { return };
+    let key_text = format!("{}/{}/v{}", document.id.store, document.id.key, document.version);
+    let Ok(key) = crate::store::Key::with_limits(key_text, shared.store.limits()) else { return };
+    let record = json!({
+        "store": document.id.store.as_str(),
+        "key": document.id.key.as_str(),
+        "version": document.version,
+        "reason": reason,
+    });
+    // The value itself stays in the key and its history; the record only points at it.
+    let _ = shared.store.commit(Commit::single(Write::put(DocId::new(store, key), record))).await;
+}
+
+fn new_core<P: Profile>(
+    shared: &Arc<EngineShared>,
+    kind: &ProfileKind<P>,
+    id: &DocId,
+    epoch: u64,
+    profile: P,
+    meta: ProfileMeta,
+    status: SessionStatus,
+    document: Option<&Document>,
+) -> Arc<SessionCore<P>> {
+    let (events, _) = broadcast::channel(SESSION_EVENT_CHANNEL_CAPACITY);
+    let state = SessionState {
+        profile,
+        meta,
+        status,
+        revision: 0,
+        durable_revision: 0,
+        attributes: document.map(|d| d.attributes.clone()).unwrap_or_default(),
+        user_ids: document.map(|d| d.user_ids.clone()).unwrap_or_default(),
+        metadata_revision: 0,
+        inbox_applied_through: 0,
+        inbox_durable_through: 0,
+        in_transaction: false,
+    };
+    Arc::new(SessionCore {
+        id: id.clone(),
+        holder: shared.holder.clone(),
+        epoch,
+        kind: kind.clone(),
+        engine: Arc::downgrade(shared),
+        state: Mutex::new(state),
+        write_order: tokio::sync::Mutex::new(()),
+        events,
+    })
+}
+
+fn errored_core<P: Profile>(
+    shared: &Arc<EngineShared>,
+    kind: &ProfileKind<P>,
+    id: &DocId,
+    reason: String,
+) -> Arc<SessionCore<P>> {
+    let decoded = kind.schema.decode(None);
+    let (profile, meta) = match decoded {
+        Ok(decoded) => (decoded.profile, decoded.meta),
+        Err(_) => (kind.schema.template(), kind.schema.current_meta()),
+    };
+    // Epoch 0 never matches a real lease: even a bug that tried to save it would be fenced.
+    new_core(shared, kind, id, 0, profile, meta, SessionStatus::Errored { reason }, None)
+}
+
+pub(crate) async fn load_session<P: Profile>(
+    shared: &Arc<EngineShared>,
+    kind: &ProfileKind<P>,
+    id: &DocId,
+    options: StartOptions,
+) -> Result<Arc<SessionCore<P>>, StartError> {
+    let play_on_defaults = options.on_load_failure == LoadFailurePolicy::PlayOnDefaults;
+    let epoch = match acquire(shared, id, options.held).await {
+        Ok(epoch) => epoch,
+        Err(StartError::Store { id, source }) if play_on_defaults => {
+            return Ok(errored_core(shared, kind, &id, format!("could not acquire: {source}")));
+        }
+        Err(error) => return Err(error),
+    };
+    let document = match read_after_acquire(shared, id).await {
+        Ok(document) => document,
+        Err(error) => {
+            release_untouched(shared, id, epoch).await;
+            if play_on_defaults {
+                return Ok(errored_core(shared, kind, id, format!("could not read: {error}")));
+            }
+            return Err(StartError::Store { id: id.clone(), source: error });
+        }
+    };
+    let decoded = match kind.schema.decode(document.value.as_ref()) {
+        Ok(decoded) => decoded,
+        Err(error) => {
+            release_untouched(shared, id, epoch).await;
+            return match error {
+                DecodeError::NewerThanThisGame { .. } => Err(StartError::NewerData { id: id.clone(), source: error }),
+                other => {
+                    let reason = other.to_string();
+                    quarantine(shared, &document, &reason).await;
+                    if play_on_defaults {
+                        Ok(errored_core(shared, kind, id, format!("quarantined: {reason}")))
+                    } else {
+                        Err(StartError::Quarantined { id: id.clone(), reason })
+                    }
+                }
+            };
+        }
+    };
+    let changed_on_load = decoded.is_new || decoded.migrated_from.is_some() || decoded.reconciled;
+    let core = new_core(shared, kind, id, epoch, decoded.profile, decoded.meta, SessionStatus::Active, Some(&document));
+    if changed_on_load {
+        // New, migrated or reconciled data is saved at the next save like any change.
+        core.lock().revision = 1;
+    }
+    core.apply_messages(&document.inbox);
+    Ok(core)
+}

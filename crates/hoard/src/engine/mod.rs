@@ -1,0 +1,23 @@
+//! The engine: sessions over a store, with fenced leases, ordered writes, autosave, handoff,
+//! inbox and shutdown. No SQL and no HTTP here; time comes from tokio.
+
+mod background;
+pub mod config;
+#[allow(clippy::module_inception)]
+mod engine;
+pub mod error;
+pub mod inbox;
+mod load;
+pub mod schema;
+pub mod session;
+
+pub use config::EngineConfig;
+pub use engine::{
+    Engine, EngineCounters, HeldPolicy, LoadFailurePolicy, OpenError, ShutdownReport, StartOptions,
+    TOPIC_HANDOFF_PREFIX, TOPIC_INBOX, TOPIC_RELEASED,
+};
+pub use error::{SessionError, StartError};
+pub use inbox::SendError;
+pub use load::QUARANTINE_STORE;
+pub use schema::{FieldChange, ProfileMeta, ProfileSchema};
+pub use session::{Profile, ProfileKind, SaveKind, SaveOutcome, Session, SessionEvent, SessionStatus};

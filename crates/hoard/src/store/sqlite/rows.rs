@@ -1,0 +1,306 @@
+//! Encoding between rows of the `docs` and `history` tables and hoard's `Document` and history
+//! types, and the few SQL statements that read and write them.
+//!
+//! Invariant: a value is stored as the exact JSON text `serde_json` writes for it (so operators
+//! can `json_extract` it and a read returns what was written), counters (`version`, `lease_epoch`,
+//! `inbox_next_seq`) are stored as INTEGER and must fit in i64, and anything stored that cannot be
+//! decoded is reported as `StoreError::Corrupt`, never guessed at.
+
+use rusqlite::{Connection, OptionalExtension, Row, params};
+use serde_json::{Map, Value};
+
+use crate::store::StoreError;
+use crate::store::apply::Current;
+use crate::store::limits::Limits;
+use crate::store::types::{CommitId, DocId, Document, HolderId, InboxMessage, LeaseState, VersionInfo, VersionRecord};
+use crate::store::validate::json_bytes;
+
+/// Maps an SQL error of a read or write to `Unavailable`: the statement did not change the file
+/// (a failed statement inside a transaction is undone with its savepoint or transaction).
+pub(crate) fn sql_error(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
+    move |error| StoreError::unavailable(format!("SQLite {context}: {error}"))
+}
+
+fn to_json_text<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|error| StoreError::corrupt(format!("cannot encode {what} as JSON: {error}")))
+}
+
+fn from_json_text<T: serde::de::DeserializeOwned>(what: &str, id: &DocId, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text)
+        .map_err(|error| StoreError::corrupt(format!("stored {what} of {id} is not valid: {error}")))
+}
+
+pub(crate) fn counter_to_sql(what: &str, counter: u64) -> Result<i64, StoreError> {
+    i64::try_from(counter)
+        .map_err(|_| StoreError::corrupt(format!("{what} {counter} does not fit in an SQLite INTEGER")))
+}
+
+fn counter_from_sql(what: &str, id: &DocId, stored: i64) -> Result<u64, StoreError> {
+    u64::try_from(stored).map_err(|_| StoreError::corrupt(format!("stored {what} of {id} is negative ({stored})")))
+}
+
+fn commit_id_from_sql(id: &DocId, text: &str) -> Result<CommitId, StoreError> {
+    uuid::Uuid::parse_str(text)
+        .map(CommitId)
+        .map_err(|error| StoreError::corrupt(format!("stored commit id of {id} is not a UUID: {error}")))
+}
+
+/// The `docs` columns `document_from_row` reads, in order, from a table aliased `d`.
+pub(crate) const DOC_COLUMNS: &str = "d.value, d.version, d.created_at_ms, d.updated_at_ms, d.attributes, d.user_ids, \
+     d.lease_holder, d.lease_epoch, d.inbox, d.inbox_next_seq, d.last_commit_id";
+
+/// How many columns `DOC_COLUMNS` names; a query may add its own after them.
+pub(crate) const DOC_COLUMN_COUNT: usize = 11;
+
+/// The raw column values of one `docs` row, taken out of the row before decoding (decoding needs
+/// `StoreError`s, which a rusqlite row closure cannot return).
+pub(crate) struct DocRow {
+    value: Option<String>,
+    version: i64,
+    created_at_ms: i64,
+    updated_at_ms: i64,
+    attributes: String,
+    user_ids: String,
+    lease_holder: Option<String>,
+    lease_epoch: i64,
+    inbox: String,
+    inbox_next_seq: i64,
+    last_commit_id: Option<String>,
+}
+
+impl DocRow {
+    pub(crate) fn from_row(row: &Row<'_>) -> rusqlite::Result<DocRow> {
+        Ok(DocRow {
+            value: row.get(0)?,
+            version: row.get(1)?,
+            created_at_ms: row.get(2)?,
+            updated_at_ms: row.get(3)?,
+            attributes: row.get(4)?,
+            user_ids: row.get(5)?,
+            lease_holder: row.get(6)?,
+            lease_epoch: row.get(7)?,
+            inbox: row.get(8)?,
+            inbox_next_seq: row.get(9)?,
+            last_commit_id: row.get(10)?,
+        })
+    }
+
+    pub(crate) fn decode(self, id: DocId, limits: &Limits) -> Result<Document, StoreError> {
+        let value = match &self.value {
+            Some(text) => Some(from_json_text::<Value>("value", &id, text)?),
+            None => None,
+        };
+        let attributes: Map<String, Value> = from_json_text("attributes", &id, &self.attributes)?;
+        let user_ids: Vec<String> = from_json_text("user ids", &id, &self.user_ids)?;
+        let holder = match self.lease_holder {
+            Some(text) => Some(
+                HolderId::with_limits(text, limits)
+                    .map_err(|error| StoreError::corrupt(format!("stored lease holder of {id}: {error}")))?,
+            ),
+            None => None,
+        };
+        let inbox: Vec<InboxMessage> = from_json_text("inbox", &id, &self.inbox)?;
+        let last_commit_id = match &self.last_commit_id {
+            Some(text) => Some(commit_id_from_sql(&id, text)?),
+            None => None,
+        };
+        Ok(Document {
+            version: counter_from_sql("version", &id, self.version)?,
+            lease: LeaseState { holder, epoch: counter_from_sql("lease epoch", &id, self.lease_epoch)? },
+            inbox_next_seq: counter_from_sql("inbox sequence", &id, self.inbox_next_seq)?,
+            created_at_ms: self.created_at_ms,
+            updated_at_ms: self.updated_at_ms,
+            value,
+            attributes,
+            user_ids,
+            inbox,
+            last_commit_id,
+            id,
+        })
+    }
+}
+
+/// Reads one key's document (absent when no row exists).
+pub(crate) fn read_document(connection: &Connection, id: &DocId, limits: &Limits) -> Result<Document, StoreError> {
+    let sql = format!("SELECT {DOC_COLUMNS} FROM docs AS d WHERE d.store = ?1 AND d.key = ?2");
+    let mut statement = connection.prepare_cached(&sql).map_err(sql_error("preparing a document read"))?;
+    let row = statement
+        .query_row(params![id.store.as_str(), id.key.as_str()], DocRow::from_row)
+        .optional()
+        .map_err(sql_error("reading a document"))?;
+    match row {
+        Some(row) => row.decode(id.clone(), limits),
+        None => Ok(Document::absent(id.clone())),
+    }
+}
+
+/// Reads one key's state for a commit: its document and its holder's process-lease expiry
+/// (`None` when the key names no holder or the holder has no lease row), in one statement.
+pub(crate) fn read_current(connection: &Connection, id: &DocId, limits: &Limits) -> Result<Current, StoreError> {
+    let sql = format!(
+        "SELECT {DOC_COLUMNS}, h.expires_at_ms FROM docs AS d \
+         LEFT JOIN holders AS h ON h.holder = d.lease_holder \
+         WHERE d.store = ?1 AND d.key = ?2"
+    );
+    let mut statement = connection.prepare_cached(&sql).map_err(sql_error("preparing a commit read"))?;
+    let row = statement
+        .query_row(params![id.store.as_str(), id.key.as_str()], |row| {
+            Ok((DocRow::from_row(row)?, row.get::<_, Option<i64>>(DOC_COLUMN_COUNT)?))
+        })
+        .optional()
+        .map_err(sql_error("reading a key inside a commit"))?;
+    match row {
+        Some((row, holder_expires_at_ms)) => Ok(Current { doc: row.decode(id.clone(), limits)?, holder_expires_at_ms }),
+        None => Ok(Current { doc: Document::absent(id.clone()), holder_expires_at_ms: None }),
+    }
+}
+
+/// Writes a key's whole new state over its row (creating the row if needed).
+pub(crate) fn upsert_document(connection: &Connection, doc: &Document) -> Result<(), StoreError> {
+    let value = match &doc.value {
+        Some(value) => Some(to_json_text("value", value)?),
+        None => None,
+    };
+    let attributes = to_json_text("attributes", &doc.attributes)?;
+    let user_ids = to_json_text("user ids", &doc.user_ids)?;
+    let inbox = to_json_text("inbox", &doc.inbox)?;
+    let mut statement = connection
+        .prepare_cached(
+            "INSERT INTO docs (store, key, value, version, created_at_ms, updated_at_ms, attributes, user_ids, \
+                               lease_holder, lease_epoch, inbox, inbox_next_seq, last_commit_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT (store, key) DO UPDATE SET
+                 value = excluded.value, version = excluded.version, created_at_ms = excluded.created_at_ms,
+                 updated_at_ms = excluded.updated_at_ms, attributes = excluded.attributes,
+                 user_ids = excluded.user_ids, lease_holder = excluded.lease_holder,
+                 lease_epoch = excluded.lease_epoch, inbox = excluded.inbox,
+                 inbox_next_seq = excluded.inbox_next_seq, last_commit_id = excluded.last_commit_id",
+        )
+        .map_err(sql_error("preparing a document write"))?;
+    statement
+        .execute(params![
+            doc.id.store.as_str(),
+            doc.id.key.as_str(),
+            value,
+            counter_to_sql("version", doc.version)?,
+            doc.created_at_ms,
+            doc.updated_at_ms,
+            attributes,
+            user_ids,
+            doc.lease.holder.as_ref().map(HolderId::as_str),
+            counter_to_sql("lease epoch", doc.lease.epoch)?,
+            inbox,
+            counter_to_sql("inbox sequence", doc.inbox_next_seq)?,
+            doc.last_commit_id.map(|commit_id| commit_id.to_string()),
+        ])
+        .map_err(sql_error("writing a document"))?;
+    Ok(())
+}
+
+/// Records a new version of a key in its history.
+pub(crate) fn insert_history(
+    connection: &Connection,
+    doc: &Document,
+    commit_id: CommitId,
+    written_at_ms: i64,
+) -> Result<(), StoreError> {
+    let value = match &doc.value {
+        Some(value) => Some(to_json_text("value", value)?),
+        None => None,
+    };
+    let value_bytes = doc.value.as_ref().map_or(0, json_bytes);
+    let mut statement = connection
+        .prepare_cached(
+            "INSERT INTO history (store, key, version, written_at_ms, deleted, value, value_bytes, attributes, user_ids, commit_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        )
+        .map_err(sql_error("preparing a history write"))?;
+    statement
+        .execute(params![
+            doc.id.store.as_str(),
+            doc.id.key.as_str(),
+            counter_to_sql("version", doc.version)?,
+            written_at_ms,
+            doc.value.is_none(),
+            value,
+            counter_to_sql("value bytes", value_bytes as u64)?,
+            to_json_text("attributes", &doc.attributes)?,
+            to_json_text("user ids", &doc.user_ids)?,
+            commit_id.to_string(),
+        ])
+        .map_err(sql_error("writing a history entry"))?;
+    Ok(())
+}
+
+/// The raw columns of a `history` row's listing part.
+pub(crate) struct VersionInfoRow {
+    version: i64,
+    written_at_ms: i64,
+    deleted: bool,
+    value_bytes: i64,
+    commit_id: String,
+}
+
+/// The `history` columns `VersionInfoRow::from_row` reads, in order.
+pub(crate) const VERSION_INFO_COLUMNS: &str = "version, written_at_ms, deleted, value_bytes, commit_id";
+
+impl VersionInfoRow {
+    pub(crate) fn from_row(row: &Row<'_>) -> rusqlite::Result<VersionInfoRow> {
+        Ok(VersionInfoRow {
+            version: row.get(0)?,
+            written_at_ms: row.get(1)?,
+            deleted: row.get(2)?,
+            value_bytes: row.get(3)?,
+            commit_id: row.get(4)?,
+        })
+    }
+
+    pub(crate) fn decode(self, id: &DocId) -> Result<VersionInfo, StoreError> {
+        Ok(VersionInfo {
+            version: counter_from_sql("history version", id, self.version)?,
+            written_at_ms: self.written_at_ms,
+            deleted: self.deleted,
+            value_bytes: counter_from_sql("history value bytes", id, self.value_bytes)?,
+            commit_id: commit_id_from_sql(id, &self.commit_id)?,
+        })
+    }
+}
+
+/// Reads one version of a key with its contents.
+pub(crate) fn read_version(
+    connection: &Connection,
+    id: &DocId,
+    version: u64,
+) -> Result<Option<VersionRecord>, StoreError> {
+    let sql = format!(
+        "SELECT {VERSION_INFO_COLUMNS}, value, attributes, user_ids FROM history \
+         WHERE store = ?1 AND key = ?2 AND version = ?3"
+    );
+    let mut statement = connection.prepare_cached(&sql).map_err(sql_error("preparing a version read"))?;
+    let Ok(version) = i64::try_from(version) else {
+        return Ok(None);
+    };
+    let row = statement
+        .query_row(params![id.store.as_str(), id.key.as_str(), version], |row| {
+            Ok((
+                VersionInfoRow::from_row(row)?,
+                row.get::<_, Option<String>>(5)?,
+                row.get::<_, String>(6)?,
+                row.get::<_, String>(7)?,
+            ))
+        })
+        .optional()
+        .map_err(sql_error("reading a version"))?;
+    let Some((info, value, attributes, user_ids)) = row else {
+        return Ok(None);
+    };
+    Ok(Some(VersionRecord {
+        info: info.decode(id)?,
+        value: match value {
+            Some(text) => Some(from_json_text("history value", id, &text)?),
+            None => None,
+        },
+        attributes: from_json_text("history attributes", id, &attributes)?,
+        user_ids: from_json_text("history user ids", id, &user_ids)?,
+    }))
+}

@@ -1,0 +1,455 @@
+//! The group-commit writer: one OS thread owns the only write connection of this process and
+//! turns many queued write requests into few SQLite transactions.
+//!
+//! Invariant: a request is answered only after the transaction that carried it has COMMITted (or
+//! is known not to have), and the answer says exactly what happened to that request:
+//! - `Ok(..)`: COMMIT returned, so with `synchronous=FULL` the request is durable (one WAL fsync
+//!   covers the whole batch). A `CommitOutcome::Conflict` wrote nothing.
+//! - `Unavailable`: nothing of the request is in the file (BEGIN failed, its own savepoint was
+//!   rolled back, SQLite rolled the whole transaction back, or it conflicted in a batch whose
+//!   COMMIT failed: its verdict was judged against batch-mates that are not in the file).
+//! - `OutcomeUnknown`: COMMIT itself failed (I/O or fsync error, full disk) after the request
+//!   wrote rows; after a failed fsync nothing can be promised either way, so the caller reads back.
+//!
+//! Every request in a batch runs in its own SAVEPOINT, in arrival order, and sees the rows of the
+//! requests before it in the same batch: conditions are judged against them exactly as if each
+//! request had its own transaction. Conditions and new documents come only from `apply_commit`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rusqlite::{Connection, params};
+use tokio::sync::{mpsc, oneshot};
+
+use super::clock;
+use super::rows::{insert_history, read_current, sql_error, upsert_document};
+use crate::store::apply::{Current, apply_commit};
+use crate::store::limits::{HOUR_MS, HistoryPolicy, Limits};
+use crate::store::types::{Commit, CommitOutcome, HolderId, HolderLease, Notification};
+use crate::store::{GroupCommitStats, StoreError};
+
+/// Where to answer one request.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
+
+/// History rows `prune_history` examines in one transaction, so pruning a large history never
+/// holds the write lock (and delays commits) for long.
+pub(crate) const PRUNE_HISTORY_ROWS_PER_TRANSACTION: usize = 1_000;
+
+/// The writer deletes notifications older than the retention at most this often.
+const NOTIFICATION_CLEANUP_INTERVAL_MS: i64 = 1_000;
+
+/// A position in the `history` table, in primary-key order: (store, key, version).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct HistoryCursor {
+    pub store: String,
+    pub key: String,
+    pub version: i64,
+}
+
+/// What one transaction of `prune_history` did.
+#[derive(Clone, Debug)]
+pub(crate) struct PrunePage {
+    pub pruned: u64,
+    /// Where the next page starts; `None` when the whole history was examined.
+    pub next_after: Option<HistoryCursor>,
+}
+
+/// A write for the writer thread.
+#[derive(Debug)]
+pub(crate) enum WriteRequest {
+    Commit { commit: Commit, reply: Reply<CommitOutcome> },
+    RenewHolder { holder: HolderId, ttl_ms: i64, reply: Reply<HolderLease> },
+    ReleaseHolder { holder: HolderId, reply: Reply<()> },
+    Notify { notification: Notification, reply: Reply<()> },
+    PruneHistoryPage { after: Option<HistoryCursor>, reply: Reply<PrunePage> },
+}
+
+/// Counters of the writer, shared with the store for `group_commit_stats`.
+#[derive(Debug, Default)]
+pub(crate) struct WriterStats {
+    commits_total: AtomicU64,
+    transactions_total: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+impl WriterStats {
+    pub(crate) fn snapshot(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            commits_total: self.commits_total.load(Ordering::SeqCst),
+            transactions_total: self.transactions_total.load(Ordering::SeqCst),
+            largest_batch: self.largest_batch.load(Ordering::SeqCst),
+        }
+    }
+}
+
+/// What the writer thread needs besides its connection and queue.
+#[derive(Debug)]
+pub(crate) struct WriterContext {
+    pub limits: Limits,
+    pub history_policy: HistoryPolicy,
+    /// Most requests carried by one transaction.
+    pub group_commit_max_commits: usize,
+    pub notification_retention_ms: i64,
+    pub stats: Arc<WriterStats>,
+}
+
+/// The body of the writer thread: runs until every sender is gone and the queue is drained, so
+/// everything queued before the store was dropped is still written and answered.
+pub(crate) fn run_writer(mut connection: Connection, mut queue: mpsc::Receiver<WriteRequest>, context: WriterContext) {
+    let batch_max = context.group_commit_max_commits.max(1);
+    let mut last_notification_cleanup_ms = i64::MIN;
+    while let Some(first) = queue.blocking_recv() {
+        // Group commit: whatever queued up while the previous transaction was fsyncing rides in
+        // this one, so under load many commits share one fsync; alone, a commit goes at once.
+        let mut batch = Vec::with_capacity(batch_max.min(64));
+        batch.push(first);
+        while batch.len() < batch_max {
+            match queue.try_recv() {
+                Ok(request) => batch.push(request),
+                Err(_) => break,
+            }
+        }
+        run_batch(&mut connection, batch, &context, &mut last_notification_cleanup_ms);
+    }
+}
+
+/// One request's result, waiting for the transaction's fate before it is sent.
+enum Answer {
+    Commit(Reply<CommitOutcome>, Result<CommitOutcome, StoreError>),
+    Holder(Reply<HolderLease>, Result<HolderLease, StoreError>),
+    Unit(Reply<()>, Result<(), StoreError>),
+    Prune(Reply<PrunePage>, Result<PrunePage, StoreError>),
+}
+
+impl Answer {
+    /// True when the request left rows in the transaction.
+    fn wrote(&self) -> bool {
+        match self {
+            Answer::Commit(_, result) => matches!(result, Ok(CommitOutcome::Committed { .. })),
+            Answer::Holder(_, result) => result.is_ok(),
+            Answer::Unit(_, result) => result.is_ok(),
+            Answer::Prune(_, result) => result.as_ref().is_ok_and(|page| page.pruned > 0),
+        }
+    }
+
+    fn succeeded(&self) -> bool {
+        match self {
+            Answer::Commit(_, result) => result.is_ok(),
+            Answer::Holder(_, result) => result.is_ok(),
+            Answer::Unit(_, result) => result.is_ok(),
+            Answer::Prune(_, result) => result.is_ok(),
+        }
+    }
+
+    /// Replaces a success with `error` (keeps an error the request already had).
+    fn fail_with(self, error: impl Fn() -> StoreError) -> Answer {
+        match self {
+            Answer::Commit(reply, result) => Answer::Commit(reply, result.and_then(|_| Err(error()))),
+            Answer::Holder(reply, result) => Answer::Holder(reply, result.and_then(|_| Err(error()))),
+            Answer::Unit(reply, result) => Answer::Unit(reply, result.and_then(|_| Err(error()))),
+            Answer::Prune(reply, result) => Answer::Prune(reply, result.and_then(|_| Err(error()))),
+        }
+    }
+
+    fn send(self) {
+        // A caller that stopped waiting (its future was dropped) is not an error of the writer.
+        match self {
+            Answer::Commit(reply, result) => drop(reply.send(result)),
+            Answer::Holder(reply, result) => drop(reply.send(result)),
+            Answer::Unit(reply, result) => drop(reply.send(result)),
+            Answer::Prune(reply, result) => drop(reply.send(result)),
+        }
+    }
+}
+
+impl WriteRequest {
+    fn refuse(self, error: StoreError) {
+        match self {
+            WriteRequest::Commit { reply, .. } => drop(reply.send(Err(error))),
+            WriteRequest::RenewHolder { reply, .. } => drop(reply.send(Err(error))),
+            WriteRequest::ReleaseHolder { reply, .. } => drop(reply.send(Err(error))),
+            WriteRequest::Notify { reply, .. } => drop(reply.send(Err(error))),
+            WriteRequest::PruneHistoryPage { reply, .. } => drop(reply.send(Err(error))),
+        }
+    }
+
+    fn is_commit(&self) -> bool {
+        matches!(self, WriteRequest::Commit { .. })
+    }
+}
+
+fn run_batch(
+    connection: &mut Connection,
+    batch: Vec<WriteRequest>,
+    context: &WriterContext,
+    last_cleanup_ms: &mut i64,
+) {
+    // One now per transaction: every commit of the batch is stamped and judged (lease expiry) by
+    // the same instant, and it is read after the previous transaction ended, so it never runs
+    // behind a time already written by this process.
+    let now_ms = clock::now_ms();
+    let commits_in_batch = batch.iter().filter(|request| request.is_commit()).count() as u64;
+    if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
+        // BEGIN IMMEDIATE takes the write lock or fails having changed nothing (e.g. BUSY after
+        // busy_timeout because another process held the lock that long).
+        let message = format!("SQLite could not start a write transaction: {error}");
+        for request in batch {
+            request.refuse(StoreError::unavailable(&message));
+        }
+        return;
+    }
+    let mut answers = Vec::with_capacity(batch.len());
+    let mut requests = batch.into_iter();
+    let mut transaction_lost = None;
+    for request in requests.by_ref() {
+        let (answer, savepoint_clean) = run_in_savepoint(connection, request, now_ms, context, last_cleanup_ms);
+        answers.push(answer);
+        if !savepoint_clean {
+            transaction_lost = Some("a savepoint could not be released or rolled back");
+            break;
+        }
+        if connection.is_autocommit() {
+            // SQLite rolls the whole transaction back by itself on some errors (I/O, full disk,
+            // out of memory). Going on would run the next requests outside any transaction.
+            transaction_lost = Some("SQLite rolled the transaction back after an error");
+            break;
+        }
+    }
+    if let Some(reason) = transaction_lost {
+        // Nothing was COMMITted, so nothing of this batch is in the file.
+        let _ = connection.execute_batch("ROLLBACK");
+        let error = || StoreError::unavailable(format!("SQLite write transaction abandoned: {reason}"));
+        for answer in answers {
+            answer.fail_with(error).send();
+        }
+        for request in requests {
+            request.refuse(error());
+        }
+        return;
+    }
+    match connection.execute_batch("COMMIT") {
+        Ok(()) => {
+            let stats = &context.stats;
+            // Stats describe the commit path: a transaction that carried only holder renewals,
+            // notifications or pruning is not counted, so commits / transactions is the real
+            // number of commits per fsync.
+            if commits_in_batch > 0 {
+                stats.commits_total.fetch_add(commits_in_batch, Ordering::SeqCst);
+                stats.transactions_total.fetch_add(1, Ordering::SeqCst);
+                stats.largest_batch.fetch_max(commits_in_batch, Ordering::SeqCst);
+            }
+            for answer in answers {
+                answer.send();
+            }
+        }
+        Err(error) => {
+            // The transaction may or may not be in the file (the WAL fsync may have failed after
+            // the frames were written). Clear whatever state is left before the next batch.
+            if !connection.is_autocommit() {
+                let _ = connection.execute_batch("ROLLBACK");
+            }
+            let message = format!("SQLite COMMIT failed: {error}");
+            for answer in answers {
+                if answer.wrote() {
+                    answer.fail_with(|| StoreError::outcome_unknown(&message)).send();
+                } else if answer.succeeded() {
+                    answer.fail_with(|| StoreError::unavailable(&message)).send();
+                } else {
+                    answer.send();
+                }
+            }
+        }
+    }
+}
+
+/// Runs one request inside its own savepoint; returns its answer and whether the savepoint ended
+/// cleanly (released, or rolled back and released).
+fn run_in_savepoint(
+    connection: &Connection,
+    request: WriteRequest,
+    now_ms: i64,
+    context: &WriterContext,
+    last_cleanup_ms: &mut i64,
+) -> (Answer, bool) {
+    if let Err(error) = connection.execute_batch("SAVEPOINT hoard_request") {
+        let answer = match request {
+            WriteRequest::Commit { reply, .. } => Answer::Commit(reply, Err(sql_error("savepoint")(error))),
+            WriteRequest::RenewHolder { reply, .. } => Answer::Holder(reply, Err(sql_error("savepoint")(error))),
+            WriteRequest::ReleaseHolder { reply, .. } | WriteRequest::Notify { reply, .. } => {
+                Answer::Unit(reply, Err(sql_error("savepoint")(error)))
+            }
+            WriteRequest::PruneHistoryPage { reply, .. } => Answer::Prune(reply, Err(sql_error("savepoint")(error))),
+        };
+        return (answer, false);
+    }
+    let answer = match request {
+        WriteRequest::Commit { commit, reply } => {
+            Answer::Commit(reply, write_commit(connection, &commit, now_ms, &context.limits))
+        }
+        WriteRequest::RenewHolder { holder, ttl_ms, reply } => {
+            Answer::Holder(reply, renew_holder(connection, holder, ttl_ms, now_ms))
+        }
+        WriteRequest::ReleaseHolder { holder, reply } => Answer::Unit(reply, release_holder(connection, &holder)),
+        WriteRequest::Notify { notification, reply } => {
+            Answer::Unit(reply, insert_notification(connection, &notification, now_ms, context, last_cleanup_ms))
+        }
+        WriteRequest::PruneHistoryPage { after, reply } => {
+            Answer::Prune(reply, prune_history_page(connection, after.as_ref(), now_ms, &context.history_policy))
+        }
+    };
+    if connection.is_autocommit() {
+        // The transaction is already gone (see `run_batch`); there is no savepoint to end.
+        return (answer, true);
+    }
+    if answer.succeeded() {
+        if let Err(error) = connection.execute_batch("RELEASE hoard_request") {
+            let answer = answer.fail_with(|| sql_error("releasing a savepoint")(clone_error(&error)));
+            let clean = connection.execute_batch("ROLLBACK TO hoard_request; RELEASE hoard_request").is_ok();
+            return (answer, clean);
+        }
+        (answer, true)
+    } else {
+        // An SQL error part-way through a commit: undo whatever rows it already wrote.
+        let clean = connection.execute_batch("ROLLBACK TO hoard_request; RELEASE hoard_request").is_ok();
+        (answer, clean)
+    }
+}
+
+fn clone_error(error: &rusqlite::Error) -> rusqlite::Error {
+    rusqlite::Error::InvalidParameterName(error.to_string())
+}
+
+/// Reads the commit's keys, judges it with `apply_commit`, and writes back exactly what it
+/// returns: the documents, and a history row for each new version.
+fn write_commit(
+    connection: &Connection,
+    commit: &Commit,
+    now_ms: i64,
+    limits: &Limits,
+) -> Result<CommitOutcome, StoreError> {
+    let currents = commit
+        .writes
+        .iter()
+        .map(|write| read_current(connection, &write.id, limits))
+        .collect::<Result<Vec<Current>, StoreError>>()?;
+    let (nexts, applied) = match apply_commit(&currents, commit, now_ms, limits) {
+        Ok(result) => result,
+        Err(conflict) => return Ok(CommitOutcome::Conflict(conflict)),
+    };
+    for next in &nexts {
+        upsert_document(connection, &next.doc)?;
+        if next.new_version {
+            insert_history(connection, &next.doc, commit.id, now_ms)?;
+        }
+    }
+    Ok(CommitOutcome::Committed { commit_id: commit.id, at_ms: now_ms, applied })
+}
+
+fn renew_holder(
+    connection: &Connection,
+    holder: HolderId,
+    ttl_ms: i64,
+    now_ms: i64,
+) -> Result<HolderLease, StoreError> {
+    let expires_at_ms = now_ms.saturating_add(ttl_ms);
+    connection
+        .prepare_cached(
+            "INSERT INTO holders (holder, expires_at_ms) VALUES (?1, ?2)
+             ON CONFLICT (holder) DO UPDATE SET expires_at_ms = excluded.expires_at_ms",
+        )
+        .and_then(|mut statement| statement.execute(params![holder.as_str(), expires_at_ms]))
+        .map_err(sql_error("renewing a holder"))?;
+    Ok(HolderLease { holder, expires_at_ms })
+}
+
+fn release_holder(connection: &Connection, holder: &HolderId) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("DELETE FROM holders WHERE holder = ?1")
+        .and_then(|mut statement| statement.execute(params![holder.as_str()]))
+        .map_err(sql_error("releasing a holder"))?;
+    Ok(())
+}
+
+fn insert_notification(
+    connection: &Connection,
+    notification: &Notification,
+    now_ms: i64,
+    context: &WriterContext,
+    last_cleanup_ms: &mut i64,
+) -> Result<(), StoreError> {
+    connection
+        .prepare_cached("INSERT INTO notifications (topic, payload, created_at_ms) VALUES (?1, ?2, ?3)")
+        .and_then(|mut statement| statement.execute(params![notification.topic, notification.payload, now_ms]))
+        .map_err(sql_error("inserting a notification"))?;
+    // Old notifications are deleted here, by the writer, rather than by the pollers: pollers are
+    // read-only, and a notification only needs to live as long as the slowest poll interval.
+    if now_ms.saturating_sub(*last_cleanup_ms) >= NOTIFICATION_CLEANUP_INTERVAL_MS {
+        connection
+            .prepare_cached("DELETE FROM notifications WHERE created_at_ms < ?1")
+            .and_then(|mut statement| {
+                statement.execute(params![now_ms.saturating_sub(context.notification_retention_ms)])
+            })
+            .map_err(sql_error("deleting old notifications"))?;
+        *last_cleanup_ms = now_ms;
+    }
+    Ok(())
+}
+
+/// Examines up to `PRUNE_HISTORY_ROWS_PER_TRANSACTION` history rows after `after`, in
+/// (store, key, version) order, and deletes those the policy no longer keeps. The rule is the
+/// memory store's: a version is judged by its immediate successor among the rows present when it
+/// is examined (`superseded_at_ms` = the successor's `written_at_ms`, `later_in_same_hour` = both
+/// in the same UTC hour); a key's latest version has no successor and is never pruned.
+fn prune_history_page(
+    connection: &Connection,
+    after: Option<&HistoryCursor>,
+    now_ms: i64,
+    policy: &HistoryPolicy,
+) -> Result<PrunePage, StoreError> {
+    // One row more than the page: the look-ahead row is the successor of the page's last row.
+    let fetch = i64::try_from(PRUNE_HISTORY_ROWS_PER_TRANSACTION + 1).unwrap_or(i64::MAX);
+    let map_row = |row: &rusqlite::Row<'_>| {
+        Ok((HistoryCursor { store: row.get(0)?, key: row.get(1)?, version: row.get(2)? }, row.get::<_, i64>(3)?))
+    };
+    let rows: Vec<(HistoryCursor, i64)> = match after {
+        None => connection
+            .prepare_cached(
+                "SELECT store, key, version, written_at_ms FROM history ORDER BY store, key, version LIMIT ?1",
+            )
+            .and_then(|mut statement| statement.query_map(params![fetch], map_row)?.collect()),
+        Some(cursor) => connection
+            .prepare_cached(
+                "SELECT store, key, version, written_at_ms FROM history
+                 WHERE (store, key, version) > (?1, ?2, ?3) ORDER BY store, key, version LIMIT ?4",
+            )
+            .and_then(|mut statement| {
+                statement.query_map(params![cursor.store, cursor.key, cursor.version, fetch], map_row)?.collect()
+            }),
+    }
+    .map_err(sql_error("reading history to prune"))?;
+    let examined = rows.len().min(PRUNE_HISTORY_ROWS_PER_TRANSACTION);
+    let mut pruned = 0u64;
+    for index in 0..examined {
+        let (cursor, written_at_ms) = &rows[index];
+        let Some((successor, superseded_at_ms)) = rows.get(index + 1) else {
+            continue;
+        };
+        if successor.store != cursor.store || successor.key != cursor.key {
+            continue;
+        }
+        let later_in_same_hour = written_at_ms.div_euclid(HOUR_MS) == superseded_at_ms.div_euclid(HOUR_MS);
+        if policy.should_prune(*superseded_at_ms, later_in_same_hour, now_ms) {
+            connection
+                .prepare_cached("DELETE FROM history WHERE store = ?1 AND key = ?2 AND version = ?3")
+                .and_then(|mut statement| statement.execute(params![cursor.store, cursor.key, cursor.version]))
+                .map_err(sql_error("pruning history"))?;
+            pruned += 1;
+        }
+    }
+    let next_after = if rows.len() > PRUNE_HISTORY_ROWS_PER_TRANSACTION {
+        rows.get(examined.saturating_sub(1)).map(|(cursor, _)| cursor.clone())
+    } else {
+        None
+    };
+    Ok(PrunePage { pruned, next_after })
+}

@@ -1,15 +1,76 @@
-//! PostgreSQL backend. Being written.
+//! PostgreSQL backend: the store shared by many machines.
+//!
+//! Invariant: every process that opens the same schema sees one set of rows, one clock (the
+//! database server's `clock_timestamp()`) and one lock order, so any number of hoard processes
+//! can commit to the same keys at once without lost updates or deadlocks. Commits go through the
+//! group committer (`committer.rs`), which locks rows with `FOR UPDATE` in canonical order and
+//! evaluates them with `apply::apply_commit` (the same semantics as every other backend). Reads,
+//! holder leases and notifications go straight to the pool. What each failure leaves behind is
+//! spelled out on `StoreError`: `Unavailable` means nothing applied, `OutcomeUnknown` means the
+//! connection failed while COMMIT was in flight.
 
-use crate::store::StoreError;
-use crate::store::limits::{HistoryPolicy, Limits};
+mod committer;
+mod listener;
+mod rows;
+mod schema;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio_postgres::NoTls;
+
+use self::committer::{CommitterShared, GroupCommitCounters, PendingCommit};
+use self::rows::{
+    DOC_COLUMNS, HISTORY_COLUMNS, counter_to_db, document_from_row, version_info_from_row, version_record_from_row,
+};
+pub use self::schema::SCHEMA_VERSION_LATEST;
+use crate::store::limits::{HOUR_MS, HistoryPolicy, Limits};
+use crate::store::types::{
+    Commit, CommitOutcome, DocId, Document, HolderId, HolderLease, Key, KeyPage, ListQuery, Notification, StoreName,
+    VersionInfo, VersionQuery, VersionRecord,
+};
+use crate::store::validate::{validate_commit, validate_doc_id, validate_notification};
+use crate::store::{GroupCommitStats, InvalidInput, NOTIFICATION_CHANNEL_CAPACITY, Store, StoreError, Subscription};
+
+/// Longest schema name: PostgreSQL identifiers (and NOTIFY channel names) are at most 63 bytes,
+/// and the channel is `hoard_` followed by the schema.
+pub const SCHEMA_NAME_BYTES_MAX: usize = 57;
+
+/// PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more.
+pub const NOTIFY_PAYLOAD_BYTES_MAX: usize = 7_999;
+
+/// How many history keys `prune_history` judges per statement (all versions of each key in one
+/// window, so a key's versions are always judged against their true successors).
+pub const PRUNE_HISTORY_KEYS_PER_BATCH: i64 = 1_000;
 
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
+    /// A libpq-style URL or key=value string, e.g. `postgres://hoard@db:5432/hoard`.
     pub url: String,
-    /// The schema hoard's tables live in (created if missing).
+    /// The schema hoard's tables live in (created if missing): `[a-z_][a-z0-9_]*`, at most
+    /// `SCHEMA_NAME_BYTES_MAX` bytes. Stores in different schemas are fully isolated, including
+    /// their notifications.
     pub schema: String,
     pub limits: Limits,
     pub history_policy: HistoryPolicy,
+    /// Most connections this process keeps open (group-commit workers and reads share them);
+    /// the notification listener uses one more.
+    pub pool_size: usize,
+    /// How long to wait for a connection to be made or freed from the pool.
+    pub connect_timeout_ms: u64,
+    /// Server-side limit on one statement (including waits for row locks); also bounds how long a
+    /// transaction may sit idle, so a stalled process cannot hold row locks forever.
+    pub statement_timeout_ms: u64,
+    /// Most commits that share one database transaction.
+    pub group_commit_max_commits: usize,
+    /// Batch transactions run at the same time.
+    pub group_commit_workers: usize,
+    /// Commits waiting for a batch; past it, `commit` is refused with `Unavailable` (G8).
+    pub commit_queue_depth: usize,
 }
 
 impl Default for PostgresOptions {
@@ -19,73 +80,480 @@ impl Default for PostgresOptions {
             schema: "hoard".to_string(),
             limits: Limits::default(),
             history_policy: HistoryPolicy::default(),
+            pool_size: 16,
+            connect_timeout_ms: 10_000,
+            statement_timeout_ms: 30_000,
+            group_commit_max_commits: 256,
+            group_commit_workers: 4,
+            commit_queue_depth: 16_384,
         }
     }
 }
 
+/// A store on PostgreSQL. Cheap to share behind an `Arc`; dropping it stops its workers (after
+/// they answered every queued commit) and its listener.
 #[derive(Debug)]
-pub struct PostgresStore;
+pub struct PostgresStore {
+    pool: Pool,
+    schema: String,
+    channel: String,
+    limits: Limits,
+    history_policy: HistoryPolicy,
+    commit_queue: mpsc::Sender<PendingCommit>,
+    commit_queue_depth: usize,
+    committer: Arc<CommitterShared>,
+    notifications: broadcast::Sender<Notification>,
+    /// Dropped with the store, which ends the listener task.
+    _listener_shutdown: watch::Sender<()>,
+}
+
+/// `Unavailable` with what was being done.
+pub(crate) fn unavailable(context: impl std::fmt::Display, error: impl std::fmt::Display) -> StoreError {
+    StoreError::unavailable(format!("postgres: {context}: {error}"))
+}
+
+/// Quotes an identifier for SQL text. Schema names are validated to `[a-z_][a-z0-9_]*` first;
+/// quoting anyway keeps reserved words (e.g. a schema named `user`) working.
+pub(crate) fn quote_identifier(identifier: &str) -> String {
+    format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+fn validate_schema_name(schema: &str) -> Result<(), InvalidInput> {
+    const EXPECTED: &str = "1 to 57 bytes of [a-z0-9_], not starting with a digit";
+    let mut chars = schema.chars();
+    let first_ok = chars.next().is_some_and(|first| first.is_ascii_lowercase() || first == '_');
+    let rest_ok = chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !first_ok || !rest_ok || schema.len() > SCHEMA_NAME_BYTES_MAX {
+        return Err(InvalidInput::Malformed { what: "postgres schema name", expected: EXPECTED });
+    }
+    Ok(())
+}
+
+fn validate_options(options: &PostgresOptions) -> Result<(), InvalidInput> {
+    validate_schema_name(&options.schema)?;
+    let counts = [
+        ("pool_size", options.pool_size),
+        ("group_commit_max_commits", options.group_commit_max_commits),
+        ("group_commit_workers", options.group_commit_workers),
+        ("commit_queue_depth", options.commit_queue_depth),
+    ];
+    for (what, count) in counts {
+        if count == 0 {
+            return Err(InvalidInput::Malformed { what, expected: "at least 1" });
+        }
+    }
+    Ok(())
+}
+
+/// Byte-order upper bound (exclusive) of every string starting with `prefix`, or `None` when
+/// there is none (empty prefix, or only U+10FFFF characters). Lets `list_keys` walk the primary
+/// key index from the prefix to its end instead of to the end of the store.
+fn prefix_upper_bound(prefix: &str) -> Option<String> {
+    let mut chars: Vec<char> = prefix.chars().collect();
+    while let Some(last) = chars.pop() {
+        // UTF-8 preserves code point order, so the next code point sorts right after every
+        // string that starts with `last`. Surrogates are not chars: skip over their range.
+        let next = match last {
+            '\u{D7FF}' => Some('\u{E000}'),
+            other => char::from_u32(u32::from(other) + 1),
+        };
+        if let Some(next) = next {
+            chars.push(next);
+            return Some(chars.into_iter().collect());
+        }
+    }
+    None
+}
 
 impl PostgresStore {
-    pub async fn open(_options: PostgresOptions) -> Result<PostgresStore, StoreError> {
-        Err(StoreError::unavailable("postgres backend not written yet"))
+    /// Connects, migrates the schema (safe with many processes opening at once), starts the
+    /// notification listener (and waits until it listens) and the group-commit workers.
+    pub async fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
+        validate_options(&options)?;
+        let mut config: tokio_postgres::Config =
+            options.url.parse().map_err(|error| unavailable("parse the connection URL", error))?;
+        let connect_timeout = Duration::from_millis(options.connect_timeout_ms);
+        let server_options = format!(
+            "{existing} -c search_path={schema} -c statement_timeout={timeout} -c idle_in_transaction_session_timeout={timeout}",
+            existing = config.get_options().unwrap_or_default(),
+            schema = options.schema,
+            timeout = options.statement_timeout_ms,
+        );
+        // The application name names the schema, so an operator can tell (and a test can terminate)
+        // one store's connections in pg_stat_activity.
+        let application_name = format!("hoard:{}", options.schema);
+        config.options(server_options.trim()).connect_timeout(connect_timeout).application_name(&application_name);
+        let manager =
+            Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let pool = Pool::builder(manager)
+            .max_size(options.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(connect_timeout))
+            .create_timeout(Some(connect_timeout))
+            .build()
+            .map_err(|error| unavailable("build the connection pool", error))?;
+        schema::migrate(&pool, &options.schema).await?;
+
+        let channel = format!("hoard_{}", options.schema);
+        let (notifications, _) = broadcast::channel(NOTIFICATION_CHANNEL_CAPACITY);
+        let (listener_shutdown, shutdown_receiver) = watch::channel(());
+        let (ready_sender, ready_receiver) = oneshot::channel();
+        tokio::spawn(listener::run_listener(
+            config,
+            channel.clone(),
+            notifications.clone(),
+            ready_sender,
+            shutdown_receiver,
+        ));
+        match tokio::time::timeout(connect_timeout.saturating_mul(2), ready_receiver).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(message))) => {
+                return Err(unavailable("start the notification listener", message));
+            }
+            Ok(Err(_)) => {
+                return Err(unavailable("start the notification listener", "listener task ended"));
+            }
+            Err(_) => return Err(unavailable("start the notification listener", "timed out")),
+        }
+
+        let committer = Arc::new(CommitterShared {
+            pool: pool.clone(),
+            limits: options.limits.clone(),
+            group_commit_max_commits: options.group_commit_max_commits,
+            counters: GroupCommitCounters::default(),
+        });
+        let (commit_queue, commit_receiver) = mpsc::channel(options.commit_queue_depth);
+        committer::spawn_workers(committer.clone(), commit_receiver, options.group_commit_workers);
+
+        Ok(PostgresStore {
+            pool,
+            schema: options.schema,
+            channel,
+            limits: options.limits,
+            history_policy: options.history_policy,
+            commit_queue,
+            commit_queue_depth: options.commit_queue_depth,
+            committer,
+            notifications,
+            _listener_shutdown: listener_shutdown,
+        })
+    }
+
+    /// The schema this store's tables live in.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
+        self.pool.get().await.map_err(|error| unavailable("get a connection", error))
     }
 }
 
-#[async_trait::async_trait]
-impl crate::store::Store for PostgresStore {
+#[async_trait]
+impl Store for PostgresStore {
     fn backend_name(&self) -> &'static str {
         "postgres"
     }
+
     fn limits(&self) -> &Limits {
-        unreachable!()
+        &self.limits
     }
+
     async fn now_ms(&self) -> Result<i64, StoreError> {
-        unreachable!()
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint")
+            .await
+            .map_err(|error| unavailable("read the clock", error))?;
+        let row = client.query_one(&statement, &[]).await.map_err(|error| unavailable("read the clock", error))?;
+        row.try_get(0).map_err(|error| unavailable("read the clock", error))
     }
-    async fn get_many(&self, _: &[crate::store::DocId]) -> Result<Vec<crate::store::Document>, StoreError> {
-        unreachable!()
+
+    async fn get_many(&self, ids: &[DocId]) -> Result<Vec<Document>, StoreError> {
+        for id in ids {
+            validate_doc_id(id, &self.limits)?;
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stores: Vec<&str> = ids.iter().map(|id| id.store.as_str()).collect();
+        let keys: Vec<&str> = ids.iter().map(|id| id.key.as_str()).collect();
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {DOC_COLUMNS} FROM docs AS d
+             JOIN unnest($1::text[], $2::text[]) AS want(store, key) ON d.store = want.store AND d.key = want.key"
+        );
+        let statement = client.prepare_cached(&sql).await.map_err(|error| unavailable("read documents", error))?;
+        let rows =
+            client.query(&statement, &[&stores, &keys]).await.map_err(|error| unavailable("read documents", error))?;
+        let mut found: HashMap<DocId, Document> = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let doc = document_from_row(row)?;
+            found.insert(doc.id.clone(), doc);
+        }
+        // Placeholder rows read exactly like absent keys (see rows.rs), so no filtering is needed.
+        Ok(ids.iter().map(|id| found.get(id).cloned().unwrap_or_else(|| Document::absent(id.clone()))).collect())
     }
-    async fn list_keys(
-        &self,
-        _: &crate::store::StoreName,
-        _: &crate::store::ListQuery,
-    ) -> Result<crate::store::KeyPage, StoreError> {
-        unreachable!()
+
+    async fn list_keys(&self, store: &StoreName, query: &ListQuery) -> Result<KeyPage, StoreError> {
+        let limit = self.limits.page_size(query.limit);
+        if query.prefix.contains('\0') {
+            // PostgreSQL text cannot hold NUL, and no key contains one.
+            return Ok(KeyPage::default());
+        }
+        let prefix_chars = i32::try_from(query.prefix.chars().count()).unwrap_or(i32::MAX);
+        let upper_bound = prefix_upper_bound(&query.prefix);
+        let after = query.after.as_ref().map(Key::as_str);
+        let fetch = i64::try_from(limit).unwrap_or(i64::MAX).saturating_add(1);
+        let client = self.client().await?;
+        // `key >= prefix` and `key < upper bound` bound the index scan; `left(key, n) = prefix`
+        // is the exact test (no LIKE, so `%` and `_` in a prefix are plain characters).
+        let statement = client
+            .prepare_cached(
+                "SELECT key FROM docs
+                 WHERE store = $1 AND value IS NOT NULL
+                   AND key >= $2 AND ($3::text IS NULL OR key < $3) AND left(key, $4) = $2
+                   AND ($5::text IS NULL OR key > $5)
+                 ORDER BY key
+                 LIMIT $6",
+            )
+            .await
+            .map_err(|error| unavailable("list keys", error))?;
+        let rows = client
+            .query(&statement, &[&store.as_str(), &query.prefix, &upper_bound, &prefix_chars, &after, &fetch])
+            .await
+            .map_err(|error| unavailable("list keys", error))?;
+        let mut keys = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let text: String = row.try_get(0).map_err(|error| unavailable("list keys", error))?;
+            let key = Key::new(text.clone())
+                .map_err(|error| StoreError::corrupt(format!("key {store}/{text} is unreadable: {error}")))?;
+            keys.push(key);
+        }
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let next_after = if more { keys.last().cloned() } else { None };
+        Ok(KeyPage { keys, next_after })
     }
-    async fn commit(&self, _: crate::store::Commit) -> Result<crate::store::CommitOutcome, StoreError> {
-        unreachable!()
+
+    async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
+        validate_commit(&commit, &self.limits)?;
+        let (reply, answer) = oneshot::channel();
+        match self.commit_queue.try_send(PendingCommit { commit, reply }) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return Err(committer::queue_full(self.commit_queue_depth));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(StoreError::Closed),
+        }
+        answer.await.map_err(|_| {
+            // Workers answer every commit they take; losing the answer means a worker died
+            // mid-batch, after which the commit may or may not have applied.
+            StoreError::outcome_unknown("postgres: the group-commit worker stopped before answering")
+        })?
     }
-    async fn list_versions(
-        &self,
-        _: &crate::store::DocId,
-        _: &crate::store::VersionQuery,
-    ) -> Result<Vec<crate::store::VersionInfo>, StoreError> {
-        unreachable!()
+
+    async fn list_versions(&self, id: &DocId, query: &VersionQuery) -> Result<Vec<VersionInfo>, StoreError> {
+        validate_doc_id(id, &self.limits)?;
+        let limit = i64::try_from(self.limits.page_size(query.limit)).unwrap_or(i64::MAX);
+        let before = query.before_version.map_or(i64::MAX, counter_to_db);
+        let client = self.client().await?;
+        let sql = format!(
+            "SELECT {HISTORY_COLUMNS} FROM history
+             WHERE store = $1 AND key = $2 AND version < $3
+             ORDER BY version DESC
+             LIMIT $4"
+        );
+        let statement = client.prepare_cached(&sql).await.map_err(|error| unavailable("list versions", error))?;
+        let rows = client
+            .query(&statement, &[&id.store.as_str(), &id.key.as_str(), &before, &limit])
+            .await
+            .map_err(|error| unavailable("list versions", error))?;
+        rows.iter().map(|row| version_info_from_row(row, id)).collect()
     }
-    async fn get_version(
-        &self,
-        _: &crate::store::DocId,
-        _: u64,
-    ) -> Result<Option<crate::store::VersionRecord>, StoreError> {
-        unreachable!()
+
+    async fn get_version(&self, id: &DocId, version: u64) -> Result<Option<VersionRecord>, StoreError> {
+        validate_doc_id(id, &self.limits)?;
+        let Ok(version) = i64::try_from(version) else {
+            return Ok(None);
+        };
+        let client = self.client().await?;
+        let sql = format!("SELECT {HISTORY_COLUMNS} FROM history WHERE store = $1 AND key = $2 AND version = $3");
+        let statement = client.prepare_cached(&sql).await.map_err(|error| unavailable("read a version", error))?;
+        let row = client
+            .query_opt(&statement, &[&id.store.as_str(), &id.key.as_str(), &version])
+            .await
+            .map_err(|error| unavailable("read a version", error))?;
+        row.map(|row| version_record_from_row(&row, id)).transpose()
     }
+
     async fn prune_history(&self) -> Result<u64, StoreError> {
-        unreachable!()
+        let now_ms = self.now_ms().await?;
+        let client = self.client().await?;
+        // The memory store's rule in one statement per batch of keys: a version goes when
+        // `HistoryPolicy::should_prune(next version's written_at_ms, same UTC hour as the next
+        // version, now)` says so; the latest version (no next) is never pruned. Every version of
+        // a key is judged in the same statement, against the successors that existed before it.
+        let statement = client
+            .prepare_cached(
+                "WITH chunk AS (
+                     SELECT DISTINCT store, key FROM history
+                     WHERE (store, key) > ($1, $2)
+                     ORDER BY store, key
+                     LIMIT $3
+                 ), ranked AS (
+                     SELECT h.store, h.key, h.version, h.written_at_ms,
+                            lead(h.written_at_ms) OVER (PARTITION BY h.store, h.key ORDER BY h.version) AS superseded_at_ms
+                     FROM history AS h JOIN chunk AS c ON h.store = c.store AND h.key = c.key
+                 ), doomed AS (
+                     SELECT store, key, version FROM ranked
+                     WHERE superseded_at_ms IS NOT NULL
+                       AND ($4::bigint - superseded_at_ms >= $5::bigint
+                            OR ($4::bigint - superseded_at_ms >= $6::bigint
+                                AND floor(written_at_ms::numeric / $7::bigint) = floor(superseded_at_ms::numeric / $7::bigint)))
+                 ), deleted AS (
+                     DELETE FROM history AS h USING doomed AS d
+                     WHERE h.store = d.store AND h.key = d.key AND h.version = d.version
+                     RETURNING 1
+                 )
+                 SELECT (SELECT count(*) FROM deleted) AS pruned, last.store, last.key
+                 FROM (SELECT store, key FROM chunk ORDER BY store DESC, key DESC LIMIT 1) AS last",
+            )
+            .await
+            .map_err(|error| unavailable("prune history", error))?;
+        let mut after_store = String::new();
+        let mut after_key = String::new();
+        let mut pruned_total: u64 = 0;
+        loop {
+            let row = client
+                .query_opt(
+                    &statement,
+                    &[
+                        &after_store,
+                        &after_key,
+                        &PRUNE_HISTORY_KEYS_PER_BATCH,
+                        &now_ms,
+                        &self.history_policy.retention_ms,
+                        &self.history_policy.keep_all_ms,
+                        &HOUR_MS,
+                    ],
+                )
+                .await
+                .map_err(|error| unavailable("prune history", error))?;
+            let Some(row) = row else { break };
+            let pruned: i64 = row.try_get("pruned").map_err(|error| unavailable("prune history", error))?;
+            pruned_total = pruned_total.saturating_add(u64::try_from(pruned).unwrap_or(0));
+            after_store = row.try_get("store").map_err(|error| unavailable("prune history", error))?;
+            after_key = row.try_get("key").map_err(|error| unavailable("prune history", error))?;
+        }
+        Ok(pruned_total)
     }
-    async fn renew_holder(&self, _: &crate::store::HolderId, _: u64) -> Result<crate::store::HolderLease, StoreError> {
-        unreachable!()
+
+    async fn renew_holder(&self, holder: &HolderId, ttl_ms: u64) -> Result<HolderLease, StoreError> {
+        let ttl_ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
+        let client = self.client().await?;
+        // Expiry by the database's clock, saturating like the memory store.
+        let statement = client
+            .prepare_cached(
+                "WITH clock AS (SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS now_ms)
+                 INSERT INTO holders (holder, expires_at_ms)
+                 SELECT $1, CASE WHEN $2::bigint > 9223372036854775807 - clock.now_ms THEN 9223372036854775807
+                                 ELSE clock.now_ms + $2::bigint END
+                 FROM clock
+                 ON CONFLICT (holder) DO UPDATE SET expires_at_ms = EXCLUDED.expires_at_ms
+                 RETURNING expires_at_ms",
+            )
+            .await
+            .map_err(|error| unavailable("renew holder", error))?;
+        let row = client
+            .query_one(&statement, &[&holder.as_str(), &ttl_ms])
+            .await
+            .map_err(|error| unavailable("renew holder", error))?;
+        let expires_at_ms: i64 = row.try_get(0).map_err(|error| unavailable("renew holder", error))?;
+        Ok(HolderLease { holder: holder.clone(), expires_at_ms })
     }
-    async fn release_holder(&self, _: &crate::store::HolderId) -> Result<(), StoreError> {
-        unreachable!()
+
+    async fn release_holder(&self, holder: &HolderId) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("DELETE FROM holders WHERE holder = $1")
+            .await
+            .map_err(|error| unavailable("release holder", error))?;
+        client.execute(&statement, &[&holder.as_str()]).await.map_err(|error| unavailable("release holder", error))?;
+        Ok(())
     }
-    async fn holder_lease(&self, _: &crate::store::HolderId) -> Result<Option<crate::store::HolderLease>, StoreError> {
-        unreachable!()
+
+    async fn holder_lease(&self, holder: &HolderId) -> Result<Option<HolderLease>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached("SELECT expires_at_ms FROM holders WHERE holder = $1")
+            .await
+            .map_err(|error| unavailable("read holder", error))?;
+        let row = client
+            .query_opt(&statement, &[&holder.as_str()])
+            .await
+            .map_err(|error| unavailable("read holder", error))?;
+        row.map(|row| {
+            let expires_at_ms: i64 = row.try_get(0).map_err(|error| unavailable("read holder", error))?;
+            Ok(HolderLease { holder: holder.clone(), expires_at_ms })
+        })
+        .transpose()
     }
-    async fn notify(&self, _: crate::store::Notification) -> Result<(), StoreError> {
-        unreachable!()
+
+    async fn notify(&self, notification: Notification) -> Result<(), StoreError> {
+        validate_notification(&notification, &self.limits)?;
+        let payload = serde_json::to_string(&notification)
+            .map_err(|error| StoreError::corrupt(format!("notification does not serialize: {error}")))?;
+        if payload.len() > NOTIFY_PAYLOAD_BYTES_MAX {
+            // JSON escaping (quotes, backslashes, control characters) can grow a payload that is
+            // within `notification_payload_bytes_max` past what NOTIFY accepts.
+            return Err(InvalidInput::TooLong {
+                what: "notification encoded as JSON for PostgreSQL NOTIFY",
+                bytes: payload.len(),
+                bytes_max: NOTIFY_PAYLOAD_BYTES_MAX,
+            }
+            .into());
+        }
+        let client = self.client().await?;
+        let statement =
+            client.prepare_cached("SELECT pg_notify($1, $2)").await.map_err(|error| unavailable("notify", error))?;
+        client.execute(&statement, &[&self.channel, &payload]).await.map_err(|error| unavailable("notify", error))?;
+        Ok(())
     }
-    fn subscribe(&self) -> crate::store::Subscription {
-        unreachable!()
+
+    fn subscribe(&self) -> Subscription {
+        self.notifications.subscribe()
+    }
+
+    fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        Some(self.committer.counters.snapshot())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_lowercase_identifiers() {
+        assert!(validate_schema_name("hoard").is_ok());
+        assert!(validate_schema_name("_hoard_2").is_ok());
+        assert!(validate_schema_name(&"s".repeat(SCHEMA_NAME_BYTES_MAX)).is_ok());
+        for bad in ["", "2hoard", "Hoard", "ho-ard", "ho\"ard", "hoärd", &"s".repeat(SCHEMA_NAME_BYTES_MAX + 1)] {
+            assert!(validate_schema_name(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn prefix_upper_bound_is_just_past_every_extension() {
+        assert_eq!(prefix_upper_bound(""), None);
+        assert_eq!(prefix_upper_bound("player-").as_deref(), Some("player."));
+        assert_eq!(prefix_upper_bound("a\u{10FFFF}").as_deref(), Some("b"));
+        assert_eq!(prefix_upper_bound("\u{D7FF}").as_deref(), Some("\u{E000}"));
+        assert_eq!(prefix_upper_bound("\u{10FFFF}"), None);
+        let bound = prefix_upper_bound("ab").unwrap_or_default();
+        for key in ["ab", "abz", "ab\u{10FFFF}\u{10FFFF}", "ab键"] {
+            assert!(key < bound.as_str(), "{key:?} sorts before the bound");
+        }
     }
 }

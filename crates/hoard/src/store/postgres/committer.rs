@@ -1,0 +1,428 @@
+//! Group commit: many callers' commits share one PostgreSQL transaction (and one WAL flush).
+//!
+//! Invariant: a batch's transaction locks every key of the batch with `SELECT ... FOR UPDATE` in
+//! one canonical order (store, then key, by bytes, via `COLLATE "C"`), the same in every process,
+//! so two batches can wait on each other only in one direction and never deadlock. Under those
+//! locks the batch's commits are evaluated one after another with `apply::apply_commit`, each
+//! against the state left by the earlier successful commits of the same batch, exactly as if they
+//! had been sent one by one; a conflicting commit changes nothing. Callers are answered only after
+//! COMMIT returned (committed outcomes are durable then), or with `Unavailable` when the
+//! transaction certainly did not commit, or `OutcomeUnknown` when the connection failed while
+//! COMMIT was in flight.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio_postgres::error::{Severity, SqlState};
+
+use super::rows::{DocColumns, HistoryColumns, document_from_row};
+use super::unavailable;
+use crate::store::apply::{Current, apply_commit};
+use crate::store::limits::Limits;
+use crate::store::types::{Commit, CommitOutcome, DocId};
+use crate::store::{GroupCommitStats, StoreError};
+
+/// How many times a batch is retried from scratch when PostgreSQL aborts it with a serialization
+/// failure (40001) or a deadlock (40P01). Neither should happen given the canonical lock order,
+/// but PostgreSQL may still report them (e.g. a deadlock with an operator's manual transaction).
+pub const GROUP_COMMIT_RETRY_ATTEMPTS_MAX: u32 = 5;
+
+/// Pause before retrying an aborted batch, multiplied by the attempt number.
+pub const GROUP_COMMIT_RETRY_BACKOFF_MS: u64 = 10;
+
+/// One caller's commit waiting in the queue, with where to send its answer.
+#[derive(Debug)]
+pub struct PendingCommit {
+    pub commit: Commit,
+    pub reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
+}
+
+/// Counters behind `Store::group_commit_stats`.
+#[derive(Debug, Default)]
+pub struct GroupCommitCounters {
+    commits_total: AtomicU64,
+    transactions_total: AtomicU64,
+    largest_batch: AtomicU64,
+}
+
+impl GroupCommitCounters {
+    pub fn snapshot(&self) -> GroupCommitStats {
+        GroupCommitStats {
+            commits_total: self.commits_total.load(Ordering::Relaxed),
+            transactions_total: self.transactions_total.load(Ordering::Relaxed),
+            largest_batch: self.largest_batch.load(Ordering::Relaxed),
+        }
+    }
+
+    fn record_batch(&self, commits: usize) {
+        let commits = u64::try_from(commits).unwrap_or(u64::MAX);
+        self.commits_total.fetch_add(commits, Ordering::Relaxed);
+        self.transactions_total.fetch_add(1, Ordering::Relaxed);
+        self.largest_batch.fetch_max(commits, Ordering::Relaxed);
+    }
+}
+
+/// What every worker shares.
+#[derive(Debug)]
+pub struct CommitterShared {
+    pub pool: Pool,
+    pub limits: Limits,
+    pub group_commit_max_commits: usize,
+    pub counters: GroupCommitCounters,
+}
+
+/// Starts `workers` tasks that take batches from `receiver` until every sender is dropped (the
+/// store was dropped); commits already queued then are still run and answered.
+pub fn spawn_workers(shared: Arc<CommitterShared>, receiver: mpsc::Receiver<PendingCommit>, workers: usize) {
+    let receiver = Arc::new(Mutex::new(receiver));
+    for _ in 0..workers {
+        tokio::spawn(run_worker(shared.clone(), receiver.clone()));
+    }
+}
+
+async fn run_worker(shared: Arc<CommitterShared>, receiver: Arc<Mutex<mpsc::Receiver<PendingCommit>>>) {
+    loop {
+        // Only one idle worker waits on the queue at a time; while the others run transactions,
+        // commits pile up and the next worker takes them all as one batch. This is what groups
+        // commits: no timer, no added latency when the database is idle.
+        let mut batch = Vec::new();
+        let received = receiver.lock().await.recv_many(&mut batch, shared.group_commit_max_commits).await;
+        if received == 0 {
+            return;
+        }
+        run_batch(&shared, batch).await;
+    }
+}
+
+/// Why a batch's transaction ended without committing, and whether it may have applied.
+enum BatchFailure {
+    /// Aborted by PostgreSQL for a reason a retry can cure (40001, 40P01). Nothing applied.
+    Retryable(String),
+    /// Nothing applied.
+    NothingApplied(String),
+    /// The connection failed while COMMIT was in flight.
+    OutcomeUnknown(String),
+}
+
+fn is_retryable(error: &tokio_postgres::Error) -> bool {
+    matches!(error.code(), Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+/// Classifies an error raised before COMMIT was sent: the transaction did not commit.
+fn before_commit(context: &str) -> impl Fn(tokio_postgres::Error) -> BatchFailure + '_ {
+    move |error| {
+        let message = format!("{context}: {error}");
+        if is_retryable(&error) { BatchFailure::Retryable(message) } else { BatchFailure::NothingApplied(message) }
+    }
+}
+
+async fn run_batch(shared: &CommitterShared, batch: Vec<PendingCommit>) {
+    let mut attempt = 0;
+    let result = loop {
+        attempt += 1;
+        match try_batch(shared, &batch).await {
+            Err(BatchFailure::Retryable(message)) if attempt < GROUP_COMMIT_RETRY_ATTEMPTS_MAX => {
+                tracing::debug!(attempt, %message, "group commit batch aborted by PostgreSQL; retrying");
+                tokio::time::sleep(Duration::from_millis(GROUP_COMMIT_RETRY_BACKOFF_MS * u64::from(attempt))).await;
+            }
+            other => break other,
+        }
+    };
+    match result {
+        Ok(outcomes) => {
+            shared.counters.record_batch(batch.len());
+            for (pending, outcome) in batch.into_iter().zip(outcomes) {
+                // A caller that stopped waiting is not an error: its commit's fate is decided.
+                let _ = pending.reply.send(Ok(outcome));
+            }
+        }
+        Err(failure) => {
+            let error = |message: &str| match &failure {
+                BatchFailure::Retryable(_) | BatchFailure::NothingApplied(_) => StoreError::unavailable(message),
+                BatchFailure::OutcomeUnknown(_) => StoreError::outcome_unknown(message),
+            };
+            let message = match &failure {
+                BatchFailure::Retryable(message)
+                | BatchFailure::NothingApplied(message)
+                | BatchFailure::OutcomeUnknown(message) => message.clone(),
+            };
+            tracing::warn!(commits = batch.len(), %message, "group commit batch failed");
+            for pending in batch {
+                let _ = pending.reply.send(Err(error(&message)));
+            }
+        }
+    }
+}
+
+// Explicit, so a server configured with another default isolation level does not change how
+// batches behave: row locks, not snapshots, are what make them correct.
+const BEGIN_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+const COMMIT_SQL: &str = "COMMIT";
+const ROLLBACK_SQL: &str = "ROLLBACK";
+
+const INSERT_PLACEHOLDERS_SQL: &str = "INSERT INTO docs (store, key)
+     SELECT want.store, want.key FROM unnest($1::text[], $2::text[]) AS want(store, key)
+     ORDER BY want.store COLLATE \"C\", want.key COLLATE \"C\"
+     ON CONFLICT (store, key) DO NOTHING";
+
+const SELECT_HOLDERS_SQL: &str = "SELECT holder, expires_at_ms FROM holders
+     WHERE holder = ANY($3::text[])
+        OR holder IN (SELECT d.lease_holder FROM docs AS d
+                      JOIN unnest($1::text[], $2::text[]) AS want(store, key)
+                        ON d.store = want.store AND d.key = want.key
+                      WHERE d.lease_holder IS NOT NULL)";
+
+const NOW_MS_SQL: &str = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+const UPDATE_DOCS_SQL: &str = "UPDATE docs AS d SET
+         value = n.value, version = n.version, created_at_ms = n.created_at_ms, updated_at_ms = n.updated_at_ms,
+         attributes = n.attributes, user_ids = n.user_ids, lease_holder = n.lease_holder, lease_epoch = n.lease_epoch,
+         inbox = n.inbox, inbox_next_seq = n.inbox_next_seq, last_commit_id = n.last_commit_id
+     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[],
+                 $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::text[])
+          AS n(store, key, value, version, created_at_ms, updated_at_ms, attributes, user_ids, lease_holder,
+               lease_epoch, inbox, inbox_next_seq, last_commit_id)
+     WHERE d.store = n.store AND d.key = n.key";
+
+const INSERT_HISTORY_SQL: &str = "INSERT INTO history
+         (store, key, version, written_at_ms, deleted, value, attributes, user_ids, commit_id)
+     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[], $6::text[], $7::text[],
+                          $8::text[], $9::text[])";
+
+fn lock_docs_sql() -> String {
+    // ORDER BY runs below the row-locking step, so rows are locked in this order: the canonical
+    // order every process uses. Under READ COMMITTED a row changed by a transaction we waited for
+    // is re-read at its newest committed version before it is returned.
+    format!(
+        "SELECT {columns} FROM docs AS d
+         JOIN unnest($1::text[], $2::text[]) AS want(store, key) ON d.store = want.store AND d.key = want.key
+         ORDER BY d.store, d.key
+         FOR UPDATE OF d",
+        columns = super::rows::DOC_COLUMNS
+    )
+}
+
+/// Runs one batch in one transaction; returns each commit's outcome, in batch order.
+///
+/// The connection is handed back to the pool only after a clean COMMIT or ROLLBACK; after any
+/// failure it is closed instead (`Object::take`), which also makes the server roll back whatever
+/// was open, so no pooled connection is ever left inside a transaction.
+async fn try_batch(shared: &CommitterShared, batch: &[PendingCommit]) -> Result<Vec<CommitOutcome>, BatchFailure> {
+    let client =
+        shared.pool.get().await.map_err(|error| BatchFailure::NothingApplied(format!("get a connection: {error}")))?;
+    let result = batch_transaction(&client, shared, batch).await;
+    if result.is_err() {
+        drop(deadpool_postgres::Object::take(client));
+    }
+    result
+}
+
+async fn batch_transaction(
+    client: &deadpool_postgres::Object,
+    shared: &CommitterShared,
+    batch: &[PendingCommit],
+) -> Result<Vec<CommitOutcome>, BatchFailure> {
+    // Every key of the batch, once, in canonical order (Rust's `str` order is byte order, like
+    // COLLATE "C"), and every holder the batch acquires for (their process leases decide
+    // `LeaseFree` for later commits of the batch).
+    let mut ids: BTreeSet<&DocId> = BTreeSet::new();
+    let mut acquiring_holders: BTreeSet<&str> = BTreeSet::new();
+    for pending in batch {
+        for write in &pending.commit.writes {
+            ids.insert(&write.id);
+            if let crate::store::LeaseOp::Acquire(holder) = &write.lease {
+                acquiring_holders.insert(holder.as_str());
+            }
+        }
+    }
+    let stores: Vec<&str> = ids.iter().map(|id| id.store.as_str()).collect();
+    let keys: Vec<&str> = ids.iter().map(|id| id.key.as_str()).collect();
+    let acquiring_holders: Vec<&str> = acquiring_holders.into_iter().collect();
+
+    // Prepared once per pooled connection, then served from its statement cache.
+    let begin = client.prepare_cached(BEGIN_SQL).await.map_err(before_commit("prepare"))?;
+    let insert_placeholders = client.prepare_cached(INSERT_PLACEHOLDERS_SQL).await.map_err(before_commit("prepare"))?;
+    let lock_docs = client.prepare_cached(&lock_docs_sql()).await.map_err(before_commit("prepare"))?;
+    let select_holders = client.prepare_cached(SELECT_HOLDERS_SQL).await.map_err(before_commit("prepare"))?;
+    let select_now = client.prepare_cached(NOW_MS_SQL).await.map_err(before_commit("prepare"))?;
+
+    // Pipelined: the five statements go out together and run in this order on the server, so the
+    // whole read phase costs one round trip. The holder and clock reads run after the locks are
+    // held, so they see the locked rows' holders and a `now` no earlier than the previous
+    // writer's commit of any of these keys.
+    let (_, _, doc_rows, holder_rows, now_row) = futures_util::future::try_join5(
+        client.execute(&begin, &[]),
+        client.execute(&insert_placeholders, &[&stores, &keys]),
+        client.query(&lock_docs, &[&stores, &keys]),
+        client.query(&select_holders, &[&stores, &keys, &acquiring_holders]),
+        client.query_one(&select_now, &[]),
+    )
+    .await
+    .map_err(before_commit("lock the batch's keys"))?;
+
+    let now_ms: i64 = now_row.try_get(0).map_err(before_commit("read the clock"))?;
+    let mut holder_expires_at_ms: HashMap<String, i64> = HashMap::with_capacity(holder_rows.len());
+    for row in &holder_rows {
+        let holder: String = row.try_get(0).map_err(before_commit("read holders"))?;
+        let expires_at_ms: i64 = row.try_get(1).map_err(before_commit("read holders"))?;
+        holder_expires_at_ms.insert(holder, expires_at_ms);
+    }
+    let expiry_of = |doc: &crate::store::Document| {
+        doc.lease.holder.as_ref().and_then(|holder| holder_expires_at_ms.get(holder.as_str()).copied())
+    };
+
+    let mut states: HashMap<DocId, Current> = HashMap::with_capacity(doc_rows.len());
+    for row in &doc_rows {
+        // A row that does not parse fails the whole batch: nothing is written over it.
+        let doc = document_from_row(row).map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
+        let holder_expiry = expiry_of(&doc);
+        states.insert(doc.id.clone(), Current { doc, holder_expires_at_ms: holder_expiry });
+    }
+    if states.len() != ids.len() {
+        // Every key got a row from the placeholder insert (or already had one) and hoard never
+        // deletes docs rows, so this means something outside hoard changed the table.
+        return Err(BatchFailure::NothingApplied(format!(
+            "locked {} of the batch's {} keys; the docs table was changed outside hoard",
+            states.len(),
+            ids.len()
+        )));
+    }
+
+    let mut outcomes = Vec::with_capacity(batch.len());
+    let mut changed: BTreeSet<DocId> = BTreeSet::new();
+    let mut history = HistoryColumns::default();
+    for pending in batch {
+        let commit = &pending.commit;
+        let mut currents = Vec::with_capacity(commit.writes.len());
+        for write in &commit.writes {
+            let current = states
+                .get(&write.id)
+                .cloned()
+                .ok_or_else(|| BatchFailure::NothingApplied(format!("key {} of the batch was not locked", write.id)))?;
+            currents.push(current);
+        }
+        match apply_commit(&currents, commit, now_ms, &shared.limits) {
+            Ok((nexts, applied)) => {
+                for next in nexts {
+                    if next.new_version {
+                        history
+                            .push(&next.doc, commit.id, now_ms)
+                            .map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
+                    }
+                    changed.insert(next.doc.id.clone());
+                    let holder_expiry = expiry_of(&next.doc);
+                    states.insert(next.doc.id.clone(), Current { doc: next.doc, holder_expires_at_ms: holder_expiry });
+                }
+                outcomes.push(CommitOutcome::Committed { commit_id: commit.id, at_ms: now_ms, applied });
+            }
+            Err(conflict) => outcomes.push(CommitOutcome::Conflict(conflict)),
+        }
+    }
+
+    if changed.is_empty() {
+        // Every commit conflicted: the answers were decided under the locks, nothing needs to be
+        // durable, and rolling back also removes this batch's placeholder rows.
+        let rollback = client.prepare_cached(ROLLBACK_SQL).await.map_err(before_commit("prepare"))?;
+        client.execute(&rollback, &[]).await.map_err(before_commit("roll back"))?;
+        return Ok(outcomes);
+    }
+    write_back_and_commit(client, &states, &changed, &history).await?;
+    Ok(outcomes)
+}
+
+/// Classifies the reply to a statement sent in the same pipeline as COMMIT. An error reply from
+/// the server means the transaction is aborted, so the COMMIT behind it turns into a rollback:
+/// nothing applied. A lost connection means COMMIT may have reached the server: unknown.
+fn in_commit_pipeline(context: &str, error: tokio_postgres::Error) -> BatchFailure {
+    let message = format!("{context}: {error}");
+    let server_refused =
+        error.as_db_error().is_some_and(|db_error| db_error.parsed_severity() == Some(Severity::Error));
+    if !server_refused {
+        BatchFailure::OutcomeUnknown(message)
+    } else if is_retryable(&error) {
+        BatchFailure::Retryable(message)
+    } else {
+        BatchFailure::NothingApplied(message)
+    }
+}
+
+/// Writes the final state of every changed key and the batch's new history rows, and COMMITs,
+/// all pipelined in one round trip. COMMIT is durable (WAL flushed, with the server's default
+/// `synchronous_commit = on`) when its reply arrives.
+async fn write_back_and_commit(
+    client: &deadpool_postgres::Object,
+    states: &HashMap<DocId, Current>,
+    changed: &BTreeSet<DocId>,
+    history: &HistoryColumns,
+) -> Result<(), BatchFailure> {
+    let mut docs = DocColumns::default();
+    for id in changed {
+        let current =
+            states.get(id).ok_or_else(|| BatchFailure::NothingApplied(format!("changed key {id} has no state")))?;
+        docs.push(&current.doc).map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
+    }
+    let update_docs = client.prepare_cached(UPDATE_DOCS_SQL).await.map_err(before_commit("prepare"))?;
+    let insert_history = client.prepare_cached(INSERT_HISTORY_SQL).await.map_err(before_commit("prepare"))?;
+    let commit = client.prepare_cached(COMMIT_SQL).await.map_err(before_commit("prepare"))?;
+    let doc_params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
+        &docs.stores,
+        &docs.keys,
+        &docs.values,
+        &docs.versions,
+        &docs.created_at_ms,
+        &docs.updated_at_ms,
+        &docs.attributes,
+        &docs.user_ids,
+        &docs.lease_holders,
+        &docs.lease_epochs,
+        &docs.inboxes,
+        &docs.inbox_next_seqs,
+        &docs.last_commit_ids,
+    ];
+    let history_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
+        &history.stores,
+        &history.keys,
+        &history.versions,
+        &history.written_at_ms,
+        &history.deleted,
+        &history.values,
+        &history.attributes,
+        &history.user_ids,
+        &history.commit_ids,
+    ];
+    // All three are polled (and so sent) in this order before any reply is awaited; each
+    // reply is then looked at, because which one failed decides what the failure means.
+    let write_history =
+        async { if history.is_empty() { Ok(0) } else { client.execute(&insert_history, &history_params).await } };
+    let (updated, inserted, committed) = futures_util::future::join3(
+        client.execute(&update_docs, &doc_params),
+        write_history,
+        client.execute(&commit, &[]),
+    )
+    .await;
+    let updated_rows = updated.map_err(|error| in_commit_pipeline("write documents", error))?;
+    inserted.map_err(|error| in_commit_pipeline("write history", error))?;
+    committed.map_err(|error| in_commit_pipeline("commit", error))?;
+    if usize::try_from(updated_rows).ok() != Some(docs.stores.len()) {
+        // Cannot happen while the rows are locked; if it does, the commit is in and the anomaly
+        // must be visible.
+        tracing::error!(
+            updated_rows,
+            changed_keys = docs.stores.len(),
+            "group commit updated an unexpected number of rows"
+        );
+    }
+    Ok(())
+}
+
+/// Used by `PostgresStore::commit`: a failure to queue is `Unavailable` (nothing applied).
+pub fn queue_full(depth: usize) -> StoreError {
+    unavailable(
+        "queue the commit",
+        format!("the commit queue is full ({depth} commits waiting, the commit_queue_depth limit); retry later"),
+    )
+}

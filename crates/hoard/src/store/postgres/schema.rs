@@ -1,0 +1,71 @@
+//! Schema creation and migrations of the PostgreSQL store.
+//!
+//! Invariant: a schema is migrated exactly once, whatever the number of processes opening it at
+//! the same moment: every process runs the migrations in one transaction that first takes a
+//! transaction-scoped advisory lock derived from the schema name, so the second process waits,
+//! then sees the `schema_version` rows of the first and applies nothing. A database migrated by a
+//! newer hoard (a version this build does not know) is refused rather than misread.
+
+use deadpool_postgres::Pool;
+
+use super::{quote_identifier, unavailable};
+use crate::store::StoreError;
+
+/// The migrations, in order; `schema_version` records which have been applied.
+pub const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("migrations/0001_init.sql"))];
+
+/// The schema version this build of hoard writes and reads.
+pub const SCHEMA_VERSION_LATEST: i64 = 1;
+
+/// Creates the schema if missing and applies every migration it lacks. Returns the schema
+/// version now in force.
+pub async fn migrate(pool: &Pool, schema: &str) -> Result<i64, StoreError> {
+    let mut client = pool.get().await.map_err(|error| unavailable("connect for migrations", error))?;
+    let transaction = client.transaction().await.map_err(|error| unavailable("begin migrations", error))?;
+    let lock_name = format!("hoard-migrate:{schema}");
+    transaction
+        .execute("SELECT pg_advisory_xact_lock(hashtext($1)::bigint)", &[&lock_name])
+        .await
+        .map_err(|error| unavailable("take the migration lock", error))?;
+    let quoted = quote_identifier(schema);
+    transaction
+        .batch_execute(&format!(
+            "CREATE SCHEMA IF NOT EXISTS {quoted};
+             SET LOCAL search_path TO {quoted};
+             CREATE TABLE IF NOT EXISTS schema_version (
+                 version BIGINT NOT NULL PRIMARY KEY,
+                 applied_at_ms BIGINT NOT NULL
+             );"
+        ))
+        .await
+        .map_err(|error| unavailable("create the schema", error))?;
+    let row = transaction
+        .query_one("SELECT coalesce(max(version), 0) FROM schema_version", &[])
+        .await
+        .map_err(|error| unavailable("read the schema version", error))?;
+    let found_version: i64 = row.try_get(0).map_err(|error| unavailable("read the schema version", error))?;
+    if found_version > SCHEMA_VERSION_LATEST {
+        return Err(StoreError::corrupt(format!(
+            "schema {schema} is at version {found_version}, newer than this hoard knows ({SCHEMA_VERSION_LATEST}); upgrade hoard"
+        )));
+    }
+    for (version, sql) in MIGRATIONS {
+        if *version <= found_version {
+            continue;
+        }
+        transaction
+            .batch_execute(sql)
+            .await
+            .map_err(|error| unavailable(format!("apply migration {version}"), error))?;
+        transaction
+            .execute(
+                "INSERT INTO schema_version (version, applied_at_ms)
+                 VALUES ($1, (extract(epoch from clock_timestamp()) * 1000)::bigint)",
+                &[version],
+            )
+            .await
+            .map_err(|error| unavailable(format!("record migration {version}"), error))?;
+    }
+    transaction.commit().await.map_err(|error| unavailable("commit migrations", error))?;
+    Ok(SCHEMA_VERSION_LATEST)
+}

@@ -91,7 +91,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 pub struct GroupCommitStats {
     /// Commits that reached a database transaction (committed or conflicted).
     pub commits_total: u64,
-    /// Database transactions that committed.
+    /// Database transactions run for commits (including a batch whose commits all conflicted).
     pub transactions_total: u64,
     /// The most commits that shared one transaction.
     pub largest_batch: u64,

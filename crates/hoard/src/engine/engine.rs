@@ -138,6 +138,23 @@ impl EngineShared {
         }
     }
 
+    /// Reads one key, retrying transient store failures with backoff (bounded by
+    /// `load_attempts_max`).
+    pub async fn read_with_retries(&self, id: &DocId) -> Result<crate::store::Document, StoreError> {
+        let mut last_error = StoreError::unavailable("not read");
+        for attempt in 0..self.config.load_attempts_max {
+            if attempt > 0 {
+                self.sleep_backoff(attempt - 1).await;
+            }
+            match crate::store::get(&*self.store, id).await {
+                Ok(document) => return Ok(document),
+                Err(error) if error.is_transient() => last_error = error,
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last_error)
+    }
+
     pub fn track(&self, task: JoinHandle<()>) {
         let mut tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         tasks.retain(|task| !task.is_finished());

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use thiserror::Error;
 
-use crate::store::{Commit, CommitOutcome, ConflictKind, DocId, Notification, StoreError, Write, get};
+use crate::store::{Commit, CommitOutcome, ConflictKind, DocId, Notification, StoreError, Write};
 
 use super::engine::{EngineShared, TOPIC_INBOX};
 
@@ -31,7 +31,7 @@ pub const MESSAGE_ID_FIELD: &str = "message_id";
 pub(crate) async fn send_message(shared: &Arc<EngineShared>, id: &DocId, body: Value) -> Result<u64, SendError> {
     let message_id = uuid::Uuid::now_v7().to_string();
     let envelope = json!({ MESSAGE_ID_FIELD: message_id, "body": body });
-    let before = get(&*shared.store, id).await.map_err(SendError::Store)?;
+    let before = shared.read_with_retries(id).await.map_err(SendError::Store)?;
     let write = Write::new(id.clone()).push_message(envelope);
     for attempt in 0..shared.config.save_attempts_max {
         if attempt > 0 {
@@ -53,7 +53,7 @@ pub(crate) async fn send_message(shared: &Arc<EngineShared>, id: &DocId, body: V
             }
             Err(StoreError::InvalidInput(error)) => return Err(SendError::Store(StoreError::InvalidInput(error))),
             Err(error) if error.may_have_applied() => {
-                let Ok(after) = get(&*shared.store, id).await else { return Err(SendError::OutcomeUnknown) };
+                let Ok(after) = shared.read_with_retries(id).await else { return Err(SendError::OutcomeUnknown) };
                 if let Some(message) = after
                     .inbox
                     .iter()

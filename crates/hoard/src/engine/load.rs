@@ -151,21 +151,6 @@ async fn wait_for_release(shared: &EngineShared, id: &DocId, released: &mut broa
     }
 }
 
-/// Reads the document after acquiring, retrying store failures.
-async fn read_after_acquire(shared: &EngineShared, id: &DocId) -> Result<Document, StoreError> {
-    let mut last_error = StoreError::unavailable("not read");
-    for attempt in 0..shared.config.load_attempts_max {
-        if attempt > 0 {
-            shared.sleep_backoff(attempt - 1).await;
-        }
-        match get(&*shared.store, id).await {
-            Ok(document) => return Ok(document),
-            Err(error) => last_error = error,
-        }
-    }
-    Err(last_error)
-}
-
 /// Releases a key this engine acquired but will not play (bad data, or shutdown).
 async fn release_untouched(shared: &EngineShared, id: &DocId, epoch: u64) {
     let write =
@@ -260,7 +245,7 @@ pub(crate) async fn load_session<P: Profile>(
         }
         Err(error) => return Err(error),
     };
-    let document = match read_after_acquire(shared, id).await {
+    let document = match shared.read_with_retries(id).await {
         Ok(document) => document,
         Err(error) => {
             release_untouched(shared, id, epoch).await;

@@ -12,7 +12,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::store::{Condition, ConflictKind, DocId, Key, StoreName, Write, get};
+use crate::store::{Condition, ConflictKind, DocId, Key, StoreName, Write};
 
 use super::engine::Engine;
 use super::session::{Profile, Session};
@@ -114,7 +114,7 @@ impl Engine {
     }
 
     async fn receipt_record(&self, id: &DocId) -> Result<Option<ReceiptRecord>, String> {
-        let document = get(&**self.store(), id).await.map_err(|e| e.to_string())?;
+        let document = self.shared.read_with_retries(id).await.map_err(|e| e.to_string())?;
         match document.value {
             None => Ok(None),
             Some(value) => serde_json::from_value(value).map(Some).map_err(|e| format!("unreadable receipt record: {e}")),

@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use thiserror::Error;
 
-use crate::store::{Condition, ConflictKind, DocId, Key, ListQuery, StoreError, StoreName, Write, get};
+use crate::store::{Condition, ConflictKind, DocId, Key, ListQuery, StoreError, StoreName, Write};
 
 use super::engine::Engine;
 use super::session::{Profile, Session};
@@ -270,7 +270,7 @@ impl Engine {
     /// Reads a trade's record.
     pub async fn trade_record(&self, trade_id: &str) -> Result<Option<TradeRecord>, TradeError> {
         let id = record_id(trade_id)?;
-        let document = get(&**self.store(), &id).await.map_err(TradeError::Store)?;
+        let document = self.shared.read_with_retries(&id).await.map_err(TradeError::Store)?;
         let Some(value) = document.value else { return Ok(None) };
         let mut record: TradeRecord =
             serde_json::from_value(value).map_err(|e| TradeError::Store(StoreError::corrupt(format!("trade record {trade_id}: {e}"))))?;

@@ -30,6 +30,10 @@ pub struct FaultConfig {
     pub error_before_apply: f64,
     /// A write applies, then the answer is lost: the caller gets `OutcomeUnknown`.
     pub error_after_apply: f64,
+    /// A write is lost on its way (the connection died before the store took it): nothing
+    /// applies, but the caller gets `OutcomeUnknown` and must read back to learn that.
+    #[serde(default)]
+    pub unknown_without_apply: f64,
     /// A read fails (`Unavailable`).
     pub read_error: f64,
     /// A call is delayed by a latency spike.
@@ -46,6 +50,7 @@ impl FaultConfig {
             seed,
             error_before_apply: 0.0,
             error_after_apply: 0.0,
+            unknown_without_apply: 0.0,
             read_error: 0.0,
             latency_spike: 0.0,
             latency_spike_ms_max: 0,
@@ -59,6 +64,7 @@ impl FaultConfig {
             seed,
             error_before_apply: 0.05,
             error_after_apply: 0.05,
+            unknown_without_apply: 0.03,
             read_error: 0.03,
             latency_spike: 0.02,
             latency_spike_ms_max: 2_000,
@@ -72,6 +78,7 @@ impl FaultConfig {
 pub struct FaultCounts {
     pub errors_before_apply: u64,
     pub errors_after_apply: u64,
+    pub unknown_without_apply: u64,
     pub read_errors: u64,
     pub latency_spikes: u64,
     pub notifications_lost: u64,
@@ -81,6 +88,7 @@ pub struct FaultCounts {
 struct Counters {
     errors_before_apply: AtomicU64,
     errors_after_apply: AtomicU64,
+    unknown_without_apply: AtomicU64,
     read_errors: AtomicU64,
     latency_spikes: AtomicU64,
     notifications_lost: AtomicU64,
@@ -116,6 +124,7 @@ impl FaultStore {
         FaultCounts {
             errors_before_apply: self.counters.errors_before_apply.load(Ordering::Relaxed),
             errors_after_apply: self.counters.errors_after_apply.load(Ordering::Relaxed),
+            unknown_without_apply: self.counters.unknown_without_apply.load(Ordering::Relaxed),
             read_errors: self.counters.read_errors.load(Ordering::Relaxed),
             latency_spikes: self.counters.latency_spikes.load(Ordering::Relaxed),
             notifications_lost: self.counters.notifications_lost.load(Ordering::Relaxed),
@@ -160,6 +169,10 @@ impl FaultStore {
         if self.draw(self.config.error_before_apply) {
             self.counters.errors_before_apply.fetch_add(1, Ordering::Relaxed);
             return Err(StoreError::unavailable("injected fault before apply"));
+        }
+        if self.draw(self.config.unknown_without_apply) {
+            self.counters.unknown_without_apply.fetch_add(1, Ordering::Relaxed);
+            return Err(StoreError::outcome_unknown("injected fault: the request was lost before the store took it"));
         }
         if self.draw(self.config.error_after_apply) {
             return Ok(WriteFault::After);

@@ -2,6 +2,7 @@ mod backends;
 mod engine_schema;
 mod engine_sessions;
 mod engine_timers;
+mod engine_trades;
 mod postgres_backend;
 mod sqlite_backend;
 mod store_conformance;

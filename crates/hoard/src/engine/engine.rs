@@ -10,7 +10,7 @@
 //!   and lease expiry from the store's clock.
 //! - Background tasks hold only weak references: dropping the engine stops them.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -73,7 +73,7 @@ pub(crate) struct EngineShared {
     pub config: EngineConfig,
     pub holder: HolderId,
     pub counters: Counters,
-    pub registry: Mutex<HashMap<DocId, Slot>>,
+    pub registry: Mutex<BTreeMap<DocId, Slot>>,
     pub accepting: AtomicBool,
     pub random: Mutex<ChaCha8Rng>,
     /// Woken when any key is announced released, so waiting acquirers retry at once.
@@ -91,7 +91,7 @@ impl std::fmt::Debug for EngineShared {
 }
 
 impl EngineShared {
-    pub fn registry(&self) -> MutexGuard<'_, HashMap<DocId, Slot>> {
+    pub fn registry(&self) -> MutexGuard<'_, BTreeMap<DocId, Slot>> {
         self.registry.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
@@ -263,7 +263,7 @@ impl Engine {
             config,
             holder,
             counters: Counters::default(),
-            registry: Mutex::new(HashMap::new()),
+            registry: Mutex::new(BTreeMap::new()),
             accepting: AtomicBool::new(true),
             random: Mutex::new(ChaCha8Rng::seed_from_u64(seed)),
             released: Notify::new(),
@@ -473,11 +473,9 @@ impl Engine {
     pub fn crash(&self) {
         self.shared.accepting.store(false, Ordering::SeqCst);
         self.stop_background_tasks();
-        let sessions: Vec<Arc<dyn LiveSession>> = self
-            .shared
-            .registry()
-            .drain()
-            .filter_map(|(_, slot)| match slot {
+        let sessions: Vec<Arc<dyn LiveSession>> = std::mem::take(&mut *self.shared.registry())
+            .into_values()
+            .filter_map(|slot| match slot {
                 Slot::Live(session) => Some(session),
                 Slot::Loading(_) => None,
             })

@@ -1,5 +1,5 @@
 //! The engine: sessions over a store, with fenced leases, ordered writes, autosave, handoff,
-//! inbox and shutdown. No SQL and no HTTP here; time comes from tokio.
+//! inbox, lock-free shared documents and shutdown. No SQL and no HTTP here; time comes from tokio.
 
 mod background;
 pub mod config;
@@ -10,6 +10,7 @@ pub mod inbox;
 mod load;
 pub mod schema;
 pub mod session;
+pub mod shared_docs;
 
 pub use config::EngineConfig;
 pub use engine::{
@@ -21,3 +22,6 @@ pub use inbox::SendError;
 pub use load::QUARANTINE_STORE;
 pub use schema::{FieldChange, ProfileMeta, ProfileSchema};
 pub use session::{Profile, ProfileKind, SaveKind, SaveOutcome, Session, SessionEvent, SessionStatus};
+pub use shared_docs::{
+    FlushAllReport, FlushReport, PendingUpdate, SharedDocError, SharedDocs, UpdateOutcome, UpdateVerdict,
+};

@@ -26,6 +26,7 @@ use crate::store::{DocId, HolderId, Key, Notification, SharedStore, StoreError};
 use super::config::EngineConfig;
 use super::error::{SessionError, StartError};
 use super::session::{LiveSession, Profile, ProfileKind, Session};
+use super::shared_docs::SharedDocs;
 
 /// Notification topics. Handoff requests go to one holder; releases and inbox arrivals to all.
 pub const TOPIC_HANDOFF_PREFIX: &str = "hoard.handoff.";
@@ -82,6 +83,8 @@ pub(crate) struct EngineShared {
     /// While set, the process lease is not renewed (a paused server, for tests and the simulator).
     pub renewal_suspended: AtomicBool,
     pub save_slots: Semaphore,
+    /// Lock-free shared documents this engine has touched: queues, previews and flush locks.
+    pub shared_docs: super::shared_docs::SharedDocsState,
 }
 
 impl std::fmt::Debug for EngineShared {
@@ -269,8 +272,10 @@ impl Engine {
             released: Notify::new(),
             tasks: Mutex::new(Vec::new()),
             renewal_suspended: AtomicBool::new(false),
+            shared_docs: super::shared_docs::SharedDocsState::default(),
         });
         super::background::start(&shared);
+        super::shared_docs::start(&shared);
         Ok(Engine { shared })
     }
 
@@ -411,6 +416,12 @@ impl Engine {
         answered.await.unwrap_or(Err(StartError::Cancelled { id: cancelled_id }))
     }
 
+    /// The lock-free shared documents of this engine: keys no server holds, changed by pure
+    /// update functions from any number of engines (see `shared_docs`).
+    pub fn shared_docs(&self) -> SharedDocs {
+        SharedDocs { shared: self.shared.clone() }
+    }
+
     /// Sends a message to a key's inbox, whether its player is offline, here or elsewhere. It is
     /// applied exactly once by whichever session holds the key now or next (G7). A full inbox
     /// refuses the message; nothing is dropped.
@@ -418,7 +429,8 @@ impl Engine {
         super::inbox::send_message(&self.shared, id, body).await
     }
 
-    /// Saves and releases every session in parallel, refusing new ones, within `deadline` (G9).
+    /// Saves and releases every session in parallel, refusing new ones, and flushes every shared
+    /// document with updates waiting, all within `deadline` (G9).
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         self.shared.accepting.store(false, Ordering::SeqCst);
         let sessions: Vec<Arc<dyn LiveSession>> = self
@@ -436,8 +448,18 @@ impl Engine {
             let result = tokio::time::timeout_at(deadline_at, session.end_dyn(false)).await;
             (id, result)
         });
+        let docs_waiting = self.shared.shared_docs.ids_with_pending();
+        let docs_flush = tokio::time::timeout_at(deadline_at, super::shared_docs::flush_all_keys(&self.shared));
+        let (ended, docs_flushed) = tokio::join!(futures_util::future::join_all(ends), docs_flush);
         let mut report = ShutdownReport::default();
-        for (id, result) in futures_util::future::join_all(ends).await {
+        match docs_flushed {
+            Ok(flushed) => {
+                report.saved.extend(flushed.flushed.into_iter().map(|(id, _)| id));
+                report.failed.extend(flushed.failed.into_iter().map(|(id, error)| (id, error.to_string())));
+            }
+            Err(_elapsed) => report.timed_out.extend(docs_waiting),
+        }
+        for (id, result) in ended {
             match result {
                 Ok(Ok(())) => report.saved.push(id),
                 Ok(Err(SessionError::Ended)) => {}
@@ -473,6 +495,7 @@ impl Engine {
     pub fn crash(&self) {
         self.shared.accepting.store(false, Ordering::SeqCst);
         self.stop_background_tasks();
+        self.shared.shared_docs.abandon_all();
         let sessions: Vec<Arc<dyn LiveSession>> = std::mem::take(&mut *self.shared.registry())
             .into_values()
             .filter_map(|slot| match slot {

@@ -1,5 +1,5 @@
 //! The engine: sessions over a store, with fenced leases, ordered writes, autosave, handoff,
-//! inbox and shutdown. No SQL and no HTTP here; time comes from tokio.
+//! inbox, lock-free shared documents and shutdown. No SQL and no HTTP here; time comes from tokio.
 
 mod background;
 pub mod config;
@@ -13,6 +13,7 @@ pub mod schema;
 pub mod session;
 pub mod trade;
 pub mod transaction;
+pub mod shared_docs;
 
 pub use config::EngineConfig;
 pub use engine::{
@@ -27,3 +28,6 @@ pub use session::{Profile, ProfileKind, SaveKind, SaveOutcome, Session, SessionE
 pub use receipt::{ReceiptOutcome, ReceiptRecord};
 pub use trade::{Holdings, Tradable, Trade, TradeError, TradeLeg, TradeOutcome, TradeRecord};
 pub use transaction::{TransactError, TxContext};
+pub use shared_docs::{
+    FlushAllReport, FlushReport, PendingUpdate, SharedDocError, SharedDocs, UpdateOutcome, UpdateVerdict,
+};

@@ -330,7 +330,14 @@ impl Engine {
         let id = DocId::new(kind.store.clone(), key);
         // Bounded: each pass either returns or waits for a load to finish.
         for _pass in 0..self.shared.config.acquire_attempts_max {
-            let waiter = {
+            // Decide under the registry lock; wait or load after releasing it (a guard must not
+            // live across an await, or the future would not be Send).
+            enum Next {
+                Wait(watch::Receiver<bool>),
+                Load(watch::Sender<bool>),
+                Again,
+            }
+            let next = {
                 let mut registry = self.shared.registry();
                 if !self.shared.accepting.load(Ordering::SeqCst) {
                     return Err(StartError::ShuttingDown);
@@ -345,23 +352,27 @@ impl Engine {
                     }
                     Some(Slot::Live(_)) => {
                         registry.remove(&id);
-                        continue;
+                        Next::Again
                     }
-                    Some(Slot::Loading(waiter)) => waiter.clone(),
+                    Some(Slot::Loading(waiter)) => Next::Wait(waiter.clone()),
                     None => {
                         if registry.len() >= self.shared.config.sessions_max {
                             return Err(StartError::TooManySessions { sessions_max: self.shared.config.sessions_max });
                         }
                         let (done, waiter) = watch::channel(false);
                         registry.insert(id.clone(), Slot::Loading(waiter));
-                        drop(registry);
-                        return self.load_in_task(kind.clone(), id, options, done).await;
+                        Next::Load(done)
                     }
                 }
             };
-            let mut waiter = waiter;
-            // The loader always sends (or drops the sender); either wakes us.
-            let _ = waiter.wait_for(|done| *done).await;
+            match next {
+                Next::Load(done) => return self.load_in_task(kind.clone(), id, options, done).await,
+                Next::Wait(mut waiter) => {
+                    // The loader always sends (or drops the sender); either wakes us.
+                    let _ = waiter.wait_for(|done| *done).await;
+                }
+                Next::Again => {}
+            }
         }
         Err(StartError::Locked { id, holder: self.shared.holder.clone() })
     }

@@ -327,6 +327,71 @@ pub async fn unknown_commit_outcome_is_resolved_both_ways(t: TestStore) {
     }
 }
 
+pub async fn guild_bank_deposits_mix_sessions_and_lock_free_documents(t: TestStore) {
+    let bank = DocId::parse("guilds", "bank-1").expect("id");
+    let mut tasks = Vec::new();
+    for server in 0..3 {
+        let store = t.store.clone();
+        let bank = bank.clone();
+        tasks.push(tokio::spawn(async move {
+            let engine = Engine::open(store, fast_config(&format!("s{server}"))).await.expect("open");
+            let players = seed_traders_named(&engine, &format!("g{server}-"), 3).await;
+            for round in 0..10 {
+                let player = &players[round % players.len()];
+                engine
+                    .transact(&[player], std::slice::from_ref(&bank), |context| {
+                        let coins = context.profiles[0].holdings.currencies.entry("coins".into()).or_insert(0);
+                        if *coins < 5 {
+                            return Err("not enough coins".into());
+                        }
+                        *coins -= 5;
+                        let banked = context.docs[0].as_ref().and_then(|v| v["coins"].as_i64()).unwrap_or(0);
+                        context.docs[0] = Some(json!({ "coins": banked + 5 }));
+                        Ok(())
+                    })
+                    .await
+                    .expect("deposit");
+            }
+            let report = engine.shutdown(Duration::from_secs(30)).await;
+            assert!(report.failed.is_empty());
+            players.iter().map(|p| p.id().clone()).collect::<Vec<_>>()
+        }));
+    }
+    let mut player_ids = Vec::new();
+    for task in tasks {
+        player_ids.extend(task.await.expect("server"));
+    }
+    let bank_document = get(&*t.store, &bank).await.expect("read");
+    assert_eq!(bank_document.value, Some(json!({"coins": 150})), "30 deposits of 5, none lost to a concurrent one");
+    let documents = t.store.get_many(&player_ids).await.expect("read");
+    let player_coins: i64 = documents.iter().map(|d| stored(d).holdings.currencies["coins"]).sum();
+    assert_eq!(player_coins + 150, 100 * player_ids.len() as i64, "every coin that left a player is in the bank");
+}
+
+pub async fn transactions_refuse_bad_parties(t: TestStore) {
+    let a = Engine::open(t.store.clone(), fast_config("a")).await.expect("open");
+    let b = Engine::open(t.store.clone(), fast_config("b")).await.expect("open");
+    let on_a = seed_traders_named(&a, "x", 1).await;
+    let on_b = seed_traders_named(&b, "y", 1).await;
+    let foreign = a.transact(&[&on_a[0], &on_b[0]], &[], |_| Ok(())).await;
+    assert!(matches!(foreign, Err(TransactError::NotLive { .. })), "a session of another engine cannot take part");
+    let twice = a.transact(&[&on_a[0], &on_a[0]], &[], |_| Ok(())).await;
+    assert!(matches!(twice, Err(TransactError::BadParties { .. })));
+    let none: Result<(), _> = a.transact::<Trader, ()>(&[], &[], |_| Ok(())).await;
+    assert!(matches!(none, Err(TransactError::BadParties { .. })));
+    let many: Vec<DocId> = (0..a.config().transaction_parties_max).map(|n| DocId::parse("guilds", &format!("d{n}")).expect("id")).collect();
+    let too_many = a.transact(&[&on_a[0]], &many, |_| Ok(())).await;
+    assert!(matches!(too_many, Err(TransactError::BadParties { .. })), "the party limit is named and enforced");
+    let refused = a
+        .transact(&[&on_a[0]], &[], |context| {
+            context.profiles[0].holdings.currencies.insert("coins".into(), 0);
+            Err::<(), _>("the game said no".to_string())
+        })
+        .await;
+    assert!(matches!(refused, Err(TransactError::Refused { .. })));
+    assert_eq!(coins(&on_a[0]), 100, "a refused change leaves memory as it was");
+}
+
 macro_rules! trade_suite {
     ($($backend:ident),*) => {
         $(
@@ -339,7 +404,9 @@ macro_rules! trade_suite {
                     receipt_replays_and_changed_payloads,
                     concurrent_receipts_on_two_engines_grant_exactly_once,
                     errored_session_never_grants,
-                    unknown_commit_outcome_is_resolved_both_ways);
+                    unknown_commit_outcome_is_resolved_both_ways,
+                    guild_bank_deposits_mix_sessions_and_lock_free_documents,
+                    transactions_refuse_bad_parties);
             }
         )*
     };
@@ -356,3 +423,17 @@ macro_rules! trade_suite {
 }
 
 trade_suite!(memory, sqlite, postgres);
+
+/// Game servers spawn engine calls on multi-threaded runtimes: every public future is `Send`.
+#[allow(dead_code, clippy::let_underscore_future)]
+fn engine_futures_are_send(engine: Engine, session: Session<Trader>, trade: Trade, id: DocId) {
+    fn send<T: Send>(_: T) {}
+    send(engine.start_session(&traders(), "k"));
+    send(engine.trade(&[&session], &trade));
+    send(engine.transact(&[&session], &[id.clone()], |_| Ok(())));
+    send(engine.process_receipt(&session, "p", json!({}), |_: &mut Trader| Ok(())));
+    send(engine.send_message(&id, json!({})));
+    send(engine.shutdown(Duration::from_secs(1)));
+    send(session.save_now());
+    send(session.end());
+}

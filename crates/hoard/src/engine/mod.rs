@@ -8,12 +8,13 @@ mod engine;
 pub mod error;
 pub mod inbox;
 mod load;
+pub mod operator;
 pub mod receipt;
 pub mod schema;
 pub mod session;
+pub mod shared_docs;
 pub mod trade;
 pub mod transaction;
-pub mod shared_docs;
 
 pub use config::EngineConfig;
 pub use engine::{
@@ -23,11 +24,12 @@ pub use engine::{
 pub use error::{SessionError, StartError};
 pub use inbox::SendError;
 pub use load::QUARANTINE_STORE;
+pub use operator::{OperatorError, Peek};
+pub use receipt::{ReceiptOutcome, ReceiptRecord};
 pub use schema::{FieldChange, ProfileMeta, ProfileSchema};
 pub use session::{Profile, ProfileKind, SaveKind, SaveOutcome, Session, SessionEvent, SessionStatus};
-pub use receipt::{ReceiptOutcome, ReceiptRecord};
-pub use trade::{Holdings, Tradable, Trade, TradeError, TradeLeg, TradeOutcome, TradeRecord};
-pub use transaction::{TransactError, TxContext};
 pub use shared_docs::{
     FlushAllReport, FlushReport, PendingUpdate, SharedDocError, SharedDocs, UpdateOutcome, UpdateVerdict,
 };
+pub use trade::{Holdings, Tradable, Trade, TradeError, TradeLeg, TradeOutcome, TradeRecord};
+pub use transaction::{TransactError, TxContext};

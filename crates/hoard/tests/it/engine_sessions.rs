@@ -352,6 +352,32 @@ pub async fn writes_to_one_key_apply_in_issue_order_despite_failures(t: TestStor
     assert!(counters.windows(2).all(|pair| pair[0] <= pair[1]), "never an older state after a newer one: {counters:?}");
 }
 
+pub async fn operator_reads_without_taking_and_rolls_back_only_when_free_or_forced(t: TestStore) {
+    let a = engine(&t.store, "a").await;
+    let operator = engine(&t.store, "operator").await;
+    let session = a.start_session(&players(), "olga").await.expect("start");
+    session.update(|p| p.coins = 1).expect("update");
+    session.save_now().await.expect("save v1");
+    session.update(|p| p.coins = 2).expect("update");
+    session.save_now().await.expect("save v2");
+    let peek = operator.peek(&players(), "olga").await.expect("peek");
+    assert_eq!(peek.profile.map(|p| p.coins), Some(2));
+    assert_eq!(peek.document.lease.holder.as_ref(), Some(a.holder()), "peeking does not take the key");
+    let versions = operator.versions(&id("olga"), &VersionQuery::default()).await.expect("versions");
+    assert_eq!(versions.len(), 2);
+    let first = versions[1].version;
+    assert!(matches!(
+        operator.rollback(&id("olga"), first, false).await,
+        Err(hoard::engine::OperatorError::Held { .. })
+    ));
+    assert_eq!(stored_player(&get(&*t.store, &id("olga")).await.expect("read")).coins, 2, "refused: nothing changed");
+    operator.rollback(&id("olga"), first, true).await.expect("forced rollback");
+    assert_eq!(stored_player(&get(&*t.store, &id("olga")).await.expect("read")).coins, 1);
+    session.update(|p| p.coins = 99).expect("the old holder does not know yet");
+    assert!(matches!(session.save_now().await, Err(SessionError::FencedOut)), "and can never overwrite the rollback");
+    assert_eq!(stored_player(&get(&*t.store, &id("olga")).await.expect("read")).coins, 1);
+}
+
 macro_rules! engine_suite {
     ($($backend:ident),*) => {
         $(
@@ -371,7 +397,8 @@ macro_rules! engine_suite {
                     offline_players_messages_apply_in_order_at_next_start,
                     full_inbox_refuses_new_messages,
                     shutdown_saves_and_releases_every_dirty_session,
-                    writes_to_one_key_apply_in_issue_order_despite_failures);
+                    writes_to_one_key_apply_in_issue_order_despite_failures,
+                    operator_reads_without_taking_and_rolls_back_only_when_free_or_forced);
             }
         )*
     };

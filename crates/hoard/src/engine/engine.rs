@@ -328,13 +328,18 @@ impl Engine {
     ) -> Result<Session<P>, StartError> {
         let key = Key::with_limits(key, self.shared.store.limits()).map_err(StartError::InvalidKey)?;
         let id = DocId::new(kind.store.clone(), key);
-        // Bounded: each pass either returns or waits for a load to finish.
-        for _pass in 0..self.shared.config.acquire_attempts_max {
+        // Bounded: each pass either returns, waits for a load to finish, or waits one poll
+        // interval for a closing session's final save.
+        let passes_max = 4 * self.shared.config.acquire_attempts_max;
+        for _pass in 0..passes_max {
             // Decide under the registry lock; wait or load after releasing it (a guard must not
             // live across an await, or the future would not be Send).
             enum Next {
                 Wait(watch::Receiver<bool>),
                 Load(watch::Sender<bool>),
+                /// The previous session of this key is saving and releasing: never load before its
+                /// final save (Nevermore's trap), never hand out a session about to end.
+                WaitClosing,
                 Again,
             }
             let next = {
@@ -343,6 +348,7 @@ impl Engine {
                     return Err(StartError::ShuttingDown);
                 }
                 match registry.get(&id) {
+                    Some(Slot::Live(session)) if session.is_closing() => Next::WaitClosing,
                     Some(Slot::Live(session)) if session.is_open() => {
                         let any = session.clone().as_any();
                         return match any.downcast::<super::session::SessionCore<P>>() {
@@ -370,6 +376,11 @@ impl Engine {
                 Next::Wait(mut waiter) => {
                     // The loader always sends (or drops the sender); either wakes us.
                     let _ = waiter.wait_for(|done| *done).await;
+                }
+                Next::WaitClosing => {
+                    let poll = Duration::from_millis(self.shared.config.handoff_poll_interval_ms);
+                    // Woken by the release announcement; the poll bounds a missed wake-up.
+                    let _ = tokio::time::timeout(poll, self.shared.released.notified()).await;
                 }
                 Next::Again => {}
             }

@@ -378,6 +378,22 @@ pub async fn operator_reads_without_taking_and_rolls_back_only_when_free_or_forc
     assert_eq!(stored_player(&get(&*t.store, &id("olga")).await.expect("read")).coins, 1);
 }
 
+pub async fn a_new_start_waits_for_the_previous_sessions_final_save(t: TestStore) {
+    let a = engine(&t.store, "a").await;
+    let first = a.start_session(&players(), "paul").await.expect("start");
+    first.update(|p| p.coins = 555).expect("update");
+    // The player leaves and rejoins at once: the rejoin must wait for the final save.
+    let ending = tokio::spawn(first.end());
+    let second = a.start_session(&players(), "paul").await.expect("start again");
+    ending.await.expect("task").expect("first ended");
+    assert_eq!(first.status(), SessionStatus::Ended);
+    assert_eq!(second.status(), SessionStatus::Active, "a fresh session, not the one that ended");
+    assert_eq!(second.read(|p| p.coins), 555, "loaded after the previous final save");
+    second.update(|p| p.coins += 1).expect("update");
+    second.end().await.expect("end");
+    assert_eq!(stored_player(&get(&*t.store, &id("paul")).await.expect("read")).coins, 556);
+}
+
 macro_rules! engine_suite {
     ($($backend:ident),*) => {
         $(
@@ -398,7 +414,8 @@ macro_rules! engine_suite {
                     full_inbox_refuses_new_messages,
                     shutdown_saves_and_releases_every_dirty_session,
                     writes_to_one_key_apply_in_issue_order_despite_failures,
-                    operator_reads_without_taking_and_rolls_back_only_when_free_or_forced);
+                    operator_reads_without_taking_and_rolls_back_only_when_free_or_forced,
+                    a_new_start_waits_for_the_previous_sessions_final_save);
             }
         )*
     };

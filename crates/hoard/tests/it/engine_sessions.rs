@@ -394,6 +394,52 @@ pub async fn a_new_start_waits_for_the_previous_sessions_final_save(t: TestStore
     assert_eq!(stored_player(&get(&*t.store, &id("paul")).await.expect("read")).coins, 556);
 }
 
+pub async fn cancelled_start_leaves_the_key_with_its_holder(t: TestStore) {
+    let a = engine(&t.store, "a").await;
+    let deaf: SharedStore =
+        Arc::new(FaultStore::new(t.store.clone(), FaultConfig { notification_loss: 1.0, ..FaultConfig::none(8) }));
+    let b = engine(&deaf, "b").await;
+    let on_a = a.start_session(&players(), "quinn").await.expect("start");
+    on_a.save_now().await.expect("save");
+    let wait = StartOptions { held: HeldPolicy::Wait { wait_ms: 1_500 }, on_load_failure: LoadFailurePolicy::Fail };
+    // The game gives up waiting (cancel): dropping the future cancels the start.
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(200), b.start_session_with(&players(), "quinn", wait)).await;
+    assert!(cancelled.is_err(), "still waiting when cancelled");
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let document = get(&*t.store, &id("quinn")).await.expect("read");
+    assert_eq!(document.lease.holder.as_ref(), Some(a.holder()), "the holder keeps its key");
+    on_a.update(|p| p.coins = 12).expect("update");
+    on_a.save_now().await.expect("the holder still saves");
+    assert_eq!(b.counters().sessions_live, 0);
+}
+
+pub async fn save_failures_are_reported_to_the_game(t: TestStore) {
+    let faults =
+        Arc::new(FaultStore::new(t.store.clone(), FaultConfig { error_before_apply: 1.0, ..FaultConfig::none(4) }));
+    faults.set_enabled(false);
+    let faulty: SharedStore = faults.clone();
+    let a = engine(&faulty, "a").await;
+    let session = a.start_session(&players(), "rita").await.expect("start");
+    session.save_now().await.expect("first save");
+    let mut events = session.events();
+    session.update(|p| p.coins = 1).expect("update");
+    faults.set_enabled(true);
+    match session.save_now().await {
+        Err(SessionError::SaveFailed { attempts, .. }) => assert_eq!(attempts, fast_config("x").save_attempts_max),
+        other => panic!("expected SaveFailed, got {other:?}"),
+    }
+    faults.set_enabled(false);
+    let mut reported = false;
+    while let Ok(event) = events.try_recv() {
+        reported |= matches!(event, SessionEvent::SaveFailed { .. });
+    }
+    assert!(reported, "the game hears about the failed save");
+    assert!(session.is_dirty(), "the change is kept and saved later");
+    session.save_now().await.expect("saves once the store is back");
+    assert_eq!(stored_player(&get(&*t.store, &id("rita")).await.expect("read")).coins, 1);
+}
+
 macro_rules! engine_suite {
     ($($backend:ident),*) => {
         $(
@@ -415,7 +461,9 @@ macro_rules! engine_suite {
                     shutdown_saves_and_releases_every_dirty_session,
                     writes_to_one_key_apply_in_issue_order_despite_failures,
                     operator_reads_without_taking_and_rolls_back_only_when_free_or_forced,
-                    a_new_start_waits_for_the_previous_sessions_final_save);
+                    a_new_start_waits_for_the_previous_sessions_final_save,
+                    cancelled_start_leaves_the_key_with_its_holder,
+                    save_failures_are_reported_to_the_game);
             }
         )*
     };

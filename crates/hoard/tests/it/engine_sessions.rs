@@ -440,47 +440,28 @@ pub async fn save_failures_are_reported_to_the_game(t: TestStore) {
     assert_eq!(stored_player(&get(&*t.store, &id("rita")).await.expect("read")).coins, 1);
 }
 
-macro_rules! engine_suite {
-    ($($backend:ident),*) => {
-        $(
-            mod $backend {
-                engine_suite!(@cases $backend;
-                    new_profile_gets_the_template_and_saves_durably,
-                    stale_holder_cannot_write_after_steal,
-                    stale_holder_cannot_write_after_release_and_retake,
-                    stale_holder_cannot_write_after_expiry_and_take,
-                    crashed_holders_key_is_taken_within_the_lease_time,
-                    live_holder_hands_over_on_request,
-                    fail_fast_reports_the_holder,
-                    errored_session_never_writes,
-                    invalid_stored_value_is_quarantined_and_kept_in_history,
-                    rejoin_during_load_yields_one_working_session,
-                    message_is_applied_once_when_holder_crashes_before_saving,
-                    offline_players_messages_apply_in_order_at_next_start,
-                    full_inbox_refuses_new_messages,
-                    shutdown_saves_and_releases_every_dirty_session,
-                    writes_to_one_key_apply_in_issue_order_despite_failures,
-                    operator_reads_without_taking_and_rolls_back_only_when_free_or_forced,
-                    a_new_start_waits_for_the_previous_sessions_final_save,
-                    cancelled_start_leaves_the_key_with_its_holder,
-                    save_failures_are_reported_to_the_game);
-            }
-        )*
-    };
-    (@cases $backend:ident; $($case:ident),*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let config = crate::backends::TestConfig {
-                    limits: hoard::store::Limits { inbox_messages_max: 20, ..Default::default() },
-                    ..Default::default()
-                };
-                if let Some(store) = crate::backends::$backend(config).await {
-                    super::$case(store).await;
-                }
-            }
-        )*
-    };
+crate::backends::backend_suite! {
+    config: crate::backends::TestConfig { limits: hoard::store::Limits { inbox_messages_max: 20, ..Default::default() }, ..Default::default() };
+    backends: [memory, sqlite, postgres];
+    cases: [
+        new_profile_gets_the_template_and_saves_durably,
+        stale_holder_cannot_write_after_steal,
+        stale_holder_cannot_write_after_release_and_retake,
+        stale_holder_cannot_write_after_expiry_and_take,
+        crashed_holders_key_is_taken_within_the_lease_time,
+        live_holder_hands_over_on_request,
+        fail_fast_reports_the_holder,
+        errored_session_never_writes,
+        invalid_stored_value_is_quarantined_and_kept_in_history,
+        rejoin_during_load_yields_one_working_session,
+        message_is_applied_once_when_holder_crashes_before_saving,
+        offline_players_messages_apply_in_order_at_next_start,
+        full_inbox_refuses_new_messages,
+        shutdown_saves_and_releases_every_dirty_session,
+        writes_to_one_key_apply_in_issue_order_despite_failures,
+        operator_reads_without_taking_and_rolls_back_only_when_free_or_forced,
+        a_new_start_waits_for_the_previous_sessions_final_save,
+        cancelled_start_leaves_the_key_with_its_holder,
+        save_failures_are_reported_to_the_game,
+    ]
 }
-
-engine_suite!(memory, sqlite, postgres);

@@ -296,31 +296,16 @@ async fn interval_flush_makes_updates_durable() {
     assert_eq!(get(&*store, &key).await.expect("read").value, Some(json!(42)));
 }
 
-macro_rules! shared_docs_suite {
-    ($($backend:ident),*) => {
-        $(
-            mod $backend {
-                shared_docs_suite!(@cases $backend;
-                    many_concurrent_writers_of_one_key_lose_no_update,
-                    a_refusing_update_changes_nothing,
-                    local_view_shows_the_callers_change_before_the_flush,
-                    updates_to_one_key_apply_in_issue_order,
-                    hidden_commit_outcome_never_applies_an_update_twice,
-                    past_the_pending_limit_updates_are_refused_with_a_clear_error,
-                    shutdown_flushes_waiting_updates_and_a_crash_abandons_them);
-            }
-        )*
-    };
-    (@cases $backend:ident; $($case:ident),*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                if let Some(store) = crate::backends::$backend(Default::default()).await {
-                    super::$case(store).await;
-                }
-            }
-        )*
-    };
+crate::backends::backend_suite! {
+    config: Default::default();
+    backends: [memory, sqlite, postgres];
+    cases: [
+        many_concurrent_writers_of_one_key_lose_no_update,
+        a_refusing_update_changes_nothing,
+        local_view_shows_the_callers_change_before_the_flush,
+        updates_to_one_key_apply_in_issue_order,
+        hidden_commit_outcome_never_applies_an_update_twice,
+        past_the_pending_limit_updates_are_refused_with_a_clear_error,
+        shutdown_flushes_waiting_updates_and_a_crash_abandons_them,
+    ]
 }
-
-shared_docs_suite!(memory, sqlite, postgres);

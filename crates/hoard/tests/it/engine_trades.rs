@@ -415,37 +415,22 @@ pub async fn transactions_refuse_bad_parties(t: TestStore) {
     assert_eq!(coins(&on_a[0]), 100, "a refused change leaves memory as it was");
 }
 
-macro_rules! trade_suite {
-    ($($backend:ident),*) => {
-        $(
-            mod $backend {
-                trade_suite!(@cases $backend;
-                    trades_conserve_items_and_currency_under_faults,
-                    retried_trade_returns_the_first_result_and_moves_nothing,
-                    invalid_trades_are_refused_and_change_nothing,
-                    fenced_out_sessions_trade_and_grant_nothing,
-                    receipt_replays_and_changed_payloads,
-                    concurrent_receipts_on_two_engines_grant_exactly_once,
-                    errored_session_never_grants,
-                    unknown_commit_outcome_is_resolved_both_ways,
-                    guild_bank_deposits_mix_sessions_and_lock_free_documents,
-                    transactions_refuse_bad_parties);
-            }
-        )*
-    };
-    (@cases $backend:ident; $($case:ident),*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                if let Some(store) = crate::backends::$backend(Default::default()).await {
-                    super::$case(store).await;
-                }
-            }
-        )*
-    };
+crate::backends::backend_suite! {
+    config: Default::default();
+    backends: [memory, sqlite, postgres];
+    cases: [
+        trades_conserve_items_and_currency_under_faults,
+        retried_trade_returns_the_first_result_and_moves_nothing,
+        invalid_trades_are_refused_and_change_nothing,
+        fenced_out_sessions_trade_and_grant_nothing,
+        receipt_replays_and_changed_payloads,
+        concurrent_receipts_on_two_engines_grant_exactly_once,
+        errored_session_never_grants,
+        unknown_commit_outcome_is_resolved_both_ways,
+        guild_bank_deposits_mix_sessions_and_lock_free_documents,
+        transactions_refuse_bad_parties,
+    ]
 }
-
-trade_suite!(memory, sqlite, postgres);
 
 /// Game servers spawn engine calls on multi-threaded runtimes: every public future is `Send`.
 #[allow(dead_code, clippy::let_underscore_future)]

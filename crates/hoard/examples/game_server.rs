@@ -34,7 +34,8 @@ async fn main() -> anyhow::Result<()> {
     let folder = tempfile::tempdir()?;
     let location = folder.path().join("game.sqlite3");
     let store = open_store(&location.to_string_lossy(), StoreOptions::default()).await?;
-    let engine = Engine::open(store, EngineConfig { server_label: "example".into(), ..EngineConfig::default() }).await?;
+    let engine =
+        Engine::open(store, EngineConfig { server_label: "example".into(), ..EngineConfig::default() }).await?;
 
     // How this game's profiles look, where they live, and how gifts change them.
     let schema = ProfileSchema::new(|| {
@@ -88,7 +89,11 @@ async fn main() -> anyhow::Result<()> {
 
     let coins = |p: &Player| p.holdings.currencies.get("coins").copied().unwrap_or(0);
     println!("alice: {} coins, mail {:?}", alice.read(coins), alice.read(|p| p.mail.clone()));
-    println!("bob: {} coins, items {:?}", bob.read(coins), bob.read(|p| p.holdings.items.keys().cloned().collect::<Vec<_>>()));
+    println!(
+        "bob: {} coins, items {:?}",
+        bob.read(coins),
+        bob.read(|p| p.holdings.items.keys().cloned().collect::<Vec<_>>())
+    );
 
     // Shutdown saves and releases every session, in parallel, within the deadline.
     let report = engine.shutdown(Duration::from_secs(30)).await;

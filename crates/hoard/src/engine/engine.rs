@@ -33,6 +33,9 @@ pub const TOPIC_HANDOFF_PREFIX: &str = "hoard.handoff.";
 pub const TOPIC_RELEASED: &str = "hoard.released";
 pub const TOPIC_INBOX: &str = "hoard.inbox";
 
+/// The smallest list of background-task handles swept for finished ones.
+const TRACKED_TASKS_SWEEP_MIN: usize = 64;
+
 /// Counters of what the engine did, for operators and tests.
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
@@ -158,9 +161,16 @@ impl EngineShared {
         Err(last_error)
     }
 
+    /// Keeps a background task's handle so shutdown and crash can stop it. Finished handles are
+    /// dropped when the list has doubled since the last sweep, so tracking stays O(1) amortized
+    /// with 100,000 sessions (a sweep on every call made starting sessions quadratic).
     pub fn track(&self, task: JoinHandle<()>) {
         let mut tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        tasks.retain(|task| !task.is_finished());
+        if tasks.len() >= tasks.capacity() {
+            tasks.retain(|task| !task.is_finished());
+            let room = tasks.len().max(TRACKED_TASKS_SWEEP_MIN);
+            tasks.reserve(room);
+        }
         tasks.push(task);
     }
 }

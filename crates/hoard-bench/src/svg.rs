@@ -185,7 +185,7 @@ fn workload_plot(workload: &str, results: &[&WorkloadResult]) -> String {
                     .into_iter()
                     .zip(shades)
             {
-                latency_bars.push(Bar { label: format!("{side} {name}"), value: value, color: shade });
+                latency_bars.push(Bar { label: format!("{side} {name}"), value, color: shade });
             }
         }
         let label = match result.ratio {

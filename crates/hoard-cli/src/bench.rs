@@ -5,6 +5,7 @@
 //! beside it (or in `hoard-data/` by default) and in a fresh schema of the PostgreSQL server,
 //! both removed afterwards. Progress goes to stderr; stdout is only the table or the JSON.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -80,11 +81,13 @@ pub async fn run(location: &str, args: BenchArgs) -> Result<ExitCode> {
     let report = hoard_bench::run(&config).await.context("the benchmark could not run")?;
     let plots = hoard_bench::svg::write_plots(&report, &args.out)
         .with_context(|| format!("cannot write the plots to {}", args.out.display()))?;
+    let mut stdout = std::io::stdout().lock();
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?;
     } else {
-        print!("{}", report.table());
-        println!("plots: {}", plots.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+        write!(stdout, "{}", report.table())?;
+        let plots: Vec<String> = plots.iter().map(|path| path.display().to_string()).collect();
+        writeln!(stdout, "plots: {}", plots.join(", "))?;
     }
     Ok(ExitCode::SUCCESS)
 }

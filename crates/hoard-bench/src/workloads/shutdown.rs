@@ -105,7 +105,7 @@ async fn measure(
     let on_postgres_at_goal_size = target.spec.name() == "postgres" && count >= GOAL_SESSIONS;
     result.goal = Some(Goal {
         text: format!("{GOAL_SESSIONS} dirty sessions saved and released in under {GOAL_SECONDS_MAX} s on PostgreSQL"),
-        met: on_postgres_at_goal_size.then(|| hoard.failures == 0 && elapsed.as_secs_f64() < GOAL_SECONDS_MAX),
+        met: on_postgres_at_goal_size.then_some(hoard.failures == 0 && elapsed.as_secs_f64() < GOAL_SECONDS_MAX),
     });
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! Invariant: the CLI parses, opens a store and prints; every rule (limits, conditions, history)
 //! is the library's, so the CLI can never store what the library would refuse.
 
+mod bench;
 mod operator;
 
 use clap::{Parser, Subcommand};
@@ -108,6 +109,8 @@ enum Command {
     Release { store: String, key: String },
     /// Remove history the retention policy no longer keeps (30 days; all of the last 24 hours).
     Prune,
+    /// Measure hoard beside plain-SQL baselines on this machine (table, --json, SVG plots).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -119,7 +122,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(operator::run(&cli.db, cli.command)) {
+    let outcome = match cli.command {
+        Command::Bench(args) => runtime.block_on(bench::run(&cli.db, args)),
+        command => runtime.block_on(operator::run(&cli.db, command)),
+    };
+    match outcome {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

@@ -81,6 +81,7 @@ pub async fn run(location: &str, command: Command) -> Result<ExitCode> {
             let released = fence_out_holder(&store, &id).await?;
             print_json(&json!({ "released": released }))
         }
+        Command::Bench(_) => bail!("bench is not an operator command"),
         Command::Prune => {
             let pruned = store.prune_history().await?;
             print_json(&json!({ "pruned_versions": pruned }))

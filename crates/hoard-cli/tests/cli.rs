@@ -152,3 +152,15 @@ fn help_lists_every_operator_command() {
         assert!(help.contains(command), "--help mentions {command}");
     }
 }
+
+#[test]
+fn bench_smoke_on_sqlite_prints_json() {
+    let db = database();
+    let plots = tempfile::tempdir().expect("plots folder");
+    let out = plots.path().to_string_lossy().into_owned();
+    let output = hoard(&db, &["bench", "--smoke", "--store", "sqlite", "--json", "--no-progress", "--out", &out]);
+    let report = json_of(&output);
+    assert_eq!(report["size"], "smoke");
+    assert!(report["results"].as_array().is_some_and(|rows| !rows.is_empty()));
+    assert!(plots.path().join("summary.svg").exists());
+}

@@ -21,9 +21,9 @@ pub use engine::{
 };
 pub use error::{SessionError, StartError};
 pub use inbox::SendError;
-pub use load::QUARANTINE_STORE;
+pub use load::{AcquireAttempt, QUARANTINE_STORE, acquire_once, handoff_notification, released_notification};
+pub use receipt::{ReceiptOutcome, ReceiptRecord};
 pub use schema::{FieldChange, ProfileMeta, ProfileSchema};
 pub use session::{Profile, ProfileKind, SaveKind, SaveOutcome, Session, SessionEvent, SessionStatus};
-pub use receipt::{ReceiptOutcome, ReceiptRecord};
 pub use trade::{Holdings, Tradable, Trade, TradeError, TradeLeg, TradeOutcome, TradeRecord};
 pub use transaction::{TransactError, TxContext};

@@ -43,7 +43,8 @@ pub struct ReceiptRecord {
     pub payload: Value,
 }
 
-fn receipt_id(store: &StoreName, purchase_id: &str) -> Result<DocId, String> {
+/// The document recording a purchase of a player in `store` (`hoard.receipts/{store}/{purchase id}`).
+pub fn receipt_id(store: &StoreName, purchase_id: &str) -> Result<DocId, String> {
     if purchase_id.is_empty() || purchase_id.len() > PURCHASE_ID_BYTES_MAX {
         return Err(format!("purchase id must be 1 to {PURCHASE_ID_BYTES_MAX} bytes"));
     }
@@ -52,7 +53,8 @@ fn receipt_id(store: &StoreName, purchase_id: &str) -> Result<DocId, String> {
     Ok(DocId::new(receipts, key))
 }
 
-fn compare(first: &ReceiptRecord, attempted: &ReceiptRecord) -> ReceiptOutcome {
+/// Decides a replay: the same purchase again is `AlreadyGranted`, a different one is `Refused`.
+pub fn compare(first: &ReceiptRecord, attempted: &ReceiptRecord) -> ReceiptOutcome {
     if first.player == attempted.player && first.payload == attempted.payload {
         ReceiptOutcome::AlreadyGranted
     } else {
@@ -81,7 +83,9 @@ impl Engine {
         };
         let attempted = ReceiptRecord { purchase_id: purchase_id.to_string(), player: session.id().clone(), payload };
         if session.is_errored() {
-            return ReceiptOutcome::NotProcessedYet { reason: "the session plays on default data and never grants".into() };
+            return ReceiptOutcome::NotProcessedYet {
+                reason: "the session plays on default data and never grants".into(),
+            };
         }
         match self.receipt_record(&id).await {
             Ok(Some(first)) => return compare(&first, &attempted),
@@ -117,7 +121,9 @@ impl Engine {
         let document = self.shared.read_with_retries(id).await.map_err(|e| e.to_string())?;
         match document.value {
             None => Ok(None),
-            Some(value) => serde_json::from_value(value).map(Some).map_err(|e| format!("unreadable receipt record: {e}")),
+            Some(value) => {
+                serde_json::from_value(value).map(Some).map_err(|e| format!("unreadable receipt record: {e}"))
+            }
         }
     }
 }

@@ -165,7 +165,10 @@ pub async fn retried_trade_returns_the_first_result_and_moves_nothing(t: TestSto
     }
     assert_eq!((coins(&sessions[0]), coins(&sessions[1])), (130, 70), "nothing moved twice");
     let reused = simple_trade("trade-1", "item-0-1", 5);
-    assert!(matches!(engine.trade(&[&sessions[0], &sessions[1]], &reused).await, Err(TradeError::TradeIdReused { .. })));
+    assert!(matches!(
+        engine.trade(&[&sessions[0], &sessions[1]], &reused).await,
+        Err(TradeError::TradeIdReused { .. })
+    ));
     assert_eq!(engine.trades_of(&id("t0"), None, 10).await.expect("log"), vec!["trade-1".to_string()]);
     assert_eq!(engine.trades_of(&id("t1"), None, 10).await.expect("log"), vec!["trade-1".to_string()]);
     let record = engine.trade_record("trade-1").await.expect("read").expect("recorded");
@@ -197,7 +200,10 @@ pub async fn invalid_trades_are_refused_and_change_nothing(t: TestStore) {
         legs: vec![TradeLeg { from: 0, to: 1, items: vec![], currencies: BTreeMap::from([("coins".into(), -5)]) }],
     };
     assert!(matches!(engine.trade(&pair, &negative).await, Err(TradeError::Invalid { .. })));
-    let to_self = Trade { id: "bad-5".into(), legs: vec![TradeLeg { from: 0, to: 0, items: vec!["item-0-0".into()], ..TradeLeg::default() }] };
+    let to_self = Trade {
+        id: "bad-5".into(),
+        legs: vec![TradeLeg { from: 0, to: 0, items: vec!["item-0-0".into()], ..TradeLeg::default() }],
+    };
     assert!(matches!(engine.trade(&pair, &to_self).await, Err(TradeError::Invalid { .. })));
     assert_eq!((coins(&sessions[0]), coins(&sessions[1])), (100, 100));
     for trade_id in ["bad-1", "bad-2", "bad-3", "bad-4", "bad-5"] {
@@ -244,10 +250,19 @@ pub async fn receipt_replays_and_changed_payloads(t: TestStore) {
     let sessions = seed_traders(&engine, 2).await;
     let payload = json!({"product": "gems-100", "price": 99});
     assert_eq!(engine.process_receipt(&sessions[0], "p-1", payload.clone(), grant_gems).await, ReceiptOutcome::Granted);
-    assert_eq!(engine.process_receipt(&sessions[0], "p-1", payload.clone(), grant_gems).await, ReceiptOutcome::AlreadyGranted);
+    assert_eq!(
+        engine.process_receipt(&sessions[0], "p-1", payload.clone(), grant_gems).await,
+        ReceiptOutcome::AlreadyGranted
+    );
     let changed = json!({"product": "gems-100", "price": 1});
-    assert!(matches!(engine.process_receipt(&sessions[0], "p-1", changed, grant_gems).await, ReceiptOutcome::Refused { .. }));
-    assert!(matches!(engine.process_receipt(&sessions[1], "p-1", payload, grant_gems).await, ReceiptOutcome::Refused { .. }));
+    assert!(matches!(
+        engine.process_receipt(&sessions[0], "p-1", changed, grant_gems).await,
+        ReceiptOutcome::Refused { .. }
+    ));
+    assert!(matches!(
+        engine.process_receipt(&sessions[1], "p-1", payload, grant_gems).await,
+        ReceiptOutcome::Refused { .. }
+    ));
     assert_eq!(sessions[0].read(|t| t.holdings.currencies.get("gems").copied()), Some(100));
     assert_eq!(sessions[1].read(|t| t.holdings.currencies.get("gems").copied()), None);
     let document = get(&*t.store, &id("t0")).await.expect("read");
@@ -256,7 +271,8 @@ pub async fn receipt_replays_and_changed_payloads(t: TestStore) {
     for n in 0..150 {
         engine.process_receipt(&sessions[0], &format!("bulk-{n}"), json!({}), grant_gems).await;
     }
-    let again = engine.process_receipt(&sessions[0], "p-1", json!({"product": "gems-100", "price": 99}), grant_gems).await;
+    let again =
+        engine.process_receipt(&sessions[0], "p-1", json!({"product": "gems-100", "price": 99}), grant_gems).await;
     assert_eq!(again, ReceiptOutcome::AlreadyGranted);
 }
 
@@ -289,19 +305,24 @@ pub async fn concurrent_receipts_on_two_engines_grant_exactly_once(t: TestStore)
 }
 
 pub async fn errored_session_never_grants(t: TestStore) {
-    let broken: SharedStore = Arc::new(FaultStore::new(t.store.clone(), FaultConfig { read_error: 1.0, ..FaultConfig::none(3) }));
+    let broken: SharedStore =
+        Arc::new(FaultStore::new(t.store.clone(), FaultConfig { read_error: 1.0, ..FaultConfig::none(3) }));
     let engine = Engine::open(broken, fast_config("a")).await.expect("open");
     let options = StartOptions { held: HeldPolicy::FailFast, on_load_failure: LoadFailurePolicy::PlayOnDefaults };
     let session = engine.start_session_with(&traders(), "errored", options).await.expect("defaults");
     let outcome = engine.process_receipt(&session, "p-err", json!({}), grant_gems).await;
     assert!(matches!(outcome, ReceiptOutcome::NotProcessedYet { .. }));
-    assert!(!get(&*t.store, &DocId::parse("hoard.receipts", "traders/p-err").expect("id")).await.expect("read").exists());
+    assert!(
+        !get(&*t.store, &DocId::parse("hoard.receipts", "traders/p-err").expect("id")).await.expect("read").exists()
+    );
 }
 
 pub async fn unknown_commit_outcome_is_resolved_both_ways(t: TestStore) {
     let applied_but_answer_lost = FaultConfig { error_after_apply: 1.0, ..FaultConfig::none(12) };
     let lost_before_the_store = FaultConfig { unknown_without_apply: 1.0, ..FaultConfig::none(13) };
-    for (round, (config, applies)) in [(applied_but_answer_lost, true), (lost_before_the_store, false)].into_iter().enumerate() {
+    for (round, (config, applies)) in
+        [(applied_but_answer_lost, true), (lost_before_the_store, false)].into_iter().enumerate()
+    {
         let faults = Arc::new(FaultStore::new(t.store.clone(), config));
         faults.set_enabled(false);
         let engine = Engine::open(faults.clone(), fast_config("a")).await.expect("open");

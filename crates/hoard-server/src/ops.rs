@@ -1,0 +1,1 @@
+//! Placeholder for lock-free operations.

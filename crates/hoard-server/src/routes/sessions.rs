@@ -1,0 +1,11 @@
+//! Placeholder for the sessions routes.
+
+use std::sync::Arc;
+
+use axum::Router;
+
+use crate::state::AppState;
+
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+}

@@ -18,16 +18,21 @@ pub struct ApiJson<T> {
     pub digest: String,
 }
 
-/// Parses JSON bytes with a clear message on failure.
+/// Parses a JSON object body with a clear message on failure. Every body is an object, so a
+/// bare array, number or `null` is refused before any field is read.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|error| {
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|error| {
         let what = match error.classify() {
-            serde_json::error::Category::Data => "the JSON does not have the expected shape",
             serde_json::error::Category::Eof => "the JSON body ended early",
-            serde_json::error::Category::Syntax | serde_json::error::Category::Io => "the body is not valid JSON",
+            _ => "the body is not valid JSON",
         };
         ApiError::bad_request(format!("{what}: {error}"))
-    })
+    })?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("the body must be a JSON object"));
+    }
+    serde_json::from_value(value)
+        .map_err(|error| ApiError::bad_request(format!("the JSON does not have the expected shape: {error}")))
 }
 
 pub fn digest_hex(bytes: &[u8]) -> String {

@@ -26,7 +26,8 @@ async fn malformed_and_mistyped_bodies_are_400_and_store_nothing() {
     let client = Client::new(&server.url);
     let routes = crate::http_auth::routes();
     for (group, method, path, body, _) in &routes {
-        if *method != "POST" || body.is_none() {
+        // Prune takes no arguments and reads no body.
+        if *method != "POST" || body.is_none() || path.ends_with("/prune") {
             continue;
         }
         for garbage in GARBAGE {

@@ -13,6 +13,7 @@ mod local_backends;
 mod backends;
 mod http_auth;
 mod http_bad_input;
+mod http_sessions;
 #[path = "../../../hoard/tests/it/store_conformance.rs"]
 mod store_conformance;
 mod support;

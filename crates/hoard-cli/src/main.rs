@@ -1,9 +1,11 @@
-//! The `hoard` command: operator tools on a database (SQLite file or PostgreSQL URL).
+//! The `hoard` command: `hoard serve` (the HTTP/JSON service) and operator tools on a database
+//! (SQLite file or PostgreSQL URL).
 //!
 //! Invariant: the CLI parses, opens a store and prints; every rule (limits, conditions, history)
 //! is the library's, so the CLI can never store what the library would refuse.
 
 mod operator;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -23,6 +25,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the HTTP/JSON service for game servers in any language (see `hoard serve --help`).
+    Serve(serve::ServeArgs),
     /// Open the database (creating it if needed) and print what it is.
     Status,
     /// Print a key's document: value, version, times, attributes, user ids, lease and inbox.
@@ -119,7 +123,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(operator::run(&cli.db, cli.command)) {
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(serve::run(&cli.db, args)).map(|()| std::process::ExitCode::SUCCESS),
+        command => runtime.block_on(operator::run(&cli.db, command)),
+    };
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");

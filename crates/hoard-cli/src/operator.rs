@@ -85,6 +85,8 @@ pub async fn run(location: &str, command: Command) -> Result<ExitCode> {
             let pruned = store.prune_history().await?;
             print_json(&json!({ "pruned_versions": pruned }))
         }
+        // `main` runs `serve` itself; it is not an operator command.
+        Command::Serve(_) => bail!("serve is not an operator command"),
     }
 }
 

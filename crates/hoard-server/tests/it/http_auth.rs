@@ -34,8 +34,11 @@ fn secret(who: Who) -> &'static str {
     }
 }
 
-/// Every route group: (group, method, path, body, who may call it).
-pub fn routes() -> Vec<(&'static str, &'static str, String, Option<Value>, &'static [Who])> {
+/// One route: (group, method, path, body, who may call it).
+pub type RouteCase = (&'static str, &'static str, String, Option<Value>, &'static [Who]);
+
+/// Every route group.
+pub fn routes() -> Vec<RouteCase> {
     let doc = json!({"store": "players", "key": "alice"});
     let token = json!({"holder": "game:x-1", "epoch": 1, "store": "players", "key": "alice"});
     vec![

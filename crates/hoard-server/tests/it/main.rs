@@ -14,6 +14,7 @@ mod backends;
 mod http_auth;
 mod http_bad_input;
 mod http_sessions;
+mod openapi_drift;
 #[path = "../../../hoard/tests/it/store_conformance.rs"]
 mod store_conformance;
 mod support;

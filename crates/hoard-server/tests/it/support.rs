@@ -46,7 +46,6 @@ pub fn test_config() -> ServiceConfig {
 /// A running server; stopped when dropped.
 pub struct TestServer {
     pub url: String,
-    pub store: SharedStore,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -59,11 +58,11 @@ impl Drop for TestServer {
 pub async fn start_with(store: SharedStore, config: ServiceConfig) -> TestServer {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a free port");
     let url = format!("http://{}", listener.local_addr().expect("address"));
-    let state = AppState::new(store.clone(), config);
+    let state = AppState::new(store, config);
     let task = tokio::spawn(async move {
         let _ = hoard_server::serve(listener, state, std::future::pending(), Duration::from_secs(1)).await;
     });
-    TestServer { url, store, task }
+    TestServer { url, task }
 }
 
 pub async fn start(store: SharedStore) -> TestServer {

@@ -183,3 +183,30 @@ async fn a_session_started_through_one_process_is_handed_over_through_another_on
         call(&b.url, "/v1/sessions/save", GAME, Some(json!({"token": token_a, "value": {"coins": 0}}))).await;
     assert_eq!((status, fenced["error"].clone()), (409, json!("fenced_out")));
 }
+
+#[tokio::test]
+async fn the_python_example_client_drives_a_session_a_trade_and_a_receipt() {
+    let python = Command::new("python3").arg("--version").output();
+    if !python.is_ok_and(|output| output.status.success()) {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("python3 is missing and CI=true: the example client must run in CI");
+        }
+        eprintln!("\n*** SKIPPED: python3 is not installed; the Python example client was not run ***\n");
+        return;
+    }
+    let folder = tempfile::tempdir().expect("folder");
+    let keys = format!("game:game_server:players:secret:{GAME}");
+    let served = serve(folder.path(), "hoard.sqlite3", &[("HOARD_API_KEYS", keys.as_str())]);
+    let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/python/demo.py");
+    let url = served.url.clone();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("python3").arg(demo).env("HOARD_URL", url).env("HOARD_API_KEY", GAME).output()
+    })
+    .await
+    .expect("join")
+    .expect("run python3");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("ok: session, trade and receipt"), "{stdout}");
+}

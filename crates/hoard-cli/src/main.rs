@@ -1,10 +1,12 @@
-//! The `hoard` command: operator tools on a database (SQLite file or PostgreSQL URL).
+//! The `hoard` command: `hoard serve` (the HTTP/JSON service) and operator tools on a database
+//! (SQLite file or PostgreSQL URL).
 //!
 //! Invariant: the CLI parses, opens a store and prints; every rule (limits, conditions, history)
 //! is the library's, so the CLI can never store what the library would refuse.
 
 mod bench;
 mod operator;
+mod serve;
 
 use clap::{Parser, Subcommand};
 
@@ -24,6 +26,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the HTTP/JSON service for game servers in any language (see `hoard serve --help`).
+    Serve(serve::ServeArgs),
     /// Open the database (creating it if needed) and print what it is.
     Status,
     /// Print a key's document: value, version, times, attributes, user ids, lease and inbox.
@@ -124,6 +128,7 @@ fn main() -> std::process::ExitCode {
     };
     let outcome = match cli.command {
         Command::Bench(args) => runtime.block_on(bench::run(&cli.db, args)),
+        Command::Serve(args) => runtime.block_on(serve::run(&cli.db, args)).map(|()| std::process::ExitCode::SUCCESS),
         command => runtime.block_on(operator::run(&cli.db, command)),
     };
     match outcome {

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use hoard::store::validate::parse_json_value;
 use hoard::store::{
     Commit, CommitOutcome, Condition, DocId, Document, Key, ListQuery, SharedStore, StoreName, StoreOptions, ValueOp,
-    VersionQuery, Write, force_release, get, open_store, restore_version,
+    VersionQuery, Write, get, open_store, restore_version,
 };
 use serde_json::{Value, json};
 
@@ -86,6 +86,8 @@ pub async fn run(location: &str, command: Command) -> Result<ExitCode> {
             let pruned = store.prune_history().await?;
             print_json(&json!({ "pruned_versions": pruned }))
         }
+        // `main` runs `serve` itself; it is not an operator command.
+        Command::Serve(_) => bail!("serve is not an operator command"),
     }
 }
 
@@ -151,8 +153,8 @@ async fn read(store: &SharedStore, id: &DocId, version: Option<u64>) -> Result<E
 
 /// Takes the key from its holder (see `hoard::store::force_release`).
 async fn fence_out_holder(store: &SharedStore, id: &DocId) -> Result<bool> {
-    match force_release(&**store, id).await? {
-        Ok(released) => Ok(released),
+    match hoard::store::force_release(&**store, id).await? {
+        Ok(holder) => Ok(holder.is_some()),
         Err(conflict) => bail!("the key changed hands while releasing it ({conflict}); run the command again"),
     }
 }

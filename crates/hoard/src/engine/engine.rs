@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use crate::store::{DocId, HolderId, Key, Notification, SharedStore, StoreError};
+use crate::store::{DocId, HolderId, Key, SharedStore, StoreError};
 
 use super::config::EngineConfig;
 use super::error::{SessionError, StartError};
@@ -129,10 +129,10 @@ impl EngineShared {
     pub fn announce_released(&self, id: &DocId) {
         self.released.notify_waiters();
         let store = self.store.clone();
-        let payload = serde_json::to_string(id).unwrap_or_default();
+        let notification = super::load::released_notification(id);
         tokio::spawn(async move {
             // Best effort: an acquirer that misses it finds the key free at its next poll.
-            let _ = store.notify(Notification { topic: TOPIC_RELEASED.to_string(), payload }).await;
+            let _ = store.notify(notification).await;
         });
     }
 

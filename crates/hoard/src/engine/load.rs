@@ -16,8 +16,8 @@ use serde_json::json;
 use tokio::sync::broadcast;
 
 use crate::store::{
-    Commit, CommitOutcome, Condition, ConflictKind, DocId, Document, HolderId, LeaseOp, Notification, StoreError,
-    StoreName, Write, get,
+    Commit, CommitOutcome, Condition, ConflictKind, DocId, Document, HolderId, LeaseOp, Notification, Store,
+    StoreError, StoreName, Write, get,
 };
 
 use super::engine::{EngineShared, HeldPolicy, LoadFailurePolicy, StartOptions, TOPIC_HANDOFF_PREFIX};
@@ -28,37 +28,75 @@ use super::session::{Profile, ProfileKind, SESSION_EVENT_CHANNEL_CAPACITY, Sessi
 /// The named store where quarantine records go: one key per quarantined value.
 pub const QUARANTINE_STORE: &str = "hoard.quarantine";
 
-enum Acquired {
-    Yes { epoch: u64 },
+/// What one acquisition attempt found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AcquireAttempt {
+    /// The key is ours at this epoch.
+    Acquired { epoch: u64 },
+    /// A holder has it at this epoch (possibly `holder` itself, from a session it lost track of).
     HeldBy { holder: HolderId, epoch: u64 },
+    /// The lease changed between the read and the write (released meanwhile): try again.
+    Changed,
 }
 
-async fn try_acquire(shared: &EngineShared, id: &DocId, condition: Condition) -> Result<Acquired, StoreError> {
-    let write = Write::new(id.clone()).when(condition).lease(LeaseOp::Acquire(shared.holder.clone()));
-    let commit = Commit::single(write);
-    match shared.store.commit(commit).await {
+/// One attempt to acquire `id` for `holder` on `condition` (`LeaseFree`, or `Lease{..}` to
+/// steal from the holder seen). A hidden outcome is resolved by reading back: holder ids are
+/// unique per process incarnation, so a key naming `holder` was acquired by it. Shared by the
+/// engine and `hoard serve`, so both acquire keys the same way.
+pub async fn acquire_once(
+    store: &dyn Store,
+    holder: &HolderId,
+    id: &DocId,
+    condition: Condition,
+) -> Result<AcquireAttempt, StoreError> {
+    let write = Write::new(id.clone()).when(condition).lease(LeaseOp::Acquire(holder.clone()));
+    match store.commit(Commit::single(write)).await {
         Ok(CommitOutcome::Committed { applied, .. }) => {
             let epoch = applied.first().map_or(0, |applied| applied.epoch);
-            Ok(Acquired::Yes { epoch })
+            Ok(AcquireAttempt::Acquired { epoch })
         }
         Ok(CommitOutcome::Conflict(conflict)) => match conflict.found.lease.holder {
-            Some(holder) if matches!(conflict.kind, ConflictKind::LeaseHeld | ConflictKind::LeaseMismatch) => {
-                Ok(Acquired::HeldBy { holder, epoch: conflict.found.lease.epoch })
+            Some(found) if matches!(conflict.kind, ConflictKind::LeaseHeld | ConflictKind::LeaseMismatch) => {
+                Ok(AcquireAttempt::HeldBy { holder: found, epoch: conflict.found.lease.epoch })
             }
-            // The holder changed between our read and our steal (released meanwhile): try again.
-            _ => Ok(Acquired::HeldBy { holder: shared.holder.clone(), epoch: u64::MAX }),
+            _ => Ok(AcquireAttempt::Changed),
         },
         Err(error) if error.may_have_applied() => {
-            // Read back: holder ids are unique per process, so naming us means we acquired it.
-            let document = get(&*shared.store, id).await?;
-            if document.lease.holder.as_ref() == Some(&shared.holder) {
-                Ok(Acquired::Yes { epoch: document.lease.epoch })
+            let document = get(store, id).await?;
+            if document.lease.holder.as_ref() == Some(holder) {
+                Ok(AcquireAttempt::Acquired { epoch: document.lease.epoch })
             } else {
                 Err(error)
             }
         }
         Err(error) => Err(error),
     }
+}
+
+/// The notification asking `holder` to save and release `id` at once (topic
+/// `hoard.handoff.<holder>`, payload the `DocId` as JSON).
+pub fn handoff_notification(holder: &HolderId, id: &DocId) -> Notification {
+    let payload = serde_json::to_string(id).unwrap_or_default();
+    Notification { topic: format!("{TOPIC_HANDOFF_PREFIX}{holder}"), payload }
+}
+
+/// The notification telling every process that `id` was released (topic `hoard.released`).
+pub fn released_notification(id: &DocId) -> Notification {
+    let payload = serde_json::to_string(id).unwrap_or_default();
+    Notification { topic: super::engine::TOPIC_RELEASED.to_string(), payload }
+}
+
+enum Acquired {
+    Yes { epoch: u64 },
+    HeldBy { holder: HolderId, epoch: u64 },
+}
+
+async fn try_acquire(shared: &EngineShared, id: &DocId, condition: Condition) -> Result<Acquired, StoreError> {
+    Ok(match acquire_once(&*shared.store, &shared.holder, id, condition).await? {
+        AcquireAttempt::Acquired { epoch } => Acquired::Yes { epoch },
+        AcquireAttempt::HeldBy { holder, epoch } => Acquired::HeldBy { holder, epoch },
+        AcquireAttempt::Changed => Acquired::HeldBy { holder: shared.holder.clone(), epoch: u64::MAX },
+    })
 }
 
 /// Acquires `id` for this engine, following the policy. Returns the epoch.
@@ -124,10 +162,8 @@ async fn acquire(shared: &EngineShared, id: &DocId, policy: HeldPolicy) -> Resul
 
 async fn request_handoff(shared: &EngineShared, id: &DocId, holder: &HolderId) {
     shared.counters.handoffs_requested.fetch_add(1, Ordering::Relaxed);
-    let payload = serde_json::to_string(id).unwrap_or_default();
-    let topic = format!("{TOPIC_HANDOFF_PREFIX}{holder}");
     // Best effort: a lost request only means we wait for the steal.
-    let _ = shared.store.notify(Notification { topic, payload }).await;
+    let _ = shared.store.notify(handoff_notification(holder, id)).await;
 }
 
 /// Waits for a release announcement of `id` (from any process), or one poll interval.

@@ -23,7 +23,7 @@ pub use engine::{
 };
 pub use error::{SessionError, StartError};
 pub use inbox::SendError;
-pub use load::QUARANTINE_STORE;
+pub use load::{AcquireAttempt, QUARANTINE_STORE, acquire_once, handoff_notification, released_notification};
 pub use operator::{OperatorError, Peek};
 pub use receipt::{ReceiptOutcome, ReceiptRecord};
 pub use schema::{FieldChange, ProfileMeta, ProfileSchema};

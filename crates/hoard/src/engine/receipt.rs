@@ -43,7 +43,8 @@ pub struct ReceiptRecord {
     pub payload: Value,
 }
 
-fn receipt_id(store: &StoreName, purchase_id: &str) -> Result<DocId, String> {
+/// The document recording a purchase of a player in `store` (`hoard.receipts/{store}/{purchase id}`).
+pub fn receipt_id(store: &StoreName, purchase_id: &str) -> Result<DocId, String> {
     if purchase_id.is_empty() || purchase_id.len() > PURCHASE_ID_BYTES_MAX {
         return Err(format!("purchase id must be 1 to {PURCHASE_ID_BYTES_MAX} bytes"));
     }
@@ -52,7 +53,8 @@ fn receipt_id(store: &StoreName, purchase_id: &str) -> Result<DocId, String> {
     Ok(DocId::new(receipts, key))
 }
 
-fn compare(first: &ReceiptRecord, attempted: &ReceiptRecord) -> ReceiptOutcome {
+/// Decides a replay: the same purchase again is `AlreadyGranted`, a different one is `Refused`.
+pub fn compare(first: &ReceiptRecord, attempted: &ReceiptRecord) -> ReceiptOutcome {
     if first.player == attempted.player && first.payload == attempted.payload {
         ReceiptOutcome::AlreadyGranted
     } else {

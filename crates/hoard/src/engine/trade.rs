@@ -91,7 +91,8 @@ pub struct TradeRecord {
 }
 
 impl TradeRecord {
-    fn same_trade(&self, other: &TradeRecord) -> bool {
+    /// True when both records move the same value between the same parties (ids and times aside).
+    pub fn same_trade(&self, other: &TradeRecord) -> bool {
         self.parties == other.parties && self.legs == other.legs
     }
 }
@@ -119,13 +120,15 @@ pub enum TradeError {
     Store(StoreError),
 }
 
-fn record_id(trade_id: &str) -> Result<DocId, TradeError> {
+/// The document holding a trade's record (`hoard.trades/{trade id}`).
+pub fn record_id(trade_id: &str) -> Result<DocId, TradeError> {
     let invalid = |reason: String| TradeError::Invalid { reason };
     let store = StoreName::new(TRADE_RECORD_STORE).map_err(|e| invalid(e.to_string()))?;
     Ok(DocId::new(store, Key::new(trade_id).map_err(|e| invalid(format!("trade id: {e}")))?))
 }
 
-fn log_id(player: &DocId, trade_id: &str) -> Result<DocId, TradeError> {
+/// The per-player log entry of a trade (`hoard.trade_log/{store}/{key}/{trade id}`).
+pub fn log_id(player: &DocId, trade_id: &str) -> Result<DocId, TradeError> {
     let store = StoreName::new(TRADE_LOG_STORE).map_err(|e| TradeError::Invalid { reason: e.to_string() })?;
     let key = Key::new(format!("{}/{}/{}", player.store, player.key, trade_id)).map_err(|e| TradeError::Invalid {
         reason: format!("player key too long for the trade log ({e}); use shorter keys or trade ids"),
@@ -133,7 +136,8 @@ fn log_id(player: &DocId, trade_id: &str) -> Result<DocId, TradeError> {
     Ok(DocId::new(store, key))
 }
 
-fn check_shape(trade: &Trade, parties: usize) -> Result<(), TradeError> {
+/// Checks a trade's shape against the named limits, for `parties` parties.
+pub fn check_shape(trade: &Trade, parties: usize) -> Result<(), TradeError> {
     let invalid = |reason: String| Err(TradeError::Invalid { reason });
     if trade.id.is_empty() || trade.id.len() > TRADE_ID_BYTES_MAX || trade.id.contains('/') {
         return invalid(format!("trade id must be 1 to {TRADE_ID_BYTES_MAX} bytes without '/'"));
@@ -170,11 +174,28 @@ fn check_shape(trade: &Trade, parties: usize) -> Result<(), TradeError> {
 
 /// Applies the legs to the parties' holdings, refusing on any missing item or short balance.
 fn apply_legs<P: Tradable>(profiles: &mut [P], parties: &[DocId], trade: &Trade) -> Result<(), TradeError> {
-    // Indexes were checked against the number of parties by `check_shape`.
+    let mut holdings: Vec<&mut Holdings> = profiles.iter_mut().map(Tradable::holdings_mut).collect();
+    apply_legs_to_holdings(&mut holdings, parties, trade)
+}
+
+/// Applies the legs to the parties' holdings (in the order of `parties`), refusing on any missing
+/// item or short balance. Shared by the engine and `hoard serve`, so both move value the same way.
+/// Call `check_shape` first; a leg naming a party out of range is refused here too.
+pub fn apply_legs_to_holdings(
+    holdings: &mut [&mut Holdings],
+    parties: &[DocId],
+    trade: &Trade,
+) -> Result<(), TradeError> {
+    if holdings.len() != parties.len() {
+        return Err(TradeError::Invalid { reason: "one holdings per party".into() });
+    }
     for leg in &trade.legs {
+        if leg.from >= parties.len() || leg.to >= parties.len() {
+            return Err(TradeError::Invalid { reason: format!("leg {} → {} names no party", leg.from, leg.to) });
+        }
         let party = |index: usize| parties[index].clone();
         for (currency, amount) in &leg.currencies {
-            let giver = profiles[leg.from].holdings_mut();
+            let giver = &mut holdings[leg.from];
             let balance = giver.currencies.get(currency).copied().unwrap_or(0);
             if balance < *amount {
                 return Err(TradeError::InsufficientBalance {
@@ -185,21 +206,43 @@ fn apply_legs<P: Tradable>(profiles: &mut [P], parties: &[DocId], trade: &Trade)
                 });
             }
             giver.currencies.insert(currency.clone(), balance - amount);
-            let taker = profiles[leg.to].holdings_mut();
+            let taker = &mut holdings[leg.to];
             let entry = taker.currencies.entry(currency.clone()).or_insert(0);
             *entry =
                 entry.checked_add(*amount).ok_or_else(|| TradeError::Invalid { reason: "balance overflow".into() })?;
         }
         for item in &leg.items {
-            let data = profiles[leg.from]
-                .holdings_mut()
+            let data = holdings[leg.from]
                 .items
                 .remove(item)
                 .ok_or_else(|| TradeError::ItemNotHeld { party: party(leg.from), item: item.clone() })?;
-            profiles[leg.to].holdings_mut().items.insert(item.clone(), data);
+            holdings[leg.to].items.insert(item.clone(), data);
         }
     }
     Ok(())
+}
+
+/// The record a trade among `parties` (in the trade's index order) is stored as.
+pub fn record_for(trade: &Trade, parties: &[DocId]) -> TradeRecord {
+    TradeRecord {
+        trade_id: trade.id.clone(),
+        parties: parties.to_vec(),
+        legs: trade
+            .legs
+            .iter()
+            .filter_map(|leg| {
+                Some(RecordedLeg {
+                    from: parties.get(leg.from)?.clone(),
+                    to: parties.get(leg.to)?.clone(),
+                    items: leg.items.clone(),
+                    currencies: leg.currencies.clone(),
+                })
+            })
+            .collect(),
+        status: "committed".into(),
+        escrow: None,
+        committed_at_ms: 0,
+    }
 }
 
 impl Engine {
@@ -212,23 +255,7 @@ impl Engine {
     ) -> Result<TradeOutcome, TradeError> {
         check_shape(trade, sessions.len())?;
         let parties: Vec<DocId> = sessions.iter().map(|s| s.id().clone()).collect();
-        let record = TradeRecord {
-            trade_id: trade.id.clone(),
-            parties: parties.clone(),
-            legs: trade
-                .legs
-                .iter()
-                .map(|leg| RecordedLeg {
-                    from: parties[leg.from].clone(),
-                    to: parties[leg.to].clone(),
-                    items: leg.items.clone(),
-                    currencies: leg.currencies.clone(),
-                })
-                .collect(),
-            status: "committed".into(),
-            escrow: None,
-            committed_at_ms: 0,
-        };
+        let record = record_for(trade, &parties);
         if let Some(first) = self.trade_record(&trade.id).await? {
             return already(first, &record);
         }
@@ -307,7 +334,8 @@ impl Engine {
     }
 }
 
-fn already(first: TradeRecord, attempted: &TradeRecord) -> Result<TradeOutcome, TradeError> {
+/// Decides a replay: the same trade again is `AlreadyCommitted`, another trade with the id is refused.
+pub fn already(first: TradeRecord, attempted: &TradeRecord) -> Result<TradeOutcome, TradeError> {
     if first.same_trade(attempted) {
         Ok(TradeOutcome::AlreadyCommitted(first))
     } else {

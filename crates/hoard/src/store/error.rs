@@ -30,6 +30,9 @@ pub enum InvalidInput {
     Malformed { what: &'static str, expected: &'static str },
     #[error("version {version} of {key} is not in history (pruned or never written)")]
     NoSuchVersion { key: String, version: u64 },
+    /// Refused by a remote store (`hoard serve`), whose message says which rule was broken.
+    #[error("refused by the remote store: {message}")]
+    Remote { message: String },
 }
 
 #[derive(Debug, Error)]

@@ -127,16 +127,17 @@ pub async fn restore_version(
     store.commit(Commit::single(write)).await
 }
 
-/// Takes a key from its holder, if any, by releasing it on the condition of the holder and epoch
-/// just read: the holder's fence no longer matches, so it can never write the key again. Returns
-/// whether a holder was fenced out, or the conflict if the key changed hands meanwhile.
-pub async fn force_release(store: &dyn Store, id: &DocId) -> Result<Result<bool, Conflict>, StoreError> {
+/// Frees a key a session still holds (an operator's force-release): releases it on the condition
+/// of the holder and epoch just read, so that holder is fenced out and can never write it again.
+/// Returns the holder fenced out (`None`: nobody held it), or the conflict when the key changed
+/// hands meanwhile (run it again).
+pub async fn force_release(store: &dyn Store, id: &DocId) -> Result<Result<Option<HolderId>, Conflict>, StoreError> {
     let document = get(store, id).await?;
-    let Some(holder) = document.lease.holder.clone() else { return Ok(Ok(false)) };
-    let write =
-        Write::new(id.clone()).when(Condition::Lease { holder, epoch: document.lease.epoch }).lease(LeaseOp::Release);
+    let Some(holder) = document.lease.holder.clone() else { return Ok(Ok(None)) };
+    let condition = Condition::Lease { holder: holder.clone(), epoch: document.lease.epoch };
+    let write = Write::new(id.clone()).when(condition).lease(LeaseOp::Release);
     match store.commit(Commit::single(write)).await? {
-        CommitOutcome::Committed { .. } => Ok(Ok(true)),
+        CommitOutcome::Committed { .. } => Ok(Ok(Some(holder))),
         CommitOutcome::Conflict(conflict) => Ok(Err(conflict)),
     }
 }

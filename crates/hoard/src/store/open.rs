@@ -16,6 +16,9 @@ use super::{SharedStore, StoreError};
 pub struct StoreOptions {
     pub limits: Limits,
     pub history_policy: HistoryPolicy,
+    /// PostgreSQL only: the schema hoard's tables live in (`None`: the backend's default).
+    /// Processes sharing a database share data only within one schema.
+    pub postgres_schema: Option<String>,
 }
 
 /// True when the location names a PostgreSQL database rather than an SQLite file.
@@ -32,6 +35,10 @@ pub async fn open_store(location: &str, options: StoreOptions) -> Result<SharedS
             limits: options.limits,
             history_policy: options.history_policy,
             ..PostgresOptions::default()
+        };
+        let postgres_options = match options.postgres_schema {
+            Some(schema) => PostgresOptions { schema, ..postgres_options },
+            None => postgres_options,
         };
         Ok(Arc::new(PostgresStore::open(postgres_options).await?))
     } else {

@@ -88,6 +88,7 @@ pub async fn postgres_in_schema(config: TestConfig, schema: String) -> Option<Te
 /// Instantiates every case once per backend, as `mod <backend> { #[tokio::test] async fn <case>() }`,
 /// each case opening a fresh store of that backend with `config` (evaluated inside the generated
 /// module, so `super::` names the invoking module).
+#[allow(unused_macros)] // the server's tests include this file for the stores, not the macro
 macro_rules! backend_suite {
     (config: $config:expr; backends: [$($backend:ident),* $(,)?]; cases: $cases:tt) => {
         $( crate::backends::backend_suite!(@one $backend, $config, $cases); )*
@@ -105,4 +106,5 @@ macro_rules! backend_suite {
         }
     };
 }
+#[allow(unused_imports)]
 pub(crate) use backend_suite;

@@ -1,5 +1,6 @@
 //! One conformance suite for every store backend: each case runs against memory, SQLite and
-//! PostgreSQL alike (see the `conformance!` invocations at the bottom).
+//! PostgreSQL alike (see the `conformance!` invocations at the bottom). `hoard-server`'s tests
+//! include this very file by `#[path]` and run it over `RemoteStore` in front of each backend.
 
 use std::sync::Arc;
 

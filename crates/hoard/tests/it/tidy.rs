@@ -18,7 +18,7 @@ fn rust_files(folder: &Path, found: &mut Vec<PathBuf>) {
 fn every_module_starts_with_a_doc_comment_saying_what_it_owns() {
     let crates = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
-    for package in ["hoard", "hoard-cli"] {
+    for package in ["hoard", "hoard-cli", "hoard-server"] {
         rust_files(&crates.join(package).join("src"), &mut files);
     }
     assert!(files.len() > 10, "found the sources");

@@ -1,0 +1,128 @@
+//! The router (every route with its layers) and the server loop with graceful shutdown.
+//!
+//! Invariant: every route runs under a timeout, a body-size limit and a concurrency limit, and
+//! every error answer is JSON (`ErrorBody`), including the ones tower and axum make themselves.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::{StatusCode, header};
+use axum::middleware::{Next, from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use tokio::net::TcpListener;
+use tower::limit::ConcurrencyLimitLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{auth, metrics, routes};
+
+/// Builds the whole service for a state. Tests drive it in-process or on a socket.
+pub fn router(state: Arc<AppState>) -> Router {
+    let limits = state.config.limits.clone();
+    let public = routes::health::routes();
+    let api = Router::new()
+        .merge(routes::health::authed_routes())
+        .merge(routes::documents::routes())
+        .merge(routes::sessions::routes())
+        .merge(routes::value::routes())
+        .merge(routes::updates::routes())
+        .layer(DefaultBodyLimit::max(limits.body_bytes_max));
+    let raw = routes::raw::routes().layer(DefaultBodyLimit::max(limits.store_body_bytes_max));
+    let authed = api.merge(raw).route_layer(from_fn_with_state(state.clone(), auth::require_key));
+    public
+        .merge(authed)
+        .route_layer(from_fn(metrics::track))
+        .fallback(|| async { ApiError::not_found("no such route; the API is described at /v1/openapi.json") })
+        .layer(from_fn(json_errors))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_millis(limits.request_timeout_ms),
+        ))
+        .layer(RequestBodyLimitLayer::new(limits.store_body_bytes_max))
+        .layer(ConcurrencyLimitLayer::new(limits.concurrent_requests_max))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Gives the answers axum and tower make themselves (404, 405, 408, 413, …) our JSON body.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("application/json"));
+    if !status.is_client_error() && !status.is_server_error() || is_json {
+        return response;
+    }
+    let error = match status {
+        StatusCode::NOT_FOUND => ApiError::not_found("no such route; the API is described at /v1/openapi.json"),
+        StatusCode::METHOD_NOT_ALLOWED => {
+            ApiError::new(status, "method_not_allowed", "this route does not take that method")
+        }
+        StatusCode::REQUEST_TIMEOUT => ApiError::new(
+            status,
+            "timeout",
+            "the request took longer than the server's timeout; retry (with the same Idempotency-Key)",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ApiError::new(status, "body_too_large", "the request body is over this route's size limit")
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::new(
+            status,
+            "unsupported_media_type",
+            "send the body as JSON with `Content-Type: application/json`",
+        ),
+        _ if status.is_client_error() => ApiError::new(status, "bad_request", "the request was refused"),
+        _ => ApiError::new(status, "internal", "the server failed; nothing to fix in the request"),
+    };
+    let mut answer = error.into_response();
+    for name in [header::RETRY_AFTER, header::ALLOW, header::UPGRADE, header::CONNECTION] {
+        if let Some(value) = response.headers().get(&name) {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    drop(response.into_body());
+    answer
+}
+
+/// Serves until `shutdown` completes, then stops taking requests and gives those in flight (and
+/// open WebSockets) up to `deadline` to finish (G9 for the service).
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    deadline: Duration,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    let (begin_shutdown, shutdown_begun) = tokio::sync::oneshot::channel::<()>();
+    let signal_state = state.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = shutdown_begun.await;
+            })
+            .await
+    });
+    shutdown.await;
+    tracing::info!(deadline_ms = deadline.as_millis() as u64, "shutting down: refusing new requests");
+    signal_state.ready.store(false, Ordering::SeqCst);
+    let _ = signal_state.closing.send(true);
+    let _ = begin_shutdown.send(());
+    match tokio::time::timeout(deadline, server).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(join_error)) => Err(std::io::Error::other(join_error.to_string())),
+        Err(_elapsed) => {
+            tracing::warn!("shutdown deadline passed with requests in flight; they are cut");
+            Ok(())
+        }
+    }
+}

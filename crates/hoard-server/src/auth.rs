@@ -1,0 +1,246 @@
+//! API keys: hashed secrets, scopes, per-key rate limits, and the middleware that checks them.
+//!
+//! Invariants:
+//! - Only SHA-256 hashes of secrets are kept; a presented secret is hashed and compared against
+//!   every key's hash in constant time (no early exit), so timing reveals neither which key nor
+//!   how much of it matched.
+//! - Every route except `/healthz` and `/readyz` passes through `require_key`: no key or a wrong
+//!   key is 401, a scope that does not cover the route is 403, over the rate limit is 429.
+//! - A game-server key can act only on its named stores, never on hoard's internal stores
+//!   (`hoard.*`: trades, receipts, idempotency records), and only through holders it registered.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Request, State};
+use axum::http::header;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use hoard::store::HolderId;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use crate::error::ApiError;
+use crate::metrics;
+use crate::state::AppState;
+
+/// What a key may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Sessions, trades, receipts, messages and lock-free updates on its named stores; reads of
+    /// them. The key of a game server in any language.
+    GameServer,
+    /// Reads only: documents, keys, versions (of its named stores; `*` includes hoard's records).
+    ReadOnly,
+    /// The raw store protocol (`/v1/store/*`) used by `RemoteStore`, for Rust game servers
+    /// running the full engine against this service. It can write any key without a fence:
+    /// give it only to trusted Rust servers.
+    Engine,
+    /// Everything, including rollback, force-release and key management.
+    Admin,
+}
+
+/// One configured key. The secret itself is never kept.
+#[derive(Clone, Debug)]
+pub struct ApiKey {
+    pub name: String,
+    pub hash: [u8; 32],
+    pub scope: Scope,
+    /// `None`: every store.
+    pub stores: Option<BTreeSet<String>>,
+    pub rate_per_second: u32,
+    pub rate_burst: u32,
+}
+
+/// SHA-256 of a secret: how keys are stored and compared.
+pub fn hash_secret(secret: &str) -> [u8; 32] {
+    let digest = Sha256::digest(secret.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&digest);
+    out
+}
+
+/// Lower-case hex of a secret's SHA-256, for configuration files (`hoard serve --hash-key`).
+pub fn hash_secret_hex(secret: &str) -> String {
+    hash_secret(secret).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The prefix of hoard's internal named stores (trades, receipts, idempotency, handoff).
+pub const INTERNAL_STORE_PREFIX: &str = "hoard.";
+
+/// The caller, once its key is checked. Handlers ask it what the key may do.
+#[derive(Clone, Debug)]
+pub struct Principal {
+    pub name: String,
+    pub scope: Scope,
+    pub stores: Option<BTreeSet<String>>,
+}
+
+impl Principal {
+    fn names_store(&self, store: &str) -> bool {
+        match &self.stores {
+            None => true,
+            Some(stores) => stores.contains(store),
+        }
+    }
+
+    /// Reads of documents, keys and versions.
+    pub fn may_read(&self, store: &str) -> Result<(), ApiError> {
+        let internal = store.starts_with(INTERNAL_STORE_PREFIX);
+        let allowed = match self.scope {
+            Scope::Admin | Scope::Engine => true,
+            Scope::ReadOnly => self.names_store(store),
+            Scope::GameServer => !internal && self.names_store(store),
+        };
+        if allowed { Ok(()) } else { Err(ApiError::forbidden(format!("this key may not read store {store:?}"))) }
+    }
+
+    /// Sessions, trades, receipts, messages and updates: anything that changes a store.
+    pub fn may_play(&self, store: &str) -> Result<(), ApiError> {
+        let internal = store.starts_with(INTERNAL_STORE_PREFIX);
+        let allowed = match self.scope {
+            Scope::Admin | Scope::Engine => true,
+            Scope::ReadOnly => false,
+            Scope::GameServer => !internal && self.names_store(store),
+        };
+        if allowed {
+            Ok(())
+        } else if self.scope == Scope::ReadOnly {
+            Err(ApiError::forbidden("this key is read-only"))
+        } else {
+            Err(ApiError::forbidden(format!("this key may not change store {store:?}")))
+        }
+    }
+
+    /// Registering and renewing holders (game servers).
+    pub fn may_hold(&self) -> Result<(), ApiError> {
+        match self.scope {
+            Scope::Admin | Scope::Engine | Scope::GameServer => Ok(()),
+            Scope::ReadOnly => Err(ApiError::forbidden("this key is read-only")),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.scope == Scope::Admin { Ok(()) } else { Err(ApiError::forbidden("this route needs an admin key")) }
+    }
+
+    /// The raw store protocol of `RemoteStore`.
+    pub fn require_engine(&self) -> Result<(), ApiError> {
+        match self.scope {
+            Scope::Admin | Scope::Engine => Ok(()),
+            _ => Err(ApiError::forbidden("the raw store routes need an engine or admin key")),
+        }
+    }
+
+    /// The prefix of every holder id this key registers: `{key name}:`.
+    pub fn holder_prefix(&self) -> String {
+        format!("{}:", self.name)
+    }
+
+    /// A game server may act only through holders it registered (its key name prefixes them).
+    pub fn owns_holder(&self, holder: &HolderId) -> Result<(), ApiError> {
+        let owned =
+            matches!(self.scope, Scope::Admin | Scope::Engine) || holder.as_str().starts_with(&self.holder_prefix());
+        if owned { Ok(()) } else { Err(ApiError::forbidden("this holder was not registered with this key")) }
+    }
+}
+
+/// Token buckets, one per key name.
+#[derive(Debug, Default)]
+pub struct RateLimiter {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl RateLimiter {
+    /// Takes one token from the key's bucket, or says how many seconds until one is there.
+    pub fn take(&self, key: &ApiKey) -> Result<(), u64> {
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let now = Instant::now();
+        let burst = f64::from(key.rate_burst);
+        let rate = f64::from(key.rate_per_second);
+        let bucket = buckets.entry(key.name.clone()).or_insert(Bucket { tokens: burst, at: now });
+        let elapsed = now.duration_since(bucket.at).as_secs_f64();
+        bucket.tokens = (bucket.tokens + elapsed * rate).min(burst);
+        bucket.at = now;
+        if bucket.tokens >= 1.0 {
+            bucket.tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait_s = ((1.0 - bucket.tokens) / rate).ceil();
+            // Bounded: rate ≥ 1, so the wait is at most one second per missing token.
+            Err(if wait_s.is_finite() && wait_s >= 1.0 { wait_s as u64 } else { 1 })
+        }
+    }
+}
+
+/// The configured keys.
+#[derive(Debug)]
+pub struct KeyRing {
+    keys: Vec<ApiKey>,
+}
+
+impl KeyRing {
+    pub fn new(keys: Vec<ApiKey>) -> KeyRing {
+        KeyRing { keys }
+    }
+
+    pub fn keys(&self) -> &[ApiKey] {
+        &self.keys
+    }
+
+    /// Finds the key whose hash matches the secret, comparing against every key in constant time.
+    pub fn find(&self, secret: &str) -> Option<&ApiKey> {
+        let presented = hash_secret(secret);
+        let mut found = None;
+        for key in &self.keys {
+            if bool::from(key.hash.ct_eq(&presented)) {
+                found = Some(key);
+            }
+        }
+        found
+    }
+}
+
+/// Bytes of an `Authorization` header we look at; longer ones are refused unread.
+pub const AUTHORIZATION_BYTES_MAX: usize = 1_024;
+
+fn bearer(request: &Request) -> Option<&str> {
+    let value = request.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    if value.len() > AUTHORIZATION_BYTES_MAX {
+        return None;
+    }
+    let (scheme, token) = value.split_once(' ')?;
+    if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() { Some(token.trim()) } else { None }
+}
+
+/// Checks the API key and the key's rate limit, then hands the `Principal` to the route.
+pub async fn require_key(State(state): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let Some(key) = bearer(&request).and_then(|secret| state.keys.find(secret)) else {
+        metrics::unauthorized();
+        return ApiError::unauthorized().into_response();
+    };
+    if let Err(retry_after_s) = state.limiter.take(key) {
+        metrics::rate_limited();
+        return ApiError::rate_limited(retry_after_s).into_response();
+    }
+    let principal = Principal { name: key.name.clone(), scope: key.scope, stores: key.stores.clone() };
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Principal>().cloned().ok_or_else(ApiError::unauthorized)
+    }
+}

@@ -1,0 +1,195 @@
+//! The server's configuration: listen address, limits, lease timing and API keys, from flags,
+//! environment and an optional TOML file (flags win over environment, which wins over the file).
+//!
+//! Invariant: secrets never stay in memory as given: a key configured in plain text is hashed
+//! (SHA-256) as it is read, and only the hash is kept. Every limit has a name and a default here.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+use crate::auth::{ApiKey, Scope, hash_secret};
+
+/// Default address: loopback only, so a fresh server is not exposed by accident.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7420";
+/// Bytes of one request body on the public routes (a 4 MiB value plus its envelope).
+pub const BODY_BYTES_MAX_DEFAULT: usize = 5 * 1024 * 1024;
+/// Bytes of one request body on the raw store routes (`/v1/store/*`, multi-key commits).
+pub const STORE_BODY_BYTES_MAX_DEFAULT: usize = 16 * 1024 * 1024;
+/// Every request is answered (or cut with 408) within this.
+pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
+/// The longest a session start may wait for a holder to hand over.
+pub const START_WAIT_MS_MAX: u64 = 20_000;
+/// A holder's process lease: a game server that stops renewing loses its keys after this.
+pub const LEASE_TTL_MS_DEFAULT: u64 = 15_000;
+/// Graceful shutdown: in-flight requests get this long to finish.
+pub const SHUTDOWN_DEADLINE_MS_DEFAULT: u64 = 10_000;
+/// Per-key rate limit (requests per second, sustained) and burst.
+pub const RATE_PER_SECOND_DEFAULT: u32 = 1_000;
+pub const RATE_BURST_DEFAULT: u32 = 2_000;
+/// Connections served at once; past it new requests wait (tower concurrency limit).
+pub const CONCURRENT_REQUESTS_MAX_DEFAULT: usize = 1_024;
+
+/// The HTTP limits every route runs under.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpLimits {
+    pub body_bytes_max: usize,
+    pub store_body_bytes_max: usize,
+    pub request_timeout_ms: u64,
+    pub concurrent_requests_max: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> HttpLimits {
+        HttpLimits {
+            body_bytes_max: BODY_BYTES_MAX_DEFAULT,
+            store_body_bytes_max: STORE_BODY_BYTES_MAX_DEFAULT,
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            concurrent_requests_max: CONCURRENT_REQUESTS_MAX_DEFAULT,
+        }
+    }
+}
+
+/// Everything the service needs besides its store.
+#[derive(Clone, Debug)]
+pub struct ServiceConfig {
+    pub limits: HttpLimits,
+    pub lease_ttl_ms: u64,
+    pub keys: Vec<ApiKey>,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> ServiceConfig {
+        ServiceConfig { limits: HttpLimits::default(), lease_ttl_ms: LEASE_TTL_MS_DEFAULT, keys: Vec::new() }
+    }
+}
+
+/// The optional TOML file (`hoard serve --config FILE`). Every field is optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub db: Option<String>,
+    pub postgres_schema: Option<String>,
+    pub body_bytes_max: Option<usize>,
+    pub store_body_bytes_max: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    pub concurrent_requests_max: Option<usize>,
+    pub lease_ttl_ms: Option<u64>,
+    pub shutdown_deadline_ms: Option<u64>,
+    #[serde(default)]
+    pub keys: Vec<KeyEntry>,
+}
+
+/// One API key as configured: give `sha256` (hex of the secret's SHA-256, preferred) or `secret`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyEntry {
+    pub name: String,
+    pub scope: Scope,
+    /// Named stores the key may use (`"*"`: every store). Default: every store.
+    #[serde(default)]
+    pub stores: Option<Vec<String>>,
+    pub sha256: Option<String>,
+    pub secret: Option<String>,
+    pub rate_per_second: Option<u32>,
+    pub rate_burst: Option<u32>,
+}
+
+/// Bytes of a key name; names appear in holder ids and idempotency records.
+pub const KEY_NAME_BYTES_MAX: usize = 32;
+
+fn check_key_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= KEY_NAME_BYTES_MAX
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok { Ok(()) } else { Err(format!("key name {name:?} must be 1 to {KEY_NAME_BYTES_MAX} of [A-Za-z0-9_-]")) }
+}
+
+fn parse_hex_32(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return Err("sha256 must be 64 hex digits".into());
+    }
+    let mut out = [0u8; 32];
+    for (index, byte) in out.iter_mut().enumerate() {
+        let pair = text.get(index * 2..index * 2 + 2).ok_or("sha256 must be 64 hex digits")?;
+        *byte = u8::from_str_radix(pair, 16).map_err(|_| "sha256 must be 64 hex digits".to_string())?;
+    }
+    Ok(out)
+}
+
+impl KeyEntry {
+    /// Checks the entry and hashes a plain secret; the secret is not kept.
+    pub fn into_key(self) -> Result<ApiKey, String> {
+        check_key_name(&self.name)?;
+        let hash = match (&self.sha256, &self.secret) {
+            (Some(hex), None) => parse_hex_32(hex).map_err(|e| format!("key {}: {e}", self.name))?,
+            (None, Some(secret)) if !secret.is_empty() => hash_secret(secret),
+            _ => return Err(format!("key {}: give exactly one of `sha256` or `secret`", self.name)),
+        };
+        let stores = match self.stores {
+            None => None,
+            Some(list) if list.iter().any(|s| s == "*") => None,
+            Some(list) => Some(list.into_iter().collect::<BTreeSet<_>>()),
+        };
+        Ok(ApiKey {
+            name: self.name,
+            hash,
+            scope: self.scope,
+            stores,
+            rate_per_second: self.rate_per_second.unwrap_or(RATE_PER_SECOND_DEFAULT).max(1),
+            rate_burst: self.rate_burst.unwrap_or(RATE_BURST_DEFAULT).max(1),
+        })
+    }
+}
+
+/// Parses the TOML file's text.
+pub fn parse_file(text: &str) -> Result<FileConfig, String> {
+    toml::from_str(text).map_err(|e| format!("configuration file: {e}"))
+}
+
+/// Parses `HOARD_API_KEYS`: entries separated by `;`, each `name:scope:stores:sha256:HEX` or
+/// `name:scope:stores:secret:TEXT`, where `stores` is `*` or store names joined by `|`.
+/// Example: `ops:admin:*:sha256:9f86…;eu1:game_server:players|guilds:secret:s3cret`.
+pub fn parse_env_keys(text: &str) -> Result<Vec<ApiKey>, String> {
+    let mut keys = Vec::new();
+    for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let mut parts = entry.splitn(5, ':');
+        let (Some(name), Some(scope), Some(stores), Some(kind), Some(value)) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(
+                "HOARD_API_KEYS entries are name:scope:stores:sha256:HEX or name:scope:stores:secret:TEXT".into()
+            );
+        };
+        let scope: Scope = serde_json::from_value(serde_json::Value::String(scope.to_string()))
+            .map_err(|_| format!("key {name}: scope must be game_server, read_only, engine or admin"))?;
+        let stores = Some(stores.split('|').map(str::to_string).collect());
+        let (sha256, secret) = match kind {
+            "sha256" => (Some(value.to_string()), None),
+            "secret" => (None, Some(value.to_string())),
+            _ => return Err(format!("key {name}: give sha256:HEX or secret:TEXT")),
+        };
+        let entry =
+            KeyEntry { name: name.to_string(), scope, stores, sha256, secret, rate_per_second: None, rate_burst: None };
+        keys.push(entry.into_key()?);
+    }
+    Ok(keys)
+}
+
+/// Refuses two keys with one name or one secret (a secret must identify one key).
+pub fn check_keys(keys: &[ApiKey]) -> Result<(), String> {
+    let mut names = BTreeSet::new();
+    let mut hashes = BTreeSet::new();
+    for key in keys {
+        if !names.insert(key.name.as_str()) {
+            return Err(format!("two API keys are named {}", key.name));
+        }
+        if !hashes.insert(key.hash) {
+            return Err(format!("API key {} has the same secret as another key", key.name));
+        }
+    }
+    Ok(())
+}

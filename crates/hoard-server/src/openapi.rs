@@ -1,0 +1,65 @@
+//! The OpenAPI document, generated from the handlers' annotations (utoipa) and committed as
+//! `docs/openapi.json`; a test regenerates it and fails when the committed file drifts.
+//!
+//! Invariant: every public route is listed here; the raw store protocol (`/v1/store/*`, used only
+//! by `RemoteStore`) is described in the document's text, not route by route, since its bodies
+//! are the library's own store types.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::routes::{documents, health, sessions, updates, value};
+
+struct BearerKey;
+
+impl Modify for BearerKey {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme("api_key", SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)));
+    }
+}
+
+#[derive(Debug, OpenApi)]
+#[openapi(
+    info(
+        title = "hoard serve",
+        description = "Player data for game servers in any language: sessions fenced by lease epochs, handoff, \
+            atomic trades, exactly-once receipts, inbox messages and lock-free updates, over HTTP/JSON. Every \
+            route but /healthz and /readyz needs `Authorization: Bearer <API key>`; errors are \
+            `{\"error\": code, \"message\": text}`. Routes that move value take an `Idempotency-Key` header: a \
+            retry with the same key returns the first answer. The raw store protocol under /v1/store/* (commit, \
+            get_many, list, versions, version, prune, holders/renew|release|read, notify, now, info, and the \
+            WebSocket /v1/store/subscribe) takes and returns the hoard library's store types as JSON; it is \
+            used by `hoard_server::RemoteStore` with an `engine` key. Serve TLS through a reverse proxy."
+    ),
+    paths(
+        health::healthz, health::readyz, health::metrics, health::openapi,
+        documents::list_keys, documents::read_key, documents::list_versions, documents::read_version,
+        documents::rollback, documents::release, documents::list_api_keys,
+        sessions::register_holder, sessions::renew_holder, sessions::release_holder, sessions::holder_events,
+        sessions::start, sessions::save, sessions::end, sessions::read, sessions::commit_many,
+        value::trade, value::receipt, value::send_message,
+        updates::update,
+    ),
+    components(schemas(crate::error::ErrorBody, crate::wire::SessionToken, crate::ops::Op)),
+    modifiers(&BearerKey),
+    tags(
+        (name = "operations", description = "health, readiness, metrics, this document"),
+        (name = "documents", description = "key reads, listing, versions"),
+        (name = "admin", description = "rollback, force-release, keys (admin keys only)"),
+        (name = "sessions", description = "holders, sessions, handoff"),
+        (name = "value", description = "trades, receipts, messages"),
+        (name = "updates", description = "lock-free updates as data"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON.
+pub fn document() -> serde_json::Value {
+    serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()
+}
+
+/// The document as the pretty text committed in `docs/openapi.json`.
+pub fn document_text() -> String {
+    ApiDoc::openapi().to_pretty_json().map(|text| text + "\n").unwrap_or_default()
+}

@@ -177,6 +177,14 @@ pub struct Engine {
     pub(crate) shared: Arc<EngineShared>,
 }
 
+/// What `start_session_with` does after looking at the registry.
+enum StartNext {
+    /// This call loads the key; `done` wakes concurrent callers.
+    Load(watch::Sender<bool>),
+    /// Another call is loading it: wait, then look again.
+    Wait(watch::Receiver<bool>),
+}
+
 /// What to do when another server holds the key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum HeldPolicy {
@@ -325,7 +333,9 @@ impl Engine {
         let id = DocId::new(kind.store.clone(), key);
         // Bounded: each pass either returns or waits for a load to finish.
         for _pass in 0..self.shared.config.acquire_attempts_max {
-            let waiter = {
+            // The registry guard must end before any await (a std guard held across an await
+            // would make this future !Send, so a game could not `tokio::spawn` a start).
+            let next = {
                 let mut registry = self.shared.registry();
                 if !self.shared.accepting.load(Ordering::SeqCst) {
                     return Err(StartError::ShuttingDown);
@@ -342,21 +352,24 @@ impl Engine {
                         registry.remove(&id);
                         continue;
                     }
-                    Some(Slot::Loading(waiter)) => waiter.clone(),
+                    Some(Slot::Loading(waiter)) => StartNext::Wait(waiter.clone()),
                     None => {
                         if registry.len() >= self.shared.config.sessions_max {
                             return Err(StartError::TooManySessions { sessions_max: self.shared.config.sessions_max });
                         }
                         let (done, waiter) = watch::channel(false);
                         registry.insert(id.clone(), Slot::Loading(waiter));
-                        drop(registry);
-                        return self.load_in_task(kind.clone(), id, options, done).await;
+                        StartNext::Load(done)
                     }
                 }
             };
-            let mut waiter = waiter;
-            // The loader always sends (or drops the sender); either wakes us.
-            let _ = waiter.wait_for(|done| *done).await;
+            match next {
+                StartNext::Load(done) => return self.load_in_task(kind.clone(), id, options, done).await,
+                StartNext::Wait(mut waiter) => {
+                    // The loader always sends (or drops the sender); either wakes us.
+                    let _ = waiter.wait_for(|done| *done).await;
+                }
+            }
         }
         Err(StartError::Locked { id, holder: self.shared.holder.clone() })
     }

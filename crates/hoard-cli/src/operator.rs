@@ -85,6 +85,7 @@ pub async fn run(location: &str, command: Command) -> Result<ExitCode> {
             let pruned = store.prune_history().await?;
             print_json(&json!({ "pruned_versions": pruned }))
         }
+        Command::Sim(_) => bail!("sim is not an operator command"),
     }
 }
 

@@ -10,8 +10,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use hoard::store::validate::parse_json_value;
 use hoard::store::{
-    Commit, CommitOutcome, Condition, DocId, Document, Key, LeaseOp, ListQuery, SharedStore, StoreName, StoreOptions,
-    ValueOp, VersionQuery, Write, get, open_store, restore_version,
+    Commit, CommitOutcome, Condition, DocId, Document, Key, ListQuery, SharedStore, StoreName, StoreOptions, ValueOp,
+    VersionQuery, Write, force_release, get, open_store, restore_version,
 };
 use serde_json::{Value, json};
 
@@ -149,19 +149,11 @@ async fn read(store: &SharedStore, id: &DocId, version: Option<u64>) -> Result<E
     }
 }
 
-/// Takes the key from its holder, if any, by releasing it conditionally on the holder and epoch
-/// seen: the holder's fence no longer matches, so it can never write again. Returns whether a
-/// holder was fenced out.
+/// Takes the key from its holder (see `hoard::store::force_release`).
 async fn fence_out_holder(store: &SharedStore, id: &DocId) -> Result<bool> {
-    let document = get(&**store, id).await?;
-    let Some(holder) = document.lease.holder.clone() else { return Ok(false) };
-    let write =
-        Write::new(id.clone()).when(Condition::Lease { holder, epoch: document.lease.epoch }).lease(LeaseOp::Release);
-    match store.commit(Commit::single(write)).await? {
-        CommitOutcome::Committed { .. } => Ok(true),
-        CommitOutcome::Conflict(conflict) => {
-            bail!("the key changed hands while releasing it ({conflict}); run the command again")
-        }
+    match force_release(&**store, id).await? {
+        Ok(released) => Ok(released),
+        Err(conflict) => bail!("the key changed hands while releasing it ({conflict}); run the command again"),
     }
 }
 

@@ -37,6 +37,46 @@ pub struct EngineConfig {
     pub concurrent_saves_max: usize,
     /// Sessions plus shared documents in one transaction or trade.
     pub transaction_parties_max: usize,
+    /// How often this engine flushes the pending updates of lock-free shared documents (guild
+    /// banks, auction houses, counters); the seed flushes every 10 s to stay under Roblox's
+    /// UpdateAsync budget. A crash loses at most this much of this engine's unflushed updates.
+    #[serde(default = "default_shared_doc_flush_interval_ms")]
+    pub shared_doc_flush_interval_ms: u64,
+    /// Updates of one shared document that may wait for a flush; past it `update` is refused.
+    #[serde(default = "default_shared_doc_pending_updates_max")]
+    pub shared_doc_pending_updates_max: usize,
+    /// Shared documents this engine caches; idle ones are forgotten to make room, and past it
+    /// (every one busy) a new key is refused.
+    #[serde(default = "default_shared_doc_keys_max")]
+    pub shared_doc_keys_max: usize,
+    /// Read-and-commit attempts of one flush (version conflicts with other writers and store
+    /// errors both count) before its updates are reported not applied.
+    #[serde(default = "default_shared_doc_flush_attempts_max")]
+    pub shared_doc_flush_attempts_max: u32,
+    /// Read-back attempts to learn whether a flush whose answer was lost applied, before its
+    /// updates are reported with an unknown outcome (never re-run: that could apply them twice).
+    #[serde(default = "default_shared_doc_resolve_attempts_max")]
+    pub shared_doc_resolve_attempts_max: u32,
+}
+
+fn default_shared_doc_flush_interval_ms() -> u64 {
+    10_000
+}
+
+fn default_shared_doc_pending_updates_max() -> usize {
+    1_000
+}
+
+fn default_shared_doc_keys_max() -> usize {
+    10_000
+}
+
+fn default_shared_doc_flush_attempts_max() -> u32 {
+    20
+}
+
+fn default_shared_doc_resolve_attempts_max() -> u32 {
+    6
 }
 
 impl Default for EngineConfig {
@@ -56,6 +96,11 @@ impl Default for EngineConfig {
             sessions_max: 100_000,
             concurrent_saves_max: 4_096,
             transaction_parties_max: 16,
+            shared_doc_flush_interval_ms: default_shared_doc_flush_interval_ms(),
+            shared_doc_pending_updates_max: default_shared_doc_pending_updates_max(),
+            shared_doc_keys_max: default_shared_doc_keys_max(),
+            shared_doc_flush_attempts_max: default_shared_doc_flush_attempts_max(),
+            shared_doc_resolve_attempts_max: default_shared_doc_resolve_attempts_max(),
         }
     }
 }
@@ -83,6 +128,14 @@ impl EngineConfig {
         }
         if self.sessions_max == 0 || self.concurrent_saves_max == 0 || self.handoff_poll_interval_ms == 0 {
             return Err("sessions_max, concurrent_saves_max and handoff_poll_interval_ms must be positive".into());
+        }
+        if self.shared_doc_flush_interval_ms == 0
+            || self.shared_doc_pending_updates_max == 0
+            || self.shared_doc_keys_max == 0
+            || self.shared_doc_flush_attempts_max == 0
+            || self.shared_doc_resolve_attempts_max == 0
+        {
+            return Err("shared_doc_flush_interval_ms and the shared_doc_* limits must be positive".into());
         }
         Ok(())
     }

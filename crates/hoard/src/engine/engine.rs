@@ -26,11 +26,15 @@ use crate::store::{DocId, HolderId, Key, Notification, SharedStore, StoreError};
 use super::config::EngineConfig;
 use super::error::{SessionError, StartError};
 use super::session::{LiveSession, Profile, ProfileKind, Session};
+use super::shared_docs::SharedDocs;
 
 /// Notification topics. Handoff requests go to one holder; releases and inbox arrivals to all.
 pub const TOPIC_HANDOFF_PREFIX: &str = "hoard.handoff.";
 pub const TOPIC_RELEASED: &str = "hoard.released";
 pub const TOPIC_INBOX: &str = "hoard.inbox";
+
+/// The smallest list of background-task handles swept for finished ones.
+const TRACKED_TASKS_SWEEP_MIN: usize = 64;
 
 /// Counters of what the engine did, for operators and tests.
 #[derive(Debug, Default)]
@@ -82,6 +86,8 @@ pub(crate) struct EngineShared {
     /// While set, the process lease is not renewed (a paused server, for tests and the simulator).
     pub renewal_suspended: AtomicBool,
     pub save_slots: Semaphore,
+    /// Lock-free shared documents this engine has touched: queues, previews and flush locks.
+    pub shared_docs: super::shared_docs::SharedDocsState,
 }
 
 impl std::fmt::Debug for EngineShared {
@@ -155,9 +161,16 @@ impl EngineShared {
         Err(last_error)
     }
 
+    /// Keeps a background task's handle so shutdown and crash can stop it. Finished handles are
+    /// dropped when the list has doubled since the last sweep, so tracking stays O(1) amortized
+    /// with 100,000 sessions (a sweep on every call made starting sessions quadratic).
     pub fn track(&self, task: JoinHandle<()>) {
         let mut tasks = self.tasks.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        tasks.retain(|task| !task.is_finished());
+        if tasks.len() >= tasks.capacity() {
+            tasks.retain(|task| !task.is_finished());
+            let room = tasks.len().max(TRACKED_TASKS_SWEEP_MIN);
+            tasks.reserve(room);
+        }
         tasks.push(task);
     }
 }
@@ -175,14 +188,6 @@ pub enum OpenError {
 #[derive(Clone, Debug)]
 pub struct Engine {
     pub(crate) shared: Arc<EngineShared>,
-}
-
-/// What `start_session_with` does after looking at the registry.
-enum StartNext {
-    /// This call loads the key; `done` wakes concurrent callers.
-    Load(watch::Sender<bool>),
-    /// Another call is loading it: wait, then look again.
-    Wait(watch::Receiver<bool>),
 }
 
 /// What to do when another server holds the key.
@@ -277,8 +282,10 @@ impl Engine {
             released: Notify::new(),
             tasks: Mutex::new(Vec::new()),
             renewal_suspended: AtomicBool::new(false),
+            shared_docs: super::shared_docs::SharedDocsState::default(),
         });
         super::background::start(&shared);
+        super::shared_docs::start(&shared);
         Ok(Engine { shared })
     }
 
@@ -331,16 +338,27 @@ impl Engine {
     ) -> Result<Session<P>, StartError> {
         let key = Key::with_limits(key, self.shared.store.limits()).map_err(StartError::InvalidKey)?;
         let id = DocId::new(kind.store.clone(), key);
-        // Bounded: each pass either returns or waits for a load to finish.
-        for _pass in 0..self.shared.config.acquire_attempts_max {
-            // The registry guard must end before any await (a std guard held across an await
-            // would make this future !Send, so a game could not `tokio::spawn` a start).
+        // Bounded: each pass either returns, waits for a load to finish, or waits one poll
+        // interval for a closing session's final save.
+        let passes_max = 4 * self.shared.config.acquire_attempts_max;
+        for _pass in 0..passes_max {
+            // Decide under the registry lock; wait or load after releasing it (a guard must not
+            // live across an await, or the future would not be Send).
+            enum Next {
+                Wait(watch::Receiver<bool>),
+                Load(watch::Sender<bool>),
+                /// The previous session of this key is saving and releasing: never load before its
+                /// final save (Nevermore's trap), never hand out a session about to end.
+                WaitClosing,
+                Again,
+            }
             let next = {
                 let mut registry = self.shared.registry();
                 if !self.shared.accepting.load(Ordering::SeqCst) {
                     return Err(StartError::ShuttingDown);
                 }
                 match registry.get(&id) {
+                    Some(Slot::Live(session)) if session.is_closing() => Next::WaitClosing,
                     Some(Slot::Live(session)) if session.is_open() => {
                         let any = session.clone().as_any();
                         return match any.downcast::<super::session::SessionCore<P>>() {
@@ -350,25 +368,31 @@ impl Engine {
                     }
                     Some(Slot::Live(_)) => {
                         registry.remove(&id);
-                        continue;
+                        Next::Again
                     }
-                    Some(Slot::Loading(waiter)) => StartNext::Wait(waiter.clone()),
+                    Some(Slot::Loading(waiter)) => Next::Wait(waiter.clone()),
                     None => {
                         if registry.len() >= self.shared.config.sessions_max {
                             return Err(StartError::TooManySessions { sessions_max: self.shared.config.sessions_max });
                         }
                         let (done, waiter) = watch::channel(false);
                         registry.insert(id.clone(), Slot::Loading(waiter));
-                        StartNext::Load(done)
+                        Next::Load(done)
                     }
                 }
             };
             match next {
-                StartNext::Load(done) => return self.load_in_task(kind.clone(), id, options, done).await,
-                StartNext::Wait(mut waiter) => {
+                Next::Load(done) => return self.load_in_task(kind.clone(), id, options, done).await,
+                Next::Wait(mut waiter) => {
                     // The loader always sends (or drops the sender); either wakes us.
                     let _ = waiter.wait_for(|done| *done).await;
                 }
+                Next::WaitClosing => {
+                    let poll = Duration::from_millis(self.shared.config.handoff_poll_interval_ms);
+                    // Woken by the release announcement; the poll bounds a missed wake-up.
+                    let _ = tokio::time::timeout(poll, self.shared.released.notified()).await;
+                }
+                Next::Again => {}
             }
         }
         Err(StartError::Locked { id, holder: self.shared.holder.clone() })
@@ -424,6 +448,12 @@ impl Engine {
         answered.await.unwrap_or(Err(StartError::Cancelled { id: cancelled_id }))
     }
 
+    /// The lock-free shared documents of this engine: keys no server holds, changed by pure
+    /// update functions from any number of engines (see `shared_docs`).
+    pub fn shared_docs(&self) -> SharedDocs {
+        SharedDocs { shared: self.shared.clone() }
+    }
+
     /// Sends a message to a key's inbox, whether its player is offline, here or elsewhere. It is
     /// applied exactly once by whichever session holds the key now or next (G7). A full inbox
     /// refuses the message; nothing is dropped.
@@ -431,7 +461,8 @@ impl Engine {
         super::inbox::send_message(&self.shared, id, body).await
     }
 
-    /// Saves and releases every session in parallel, refusing new ones, within `deadline` (G9).
+    /// Saves and releases every session in parallel, refusing new ones, and flushes every shared
+    /// document with updates waiting, all within `deadline` (G9).
     pub async fn shutdown(&self, deadline: Duration) -> ShutdownReport {
         self.shared.accepting.store(false, Ordering::SeqCst);
         let sessions: Vec<Arc<dyn LiveSession>> = self
@@ -449,8 +480,18 @@ impl Engine {
             let result = tokio::time::timeout_at(deadline_at, session.end_dyn(false)).await;
             (id, result)
         });
+        let docs_waiting = self.shared.shared_docs.ids_with_pending();
+        let docs_flush = tokio::time::timeout_at(deadline_at, super::shared_docs::flush_all_keys(&self.shared));
+        let (ended, docs_flushed) = tokio::join!(futures_util::future::join_all(ends), docs_flush);
         let mut report = ShutdownReport::default();
-        for (id, result) in futures_util::future::join_all(ends).await {
+        match docs_flushed {
+            Ok(flushed) => {
+                report.saved.extend(flushed.flushed.into_iter().map(|(id, _)| id));
+                report.failed.extend(flushed.failed.into_iter().map(|(id, error)| (id, error.to_string())));
+            }
+            Err(_elapsed) => report.timed_out.extend(docs_waiting),
+        }
+        for (id, result) in ended {
             match result {
                 Ok(Ok(())) => report.saved.push(id),
                 Ok(Err(SessionError::Ended)) => {}
@@ -486,6 +527,7 @@ impl Engine {
     pub fn crash(&self) {
         self.shared.accepting.store(false, Ordering::SeqCst);
         self.stop_background_tasks();
+        self.shared.shared_docs.abandon_all();
         let sessions: Vec<Arc<dyn LiveSession>> = std::mem::take(&mut *self.shared.registry())
             .into_values()
             .filter_map(|slot| match slot {

@@ -180,6 +180,7 @@ async fn quarantine(shared: &EngineShared, document: &Document, reason: &str) {
     let _ = shared.store.commit(Commit::single(Write::put(DocId::new(store, key), record))).await;
 }
 
+#[allow(clippy::too_many_arguments)] // one constructor, every field of a session named at its call sites
 fn new_core<P: Profile>(
     shared: &Arc<EngineShared>,
     kind: &ProfileKind<P>,

@@ -1,5 +1,5 @@
 //! The engine: sessions over a store, with fenced leases, ordered writes, autosave, handoff,
-//! inbox and shutdown. No SQL and no HTTP here; time comes from tokio.
+//! inbox, lock-free shared documents and shutdown. No SQL and no HTTP here; time comes from tokio.
 
 mod background;
 pub mod config;
@@ -8,9 +8,11 @@ mod engine;
 pub mod error;
 pub mod inbox;
 mod load;
+pub mod operator;
 pub mod receipt;
 pub mod schema;
 pub mod session;
+pub mod shared_docs;
 pub mod trade;
 pub mod transaction;
 
@@ -22,8 +24,12 @@ pub use engine::{
 pub use error::{SessionError, StartError};
 pub use inbox::SendError;
 pub use load::QUARANTINE_STORE;
+pub use operator::{OperatorError, Peek};
+pub use receipt::{ReceiptOutcome, ReceiptRecord};
 pub use schema::{FieldChange, ProfileMeta, ProfileSchema};
 pub use session::{Profile, ProfileKind, SaveKind, SaveOutcome, Session, SessionEvent, SessionStatus};
-pub use receipt::{ReceiptOutcome, ReceiptRecord};
+pub use shared_docs::{
+    FlushAllReport, FlushReport, PendingUpdate, SharedDocError, SharedDocs, UpdateOutcome, UpdateVerdict,
+};
 pub use trade::{Holdings, Tradable, Trade, TradeError, TradeLeg, TradeOutcome, TradeRecord};
 pub use transaction::{TransactError, TxContext};

@@ -81,7 +81,9 @@ impl Engine {
         };
         let attempted = ReceiptRecord { purchase_id: purchase_id.to_string(), player: session.id().clone(), payload };
         if session.is_errored() {
-            return ReceiptOutcome::NotProcessedYet { reason: "the session plays on default data and never grants".into() };
+            return ReceiptOutcome::NotProcessedYet {
+                reason: "the session plays on default data and never grants".into(),
+            };
         }
         match self.receipt_record(&id).await {
             Ok(Some(first)) => return compare(&first, &attempted),
@@ -117,7 +119,9 @@ impl Engine {
         let document = self.shared.read_with_retries(id).await.map_err(|e| e.to_string())?;
         match document.value {
             None => Ok(None),
-            Some(value) => serde_json::from_value(value).map(Some).map_err(|e| format!("unreadable receipt record: {e}")),
+            Some(value) => {
+                serde_json::from_value(value).map(Some).map_err(|e| format!("unreadable receipt record: {e}"))
+            }
         }
     }
 }

@@ -419,24 +419,29 @@ impl<P: Profile> SessionCore<P> {
         Ok(self.apply_messages(&document.inbox))
     }
 
-    /// Saves and releases; the session ends. On failure it stays open (and dirty) so nothing
-    /// acknowledged to the game is dropped; the caller may try again.
-    pub async fn end(self: &Arc<Self>, handed_off: bool) -> Result<(), SessionError> {
-        {
-            let mut state = self.lock();
-            match &state.status {
-                SessionStatus::Active => state.status = SessionStatus::Closing,
-                SessionStatus::Errored { .. } => {
-                    state.status = SessionStatus::Ended;
-                    drop(state);
-                    self.finish(false);
-                    return Ok(());
-                }
-                SessionStatus::Closing | SessionStatus::Ended => return Err(SessionError::Ended),
-                SessionStatus::FencedOut => return Err(SessionError::FencedOut),
-                SessionStatus::HandedOff => return Err(SessionError::HandedOff),
+    /// Marks the session closing, at once and synchronously, so that a start of the same key that
+    /// comes after this call waits for the final save instead of joining a session about to end.
+    /// Returns whether a final save is needed.
+    fn begin_end(&self) -> Result<bool, SessionError> {
+        let mut state = self.lock();
+        match &state.status {
+            SessionStatus::Active => {
+                state.status = SessionStatus::Closing;
+                Ok(true)
             }
+            SessionStatus::Errored { .. } => {
+                state.status = SessionStatus::Ended;
+                drop(state);
+                self.finish(false);
+                Ok(false)
+            }
+            SessionStatus::Closing | SessionStatus::Ended => Err(SessionError::Ended),
+            SessionStatus::FencedOut => Err(SessionError::FencedOut),
+            SessionStatus::HandedOff => Err(SessionError::HandedOff),
         }
+    }
+
+    async fn complete_end(self: &Arc<Self>, handed_off: bool) -> Result<(), SessionError> {
         match self.save(SaveKind::Final).await {
             Ok(_) => {
                 if handed_off {
@@ -451,6 +456,32 @@ impl<P: Profile> SessionCore<P> {
                     state.status = SessionStatus::Active;
                 }
                 Err(error)
+            }
+        }
+    }
+
+    /// Saves and releases; the session ends. On failure it stays open (and dirty) so nothing
+    /// acknowledged to the game is dropped; the caller may try again.
+    pub async fn end(self: &Arc<Self>, handed_off: bool) -> Result<(), SessionError> {
+        if self.begin_end()? { self.complete_end(handed_off).await } else { Ok(()) }
+    }
+
+    /// `end` that marks the session closing now and finishes in its own task, so a caller that
+    /// drops the future cannot leave the session half closed.
+    pub fn end_detached(
+        self: &Arc<Self>,
+    ) -> impl std::future::Future<Output = Result<(), SessionError>> + Send + 'static {
+        let begun = self.begin_end();
+        let core = self.clone();
+        let task = match begun {
+            Ok(true) => Some(tokio::spawn(async move { core.complete_end(false).await })),
+            Ok(false) | Err(_) => None,
+        };
+        async move {
+            match (begun, task) {
+                (Err(error), _) => Err(error),
+                (Ok(_), None) => Ok(()),
+                (Ok(_), Some(task)) => task.await.unwrap_or(Err(SessionError::Ended)),
             }
         }
     }
@@ -473,6 +504,8 @@ pub(crate) trait LiveSession: Send + Sync {
     fn id(&self) -> &DocId;
     fn is_dirty(&self) -> bool;
     fn is_open(&self) -> bool;
+    /// True while `end` is saving and releasing.
+    fn is_closing(&self) -> bool;
     async fn end_dyn(self: Arc<Self>, handed_off: bool) -> Result<(), SessionError>;
     async fn check_inbox_dyn(self: Arc<Self>) -> Result<usize, SessionError>;
     /// Stops the session without saving or releasing (a simulated crash).
@@ -492,6 +525,10 @@ impl<P: Profile> LiveSession for SessionCore<P> {
 
     fn is_open(&self) -> bool {
         matches!(self.lock().status, SessionStatus::Active | SessionStatus::Errored { .. } | SessionStatus::Closing)
+    }
+
+    fn is_closing(&self) -> bool {
+        self.lock().status == SessionStatus::Closing
     }
 
     async fn end_dyn(self: Arc<Self>, handed_off: bool) -> Result<(), SessionError> {
@@ -558,9 +595,11 @@ impl<P: Profile> Session<P> {
         self.core.save(SaveKind::Now).await
     }
 
-    /// Saves, releases the key and ends the session.
-    pub async fn end(&self) -> Result<(), SessionError> {
-        self.core.end(false).await
+    /// Saves, releases the key and ends the session. The session counts as ending from this
+    /// call on (a new start of the key waits for this final save), and the save runs to its end
+    /// even if the returned future is dropped.
+    pub fn end(&self) -> impl std::future::Future<Output = Result<(), SessionError>> + Send + 'static {
+        self.core.end_detached()
     }
 
     pub fn status(&self) -> SessionStatus {

@@ -151,7 +151,9 @@ fn check_shape(trade: &Trade, parties: usize) -> Result<(), TradeError> {
         }
         for (currency, amount) in &leg.currencies {
             if *amount <= 0 || currency.is_empty() {
-                return invalid(format!("currency amounts are positive integers with a name (got {currency:?} {amount})"));
+                return invalid(format!(
+                    "currency amounts are positive integers with a name (got {currency:?} {amount})"
+                ));
             }
         }
         for item in &leg.items {
@@ -185,7 +187,8 @@ fn apply_legs<P: Tradable>(profiles: &mut [P], parties: &[DocId], trade: &Trade)
             giver.currencies.insert(currency.clone(), balance - amount);
             let taker = profiles[leg.to].holdings_mut();
             let entry = taker.currencies.entry(currency.clone()).or_insert(0);
-            *entry = entry.checked_add(*amount).ok_or_else(|| TradeError::Invalid { reason: "balance overflow".into() })?;
+            *entry =
+                entry.checked_add(*amount).ok_or_else(|| TradeError::Invalid { reason: "balance overflow".into() })?;
         }
         for item in &leg.items {
             let data = profiles[leg.from]
@@ -202,7 +205,11 @@ fn apply_legs<P: Tradable>(profiles: &mut [P], parties: &[DocId], trade: &Trade)
 impl Engine {
     /// Trades items and currencies among sessions held by this engine, atomically (G3).
     /// Idempotent by `trade.id`: a retry returns the first result and moves nothing.
-    pub async fn trade<P: Tradable>(&self, sessions: &[&Session<P>], trade: &Trade) -> Result<TradeOutcome, TradeError> {
+    pub async fn trade<P: Tradable>(
+        &self,
+        sessions: &[&Session<P>],
+        trade: &Trade,
+    ) -> Result<TradeOutcome, TradeError> {
         check_shape(trade, sessions.len())?;
         let parties: Vec<DocId> = sessions.iter().map(|s| s.id().clone()).collect();
         let record = TradeRecord {
@@ -272,21 +279,30 @@ impl Engine {
         let id = record_id(trade_id)?;
         let document = self.shared.read_with_retries(&id).await.map_err(TradeError::Store)?;
         let Some(value) = document.value else { return Ok(None) };
-        let mut record: TradeRecord =
-            serde_json::from_value(value).map_err(|e| TradeError::Store(StoreError::corrupt(format!("trade record {trade_id}: {e}"))))?;
+        let mut record: TradeRecord = serde_json::from_value(value)
+            .map_err(|e| TradeError::Store(StoreError::corrupt(format!("trade record {trade_id}: {e}"))))?;
         record.committed_at_ms = document.created_at_ms;
         Ok(Some(record))
     }
 
     /// Lists a player's trades (ids), oldest id first, a page at a time.
-    pub async fn trades_of(&self, player: &DocId, after: Option<&str>, limit: usize) -> Result<Vec<String>, TradeError> {
+    pub async fn trades_of(
+        &self,
+        player: &DocId,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, TradeError> {
         let store = StoreName::new(TRADE_LOG_STORE).map_err(|e| TradeError::Invalid { reason: e.to_string() })?;
         let prefix = format!("{}/{}/", player.store, player.key);
         let after = after
             .map(|trade_id| Key::new(format!("{prefix}{trade_id}")))
             .transpose()
             .map_err(|e| TradeError::Invalid { reason: e.to_string() })?;
-        let page = self.store().list_keys(&store, &ListQuery { prefix: prefix.clone(), after, limit }).await.map_err(TradeError::Store)?;
+        let page = self
+            .store()
+            .list_keys(&store, &ListQuery { prefix: prefix.clone(), after, limit })
+            .await
+            .map_err(TradeError::Store)?;
         Ok(page.keys.iter().filter_map(|key| key.as_str().strip_prefix(&prefix).map(str::to_string)).collect())
     }
 }

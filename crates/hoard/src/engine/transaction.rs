@@ -16,8 +16,7 @@ use serde_json::Value;
 use thiserror::Error;
 
 use crate::store::{
-    Commit, CommitOutcome, Condition, Conflict, ConflictKind, DocId, StoreError, ValueOp, Write,
-    resolve_unknown_commit,
+    Commit, CommitOutcome, Condition, Conflict, ConflictKind, DocId, StoreError, ValueOp, Write, resolve_unknown_commit,
 };
 
 use super::engine::{Engine, EngineShared};
@@ -41,7 +40,7 @@ pub enum TransactError {
     #[error("a profile failed validation: {reason}")]
     Invalid { reason: String },
     #[error("a condition of the commit failed: {0}")]
-    Conflict(Conflict),
+    Conflict(Box<Conflict>),
     #[error("the store failed; nothing was committed: {0}")]
     Store(StoreError),
     /// The commit may or may not have applied and reading back could not tell; the sessions
@@ -121,14 +120,21 @@ fn prepare<P: Profile, R>(
         acks.push(state.inbox_applied_through);
     }
     let before_views: Vec<Option<Value>> = profiles.iter().map(|p| serde_json::to_value(p).ok()).collect();
-    let mut context =
-        TxContext { profiles, docs: docs.iter().map(|(_, value, _)| value.clone()).collect(), extra_writes: Vec::new() };
+    let mut context = TxContext {
+        profiles,
+        docs: docs.iter().map(|(_, value, _)| value.clone()).collect(),
+        extra_writes: Vec::new(),
+    };
     let result = change(&mut context).map_err(|reason| TransactError::Refused { reason })?;
     assert_eq!(context.profiles.len(), sessions.len(), "the change function must not add or remove parties");
     assert_eq!(context.docs.len(), docs.len(), "the change function must not add or remove shared documents");
     let mut writes = Vec::with_capacity(sessions.len() + docs.len() + context.extra_writes.len());
     for ((core, profile), (meta, ack)) in sessions.iter().zip(&context.profiles).zip(metas.iter().zip(&acks)) {
-        let value = core.kind.schema.encode(profile, meta).map_err(|error| TransactError::Invalid { reason: error.to_string() })?;
+        let value = core
+            .kind
+            .schema
+            .encode(profile, meta)
+            .map_err(|error| TransactError::Invalid { reason: error.to_string() })?;
         let mut write = Write::put(core.id.clone(), value).when(core.fence());
         let durable_ack = core.lock().inbox_durable_through;
         if *ack > durable_ack {
@@ -149,8 +155,7 @@ fn prepare<P: Profile, R>(
         writes.push(Write::new(id.clone()).when(Condition::Version(*version)).value(op));
     }
     writes.append(&mut context.extra_writes);
-    let prepared =
-        Prepared { commit: Commit::new(writes), profiles: context.profiles, revisions, acks, before_views };
+    let prepared = Prepared { commit: Commit::new(writes), profiles: context.profiles, revisions, acks, before_views };
     Ok((result, prepared))
 }
 
@@ -279,38 +284,40 @@ async fn run_locked<P: Profile, R>(
                     }
                     _ => {}
                 }
-                let on_shared_doc = shared_docs.contains(&conflict.id) && conflict.kind == ConflictKind::VersionMismatch;
+                let on_shared_doc =
+                    shared_docs.contains(&conflict.id) && conflict.kind == ConflictKind::VersionMismatch;
                 if on_shared_doc {
                     // A shared document moved: re-read and re-run the change.
                     continue;
                 }
-                return Err(TransactError::Conflict(conflict));
+                return Err(TransactError::Conflict(Box::new(conflict)));
             }
             Err(StoreError::InvalidInput(error)) => return Err(TransactError::Store(StoreError::InvalidInput(error))),
-            Err(error) if error.may_have_applied() => {
-                match resolve(shared, &prepared.commit).await {
-                    Some(true) => {
-                        shared.counters.saves.fetch_add(cores.len() as u64, Ordering::Relaxed);
-                        show_in_memory(cores, prepared);
-                        return Ok(result);
-                    }
-                    Some(false) => last_error = Some(error),
-                    None => {
-                        unlock_parties(cores);
-                        for core in cores {
-                            core.fence_out();
-                        }
-                        return Err(TransactError::OutcomeUnknown);
-                    }
+            Err(error) if error.may_have_applied() => match resolve(shared, &prepared.commit).await {
+                Some(true) => {
+                    shared.counters.saves.fetch_add(cores.len() as u64, Ordering::Relaxed);
+                    show_in_memory(cores, prepared);
+                    return Ok(result);
                 }
-            }
+                Some(false) => last_error = Some(error),
+                None => {
+                    unlock_parties(cores);
+                    for core in cores {
+                        core.fence_out();
+                    }
+                    return Err(TransactError::OutcomeUnknown);
+                }
+            },
             Err(error) => last_error = Some(error),
         }
     }
     Err(TransactError::Store(last_error.unwrap_or_else(|| StoreError::unavailable("no attempt was made"))))
 }
 
-fn conflict_party<'a, P: Profile>(cores: &'a [Arc<SessionCore<P>>], conflict: &Conflict) -> Option<&'a Arc<SessionCore<P>>> {
+fn conflict_party<'a, P: Profile>(
+    cores: &'a [Arc<SessionCore<P>>],
+    conflict: &Conflict,
+) -> Option<&'a Arc<SessionCore<P>>> {
     cores.iter().find(|core| core.id == conflict.id)
 }
 

@@ -148,6 +148,8 @@ pub fn apply_write(
 /// Applies a whole commit to the current states of its keys (`currents[i]` belongs to
 /// `commit.writes[i]`). Either every write applies, or the first failing one is returned and the
 /// caller must write nothing.
+// A conflict is an expected outcome returned by value; it is built only when a commit fails.
+#[allow(clippy::result_large_err)]
 pub fn apply_commit(
     currents: &[Current],
     commit: &Commit,

@@ -127,6 +127,20 @@ pub async fn restore_version(
     store.commit(Commit::single(write)).await
 }
 
+/// Takes a key from its holder, if any, by releasing it on the condition of the holder and epoch
+/// just read: the holder's fence no longer matches, so it can never write the key again. Returns
+/// whether a holder was fenced out, or the conflict if the key changed hands meanwhile.
+pub async fn force_release(store: &dyn Store, id: &DocId) -> Result<Result<bool, Conflict>, StoreError> {
+    let document = get(store, id).await?;
+    let Some(holder) = document.lease.holder.clone() else { return Ok(Ok(false)) };
+    let write =
+        Write::new(id.clone()).when(Condition::Lease { holder, epoch: document.lease.epoch }).lease(LeaseOp::Release);
+    match store.commit(Commit::single(write)).await? {
+        CommitOutcome::Committed { .. } => Ok(Ok(true)),
+        CommitOutcome::Conflict(conflict) => Ok(Err(conflict)),
+    }
+}
+
 /// How far back `resolve_unknown_commit` looks in a key's history for the commit.
 pub const RESOLVE_HISTORY_VERSIONS_MAX: usize = 1_000;
 

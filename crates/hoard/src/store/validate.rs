@@ -12,10 +12,28 @@ use super::error::InvalidInput;
 use super::limits::Limits;
 use super::types::{CONDITIONS_PER_WRITE_MAX, Commit, Condition, DocId, LeaseOp, Notification, ValueOp};
 
+/// Counts bytes written to it, so a size check allocates nothing.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Serialized size of a JSON value in bytes.
 pub fn json_bytes(value: &Value) -> usize {
+    let mut counter = ByteCounter(0);
     // Serializing a `Value` cannot fail: its map keys are strings and it holds no NaN.
-    serde_json::to_vec(value).map(|bytes| bytes.len()).unwrap_or(usize::MAX)
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
 }
 
 /// Parses JSON text into a value, with an error that says what is wrong.

@@ -84,3 +84,25 @@ pub async fn postgres_in_schema(config: TestConfig, schema: String) -> Option<Te
     let store = PostgresStore::open(options).await.expect("open postgres store");
     Some(TestStore { store: Arc::new(store), _guard: Box::new(()) })
 }
+
+/// Instantiates every case once per backend, as `mod <backend> { #[tokio::test] async fn <case>() }`,
+/// each case opening a fresh store of that backend with `config` (evaluated inside the generated
+/// module, so `super::` names the invoking module).
+macro_rules! backend_suite {
+    (config: $config:expr; backends: [$($backend:ident),* $(,)?]; cases: $cases:tt) => {
+        $( crate::backends::backend_suite!(@one $backend, $config, $cases); )*
+    };
+    (@one $backend:ident, $config:expr, [$($case:ident),* $(,)?]) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    if let Some(store) = crate::backends::$backend($config).await {
+                        super::$case(store).await;
+                    }
+                }
+            )*
+        }
+    };
+}
+pub(crate) use backend_suite;

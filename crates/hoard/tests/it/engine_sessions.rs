@@ -352,43 +352,116 @@ pub async fn writes_to_one_key_apply_in_issue_order_despite_failures(t: TestStor
     assert!(counters.windows(2).all(|pair| pair[0] <= pair[1]), "never an older state after a newer one: {counters:?}");
 }
 
-macro_rules! engine_suite {
-    ($($backend:ident),*) => {
-        $(
-            mod $backend {
-                engine_suite!(@cases $backend;
-                    new_profile_gets_the_template_and_saves_durably,
-                    stale_holder_cannot_write_after_steal,
-                    stale_holder_cannot_write_after_release_and_retake,
-                    stale_holder_cannot_write_after_expiry_and_take,
-                    crashed_holders_key_is_taken_within_the_lease_time,
-                    live_holder_hands_over_on_request,
-                    fail_fast_reports_the_holder,
-                    errored_session_never_writes,
-                    invalid_stored_value_is_quarantined_and_kept_in_history,
-                    rejoin_during_load_yields_one_working_session,
-                    message_is_applied_once_when_holder_crashes_before_saving,
-                    offline_players_messages_apply_in_order_at_next_start,
-                    full_inbox_refuses_new_messages,
-                    shutdown_saves_and_releases_every_dirty_session,
-                    writes_to_one_key_apply_in_issue_order_despite_failures);
-            }
-        )*
-    };
-    (@cases $backend:ident; $($case:ident),*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                let config = crate::backends::TestConfig {
-                    limits: hoard::store::Limits { inbox_messages_max: 20, ..Default::default() },
-                    ..Default::default()
-                };
-                if let Some(store) = crate::backends::$backend(config).await {
-                    super::$case(store).await;
-                }
-            }
-        )*
-    };
+pub async fn operator_reads_without_taking_and_rolls_back_only_when_free_or_forced(t: TestStore) {
+    let a = engine(&t.store, "a").await;
+    let operator = engine(&t.store, "operator").await;
+    let session = a.start_session(&players(), "olga").await.expect("start");
+    session.update(|p| p.coins = 1).expect("update");
+    session.save_now().await.expect("save v1");
+    session.update(|p| p.coins = 2).expect("update");
+    session.save_now().await.expect("save v2");
+    let peek = operator.peek(&players(), "olga").await.expect("peek");
+    assert_eq!(peek.profile.map(|p| p.coins), Some(2));
+    assert_eq!(peek.document.lease.holder.as_ref(), Some(a.holder()), "peeking does not take the key");
+    let versions = operator.versions(&id("olga"), &VersionQuery::default()).await.expect("versions");
+    assert_eq!(versions.len(), 2);
+    let first = versions[1].version;
+    assert!(matches!(
+        operator.rollback(&id("olga"), first, false).await,
+        Err(hoard::engine::OperatorError::Held { .. })
+    ));
+    assert_eq!(stored_player(&get(&*t.store, &id("olga")).await.expect("read")).coins, 2, "refused: nothing changed");
+    operator.rollback(&id("olga"), first, true).await.expect("forced rollback");
+    assert_eq!(stored_player(&get(&*t.store, &id("olga")).await.expect("read")).coins, 1);
+    session.update(|p| p.coins = 99).expect("the old holder does not know yet");
+    assert!(matches!(session.save_now().await, Err(SessionError::FencedOut)), "and can never overwrite the rollback");
+    assert_eq!(stored_player(&get(&*t.store, &id("olga")).await.expect("read")).coins, 1);
 }
 
-engine_suite!(memory, sqlite, postgres);
+pub async fn a_new_start_waits_for_the_previous_sessions_final_save(t: TestStore) {
+    let a = engine(&t.store, "a").await;
+    let first = a.start_session(&players(), "paul").await.expect("start");
+    first.update(|p| p.coins = 555).expect("update");
+    // The player leaves and rejoins at once: the rejoin must wait for the final save.
+    let ending = tokio::spawn(first.end());
+    let second = a.start_session(&players(), "paul").await.expect("start again");
+    ending.await.expect("task").expect("first ended");
+    assert_eq!(first.status(), SessionStatus::Ended);
+    assert_eq!(second.status(), SessionStatus::Active, "a fresh session, not the one that ended");
+    assert_eq!(second.read(|p| p.coins), 555, "loaded after the previous final save");
+    second.update(|p| p.coins += 1).expect("update");
+    second.end().await.expect("end");
+    assert_eq!(stored_player(&get(&*t.store, &id("paul")).await.expect("read")).coins, 556);
+}
+
+pub async fn cancelled_start_leaves_the_key_with_its_holder(t: TestStore) {
+    let a = engine(&t.store, "a").await;
+    let deaf: SharedStore =
+        Arc::new(FaultStore::new(t.store.clone(), FaultConfig { notification_loss: 1.0, ..FaultConfig::none(8) }));
+    let b = engine(&deaf, "b").await;
+    let on_a = a.start_session(&players(), "quinn").await.expect("start");
+    on_a.save_now().await.expect("save");
+    let wait = StartOptions { held: HeldPolicy::Wait { wait_ms: 1_500 }, on_load_failure: LoadFailurePolicy::Fail };
+    // The game gives up waiting (cancel): dropping the future cancels the start.
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(200), b.start_session_with(&players(), "quinn", wait)).await;
+    assert!(cancelled.is_err(), "still waiting when cancelled");
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    let document = get(&*t.store, &id("quinn")).await.expect("read");
+    assert_eq!(document.lease.holder.as_ref(), Some(a.holder()), "the holder keeps its key");
+    on_a.update(|p| p.coins = 12).expect("update");
+    on_a.save_now().await.expect("the holder still saves");
+    assert_eq!(b.counters().sessions_live, 0);
+}
+
+pub async fn save_failures_are_reported_to_the_game(t: TestStore) {
+    let faults =
+        Arc::new(FaultStore::new(t.store.clone(), FaultConfig { error_before_apply: 1.0, ..FaultConfig::none(4) }));
+    faults.set_enabled(false);
+    let faulty: SharedStore = faults.clone();
+    let a = engine(&faulty, "a").await;
+    let session = a.start_session(&players(), "rita").await.expect("start");
+    session.save_now().await.expect("first save");
+    let mut events = session.events();
+    session.update(|p| p.coins = 1).expect("update");
+    faults.set_enabled(true);
+    match session.save_now().await {
+        Err(SessionError::SaveFailed { attempts, .. }) => assert_eq!(attempts, fast_config("x").save_attempts_max),
+        other => panic!("expected SaveFailed, got {other:?}"),
+    }
+    faults.set_enabled(false);
+    let mut reported = false;
+    while let Ok(event) = events.try_recv() {
+        reported |= matches!(event, SessionEvent::SaveFailed { .. });
+    }
+    assert!(reported, "the game hears about the failed save");
+    assert!(session.is_dirty(), "the change is kept and saved later");
+    session.save_now().await.expect("saves once the store is back");
+    assert_eq!(stored_player(&get(&*t.store, &id("rita")).await.expect("read")).coins, 1);
+}
+
+crate::backends::backend_suite! {
+    config: crate::backends::TestConfig { limits: hoard::store::Limits { inbox_messages_max: 20, ..Default::default() }, ..Default::default() };
+    backends: [memory, sqlite, postgres];
+    cases: [
+        new_profile_gets_the_template_and_saves_durably,
+        stale_holder_cannot_write_after_steal,
+        stale_holder_cannot_write_after_release_and_retake,
+        stale_holder_cannot_write_after_expiry_and_take,
+        crashed_holders_key_is_taken_within_the_lease_time,
+        live_holder_hands_over_on_request,
+        fail_fast_reports_the_holder,
+        errored_session_never_writes,
+        invalid_stored_value_is_quarantined_and_kept_in_history,
+        rejoin_during_load_yields_one_working_session,
+        message_is_applied_once_when_holder_crashes_before_saving,
+        offline_players_messages_apply_in_order_at_next_start,
+        full_inbox_refuses_new_messages,
+        shutdown_saves_and_releases_every_dirty_session,
+        writes_to_one_key_apply_in_issue_order_despite_failures,
+        operator_reads_without_taking_and_rolls_back_only_when_free_or_forced,
+        a_new_start_waits_for_the_previous_sessions_final_save,
+        cancelled_start_leaves_the_key_with_its_holder,
+        save_failures_are_reported_to_the_game,
+    ]
+}

@@ -165,7 +165,10 @@ pub async fn retried_trade_returns_the_first_result_and_moves_nothing(t: TestSto
     }
     assert_eq!((coins(&sessions[0]), coins(&sessions[1])), (130, 70), "nothing moved twice");
     let reused = simple_trade("trade-1", "item-0-1", 5);
-    assert!(matches!(engine.trade(&[&sessions[0], &sessions[1]], &reused).await, Err(TradeError::TradeIdReused { .. })));
+    assert!(matches!(
+        engine.trade(&[&sessions[0], &sessions[1]], &reused).await,
+        Err(TradeError::TradeIdReused { .. })
+    ));
     assert_eq!(engine.trades_of(&id("t0"), None, 10).await.expect("log"), vec!["trade-1".to_string()]);
     assert_eq!(engine.trades_of(&id("t1"), None, 10).await.expect("log"), vec!["trade-1".to_string()]);
     let record = engine.trade_record("trade-1").await.expect("read").expect("recorded");
@@ -197,7 +200,10 @@ pub async fn invalid_trades_are_refused_and_change_nothing(t: TestStore) {
         legs: vec![TradeLeg { from: 0, to: 1, items: vec![], currencies: BTreeMap::from([("coins".into(), -5)]) }],
     };
     assert!(matches!(engine.trade(&pair, &negative).await, Err(TradeError::Invalid { .. })));
-    let to_self = Trade { id: "bad-5".into(), legs: vec![TradeLeg { from: 0, to: 0, items: vec!["item-0-0".into()], ..TradeLeg::default() }] };
+    let to_self = Trade {
+        id: "bad-5".into(),
+        legs: vec![TradeLeg { from: 0, to: 0, items: vec!["item-0-0".into()], ..TradeLeg::default() }],
+    };
     assert!(matches!(engine.trade(&pair, &to_self).await, Err(TradeError::Invalid { .. })));
     assert_eq!((coins(&sessions[0]), coins(&sessions[1])), (100, 100));
     for trade_id in ["bad-1", "bad-2", "bad-3", "bad-4", "bad-5"] {
@@ -244,10 +250,19 @@ pub async fn receipt_replays_and_changed_payloads(t: TestStore) {
     let sessions = seed_traders(&engine, 2).await;
     let payload = json!({"product": "gems-100", "price": 99});
     assert_eq!(engine.process_receipt(&sessions[0], "p-1", payload.clone(), grant_gems).await, ReceiptOutcome::Granted);
-    assert_eq!(engine.process_receipt(&sessions[0], "p-1", payload.clone(), grant_gems).await, ReceiptOutcome::AlreadyGranted);
+    assert_eq!(
+        engine.process_receipt(&sessions[0], "p-1", payload.clone(), grant_gems).await,
+        ReceiptOutcome::AlreadyGranted
+    );
     let changed = json!({"product": "gems-100", "price": 1});
-    assert!(matches!(engine.process_receipt(&sessions[0], "p-1", changed, grant_gems).await, ReceiptOutcome::Refused { .. }));
-    assert!(matches!(engine.process_receipt(&sessions[1], "p-1", payload, grant_gems).await, ReceiptOutcome::Refused { .. }));
+    assert!(matches!(
+        engine.process_receipt(&sessions[0], "p-1", changed, grant_gems).await,
+        ReceiptOutcome::Refused { .. }
+    ));
+    assert!(matches!(
+        engine.process_receipt(&sessions[1], "p-1", payload, grant_gems).await,
+        ReceiptOutcome::Refused { .. }
+    ));
     assert_eq!(sessions[0].read(|t| t.holdings.currencies.get("gems").copied()), Some(100));
     assert_eq!(sessions[1].read(|t| t.holdings.currencies.get("gems").copied()), None);
     let document = get(&*t.store, &id("t0")).await.expect("read");
@@ -256,7 +271,8 @@ pub async fn receipt_replays_and_changed_payloads(t: TestStore) {
     for n in 0..150 {
         engine.process_receipt(&sessions[0], &format!("bulk-{n}"), json!({}), grant_gems).await;
     }
-    let again = engine.process_receipt(&sessions[0], "p-1", json!({"product": "gems-100", "price": 99}), grant_gems).await;
+    let again =
+        engine.process_receipt(&sessions[0], "p-1", json!({"product": "gems-100", "price": 99}), grant_gems).await;
     assert_eq!(again, ReceiptOutcome::AlreadyGranted);
 }
 
@@ -289,19 +305,24 @@ pub async fn concurrent_receipts_on_two_engines_grant_exactly_once(t: TestStore)
 }
 
 pub async fn errored_session_never_grants(t: TestStore) {
-    let broken: SharedStore = Arc::new(FaultStore::new(t.store.clone(), FaultConfig { read_error: 1.0, ..FaultConfig::none(3) }));
+    let broken: SharedStore =
+        Arc::new(FaultStore::new(t.store.clone(), FaultConfig { read_error: 1.0, ..FaultConfig::none(3) }));
     let engine = Engine::open(broken, fast_config("a")).await.expect("open");
     let options = StartOptions { held: HeldPolicy::FailFast, on_load_failure: LoadFailurePolicy::PlayOnDefaults };
     let session = engine.start_session_with(&traders(), "errored", options).await.expect("defaults");
     let outcome = engine.process_receipt(&session, "p-err", json!({}), grant_gems).await;
     assert!(matches!(outcome, ReceiptOutcome::NotProcessedYet { .. }));
-    assert!(!get(&*t.store, &DocId::parse("hoard.receipts", "traders/p-err").expect("id")).await.expect("read").exists());
+    assert!(
+        !get(&*t.store, &DocId::parse("hoard.receipts", "traders/p-err").expect("id")).await.expect("read").exists()
+    );
 }
 
 pub async fn unknown_commit_outcome_is_resolved_both_ways(t: TestStore) {
     let applied_but_answer_lost = FaultConfig { error_after_apply: 1.0, ..FaultConfig::none(12) };
     let lost_before_the_store = FaultConfig { unknown_without_apply: 1.0, ..FaultConfig::none(13) };
-    for (round, (config, applies)) in [(applied_but_answer_lost, true), (lost_before_the_store, false)].into_iter().enumerate() {
+    for (round, (config, applies)) in
+        [(applied_but_answer_lost, true), (lost_before_the_store, false)].into_iter().enumerate()
+    {
         let faults = Arc::new(FaultStore::new(t.store.clone(), config));
         faults.set_enabled(false);
         let engine = Engine::open(faults.clone(), fast_config("a")).await.expect("open");
@@ -327,32 +348,100 @@ pub async fn unknown_commit_outcome_is_resolved_both_ways(t: TestStore) {
     }
 }
 
-macro_rules! trade_suite {
-    ($($backend:ident),*) => {
-        $(
-            mod $backend {
-                trade_suite!(@cases $backend;
-                    trades_conserve_items_and_currency_under_faults,
-                    retried_trade_returns_the_first_result_and_moves_nothing,
-                    invalid_trades_are_refused_and_change_nothing,
-                    fenced_out_sessions_trade_and_grant_nothing,
-                    receipt_replays_and_changed_payloads,
-                    concurrent_receipts_on_two_engines_grant_exactly_once,
-                    errored_session_never_grants,
-                    unknown_commit_outcome_is_resolved_both_ways);
+pub async fn guild_bank_deposits_mix_sessions_and_lock_free_documents(t: TestStore) {
+    let bank = DocId::parse("guilds", "bank-1").expect("id");
+    let mut tasks = Vec::new();
+    for server in 0..3 {
+        let store = t.store.clone();
+        let bank = bank.clone();
+        tasks.push(tokio::spawn(async move {
+            let engine = Engine::open(store, fast_config(&format!("s{server}"))).await.expect("open");
+            let players = seed_traders_named(&engine, &format!("g{server}-"), 3).await;
+            for round in 0..10 {
+                let player = &players[round % players.len()];
+                engine
+                    .transact(&[player], std::slice::from_ref(&bank), |context| {
+                        let coins = context.profiles[0].holdings.currencies.entry("coins".into()).or_insert(0);
+                        if *coins < 5 {
+                            return Err("not enough coins".into());
+                        }
+                        *coins -= 5;
+                        let banked = context.docs[0].as_ref().and_then(|v| v["coins"].as_i64()).unwrap_or(0);
+                        context.docs[0] = Some(json!({ "coins": banked + 5 }));
+                        Ok(())
+                    })
+                    .await
+                    .expect("deposit");
             }
-        )*
-    };
-    (@cases $backend:ident; $($case:ident),*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                if let Some(store) = crate::backends::$backend(Default::default()).await {
-                    super::$case(store).await;
-                }
-            }
-        )*
-    };
+            let report = engine.shutdown(Duration::from_secs(30)).await;
+            assert!(report.failed.is_empty());
+            players.iter().map(|p| p.id().clone()).collect::<Vec<_>>()
+        }));
+    }
+    let mut player_ids = Vec::new();
+    for task in tasks {
+        player_ids.extend(task.await.expect("server"));
+    }
+    let bank_document = get(&*t.store, &bank).await.expect("read");
+    assert_eq!(bank_document.value, Some(json!({"coins": 150})), "30 deposits of 5, none lost to a concurrent one");
+    let documents = t.store.get_many(&player_ids).await.expect("read");
+    let player_coins: i64 = documents.iter().map(|d| stored(d).holdings.currencies["coins"]).sum();
+    assert_eq!(player_coins + 150, 100 * player_ids.len() as i64, "every coin that left a player is in the bank");
 }
 
-trade_suite!(memory, sqlite, postgres);
+pub async fn transactions_refuse_bad_parties(t: TestStore) {
+    let a = Engine::open(t.store.clone(), fast_config("a")).await.expect("open");
+    let b = Engine::open(t.store.clone(), fast_config("b")).await.expect("open");
+    let on_a = seed_traders_named(&a, "x", 1).await;
+    let on_b = seed_traders_named(&b, "y", 1).await;
+    let foreign = a.transact(&[&on_a[0], &on_b[0]], &[], |_| Ok(())).await;
+    assert!(matches!(foreign, Err(TransactError::NotLive { .. })), "a session of another engine cannot take part");
+    let twice = a.transact(&[&on_a[0], &on_a[0]], &[], |_| Ok(())).await;
+    assert!(matches!(twice, Err(TransactError::BadParties { .. })));
+    let none: Result<(), _> = a.transact::<Trader, ()>(&[], &[], |_| Ok(())).await;
+    assert!(matches!(none, Err(TransactError::BadParties { .. })));
+    let many: Vec<DocId> = (0..a.config().transaction_parties_max)
+        .map(|n| DocId::parse("guilds", &format!("d{n}")).expect("id"))
+        .collect();
+    let too_many = a.transact(&[&on_a[0]], &many, |_| Ok(())).await;
+    assert!(matches!(too_many, Err(TransactError::BadParties { .. })), "the party limit is named and enforced");
+    let refused = a
+        .transact(&[&on_a[0]], &[], |context| {
+            context.profiles[0].holdings.currencies.insert("coins".into(), 0);
+            Err::<(), _>("the game said no".to_string())
+        })
+        .await;
+    assert!(matches!(refused, Err(TransactError::Refused { .. })));
+    assert_eq!(coins(&on_a[0]), 100, "a refused change leaves memory as it was");
+}
+
+crate::backends::backend_suite! {
+    config: Default::default();
+    backends: [memory, sqlite, postgres];
+    cases: [
+        trades_conserve_items_and_currency_under_faults,
+        retried_trade_returns_the_first_result_and_moves_nothing,
+        invalid_trades_are_refused_and_change_nothing,
+        fenced_out_sessions_trade_and_grant_nothing,
+        receipt_replays_and_changed_payloads,
+        concurrent_receipts_on_two_engines_grant_exactly_once,
+        errored_session_never_grants,
+        unknown_commit_outcome_is_resolved_both_ways,
+        guild_bank_deposits_mix_sessions_and_lock_free_documents,
+        transactions_refuse_bad_parties,
+    ]
+}
+
+/// Game servers spawn engine calls on multi-threaded runtimes: every public future is `Send`.
+#[allow(dead_code, clippy::let_underscore_future)]
+fn engine_futures_are_send(engine: Engine, session: Session<Trader>, trade: Trade, id: DocId) {
+    fn send<T: Send>(_: T) {}
+    send(engine.start_session(&traders(), "k"));
+    send(engine.trade(&[&session], &trade));
+    send(engine.transact(&[&session], std::slice::from_ref(&id), |_| Ok(())));
+    send(engine.process_receipt(&session, "p", json!({}), |_: &mut Trader| Ok(())));
+    send(engine.send_message(&id, json!({})));
+    send(engine.shutdown(Duration::from_secs(1)));
+    send(session.save_now());
+    send(session.end());
+}

@@ -1,6 +1,7 @@
 mod backends;
 mod engine_schema;
 mod engine_sessions;
+mod engine_shared_docs;
 mod engine_timers;
 mod engine_trades;
 mod postgres_backend;

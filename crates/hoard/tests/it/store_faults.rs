@@ -65,30 +65,15 @@ pub async fn hidden_lease_acquisition_is_resolved_by_reading_the_holder(t: TestS
     assert_eq!(resolve_unknown_commit(&*inner, &never).await.expect("read back"), Some(false));
 }
 
-macro_rules! fault_suite {
-    ($($backend:ident),*) => {
-        $(
-            mod $backend {
-                fault_suite!(@cases $backend;
-                    hidden_commit_outcome_is_visible_on_read_back_and_history_agrees,
-                    commit_refused_before_apply_is_absent_on_read_back,
-                    hidden_lease_acquisition_is_resolved_by_reading_the_holder);
-            }
-        )*
-    };
-    (@cases $backend:ident; $($case:ident),*) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $case() {
-                if let Some(store) = crate::backends::$backend(Default::default()).await {
-                    super::$case(store).await;
-                }
-            }
-        )*
-    };
+crate::backends::backend_suite! {
+    config: Default::default();
+    backends: [memory, sqlite, postgres];
+    cases: [
+        hidden_commit_outcome_is_visible_on_read_back_and_history_agrees,
+        commit_refused_before_apply_is_absent_on_read_back,
+        hidden_lease_acquisition_is_resolved_by_reading_the_holder,
+    ]
 }
-
-fault_suite!(memory, sqlite, postgres);
 
 /// The same seed and the same calls inject the same faults: runs replay exactly.
 #[tokio::test(start_paused = true)]

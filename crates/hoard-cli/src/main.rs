@@ -7,6 +7,7 @@
 mod bench;
 mod operator;
 mod serve;
+mod sim;
 
 use clap::{Parser, Subcommand};
 
@@ -28,6 +29,9 @@ struct Cli {
 enum Command {
     /// Run the HTTP/JSON service for game servers in any language (see `hoard serve --help`).
     Serve(serve::ServeArgs),
+    /// Run simulated game worlds against the engine under harsh faults and audit every
+    /// guarantee (dupes, losses, double grants, exclusive writers). Exits non-zero on a violation.
+    Sim(sim::SimArgs),
     /// Open the database (creating it if needed) and print what it is.
     Status,
     /// Print a key's document: value, version, times, attributes, user ids, lease and inbox.
@@ -119,6 +123,11 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    // Each simulated world builds its own single-threaded runtime (determinism), so the
+    // simulator runs outside the operator's runtime.
+    if let Command::Sim(args) = cli.command {
+        return sim::run(&cli.db, &args);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

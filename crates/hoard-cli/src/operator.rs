@@ -88,6 +88,7 @@ pub async fn run(location: &str, command: Command) -> Result<ExitCode> {
         }
         // `main` runs `serve` itself; it is not an operator command.
         Command::Serve(_) => bail!("serve is not an operator command"),
+        Command::Sim(_) => bail!("sim is not an operator command"),
     }
 }
 

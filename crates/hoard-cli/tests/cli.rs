@@ -164,3 +164,27 @@ fn bench_smoke_on_sqlite_prints_json() {
     assert!(report["results"].as_array().is_some_and(|rows| !rows.is_empty()));
     assert!(plots.path().join("summary.svg").exists());
 }
+
+fn sim(args: &[&str]) -> Output {
+    let small = ["sim", "--players", "12", "--servers", "3", "--duration", "20", "--seed", "300"];
+    Command::new(env!("CARGO_BIN_EXE_hoard")).args(small).args(args).output().expect("run hoard sim")
+}
+
+#[test]
+fn sim_sweep_prints_json_figures_and_exits_zero() {
+    let output = sim(&["--seeds", "3", "--json"]);
+    let figures = json_of(&output);
+    assert_eq!(figures["worlds"], 3);
+    assert!(figures["ops"].as_u64().unwrap_or(0) > 100, "{figures}");
+    for field in ["dupes", "lost_acknowledged", "double_grants", "violations"] {
+        assert_eq!(figures[field], 0, "{field}: {figures}");
+    }
+}
+
+#[test]
+fn sim_of_a_control_strategy_exits_non_zero() {
+    let output = sim(&["--seeds", "2", "--json", "--strategy", "naive"]);
+    assert!(!output.status.success(), "the naive control passed the audit");
+    let figures: Value = serde_json::from_slice(&output.stdout).expect("JSON even on failure");
+    assert!(figures["violations"].as_u64().unwrap_or(0) > 0, "{figures}");
+}

@@ -124,6 +124,18 @@ async fn dropping_the_engine_without_shutdown_keeps_acknowledged_saves() {
     assert_eq!(session.read(|p| p.coins), 31);
 }
 
+/// A game server starts sessions from spawned tasks (one per joining player), so the start
+/// future must be `Send`. Found by the simulator: a registry guard held across an await made
+/// `start_session` impossible to `tokio::spawn`.
+#[tokio::test(start_paused = true)]
+async fn sessions_can_be_started_from_spawned_tasks() {
+    let store = memory();
+    let engine = Engine::open(store.clone(), config("spawned")).await.expect("open");
+    let kind = players();
+    let started = tokio::spawn(async move { engine.start_session(&kind, "spawned").await.map(|s| s.epoch()) });
+    assert!(started.await.expect("task").expect("start") >= 1);
+}
+
 /// Counts the writes that reach the store, by kind.
 #[derive(Debug)]
 struct CountingStore {

@@ -1,0 +1,199 @@
+//! The simulator's settings: world size, action weights, fault rates, engine timings, and every
+//! bound the simulator itself keeps.
+//!
+//! Invariant: a world is a pure function of (`SimConfig`, seed) on the memory store; nothing else
+//! is read (no environment, no wall clock).
+
+use hoard::engine::EngineConfig;
+use hoard::store::fault::FaultConfig;
+use serde::{Deserialize, Serialize};
+
+use crate::strategies::Strategy;
+
+/// Where the world's data lives.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StoreChoice {
+    /// The in-memory store on paused tokio time: replayable, fast.
+    Memory,
+    /// A real database at this location (SQLite file or postgres:// URL), in real time.
+    Database { location: String },
+}
+
+/// Relative weights of the player actions the world picks from.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ActionWeights {
+    pub join: u32,
+    pub play: u32,
+    pub leave: u32,
+    pub hop: u32,
+    pub trade: u32,
+    pub buy: u32,
+    pub gift: u32,
+    pub deposit: u32,
+}
+
+impl Default for ActionWeights {
+    fn default() -> ActionWeights {
+        ActionWeights { join: 14, play: 40, leave: 6, hop: 8, trade: 12, buy: 5, gift: 6, deposit: 5 }
+    }
+}
+
+/// Fault rates: the store faults (per call, see `FaultConfig`) plus process faults.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaultRates {
+    pub error_before_apply: f64,
+    pub error_after_apply: f64,
+    pub unknown_without_apply: f64,
+    pub read_error: f64,
+    pub latency_spike: f64,
+    pub latency_spike_ms_max: u64,
+    pub notification_loss: f64,
+    /// Expected server crashes per simulated minute (whole world).
+    pub crashes_per_minute: f64,
+    /// Expected server freezes (longer than a lease) per simulated minute (whole world).
+    pub pauses_per_minute: f64,
+    /// Upper bound of each store call's network latency, each way.
+    pub link_latency_ms_max: u64,
+}
+
+impl FaultRates {
+    /// The default: far harsher than production (hoard's `FaultConfig::harsh`, plus a crash and
+    /// a freeze every few simulated seconds).
+    pub fn harsh() -> FaultRates {
+        let store = FaultConfig::harsh(0);
+        FaultRates {
+            error_before_apply: store.error_before_apply,
+            error_after_apply: store.error_after_apply,
+            unknown_without_apply: store.unknown_without_apply,
+            read_error: store.read_error,
+            latency_spike: store.latency_spike,
+            latency_spike_ms_max: store.latency_spike_ms_max,
+            notification_loss: store.notification_loss,
+            crashes_per_minute: 4.0,
+            pauses_per_minute: 4.0,
+            link_latency_ms_max: 8,
+        }
+    }
+
+    pub fn none() -> FaultRates {
+        FaultRates {
+            error_before_apply: 0.0,
+            error_after_apply: 0.0,
+            unknown_without_apply: 0.0,
+            read_error: 0.0,
+            latency_spike: 0.0,
+            latency_spike_ms_max: 0,
+            notification_loss: 0.0,
+            crashes_per_minute: 0.0,
+            pauses_per_minute: 0.0,
+            link_latency_ms_max: 0,
+        }
+    }
+
+    pub fn store_faults(&self, seed: u64) -> FaultConfig {
+        FaultConfig {
+            seed,
+            error_before_apply: self.error_before_apply,
+            error_after_apply: self.error_after_apply,
+            unknown_without_apply: self.unknown_without_apply,
+            read_error: self.read_error,
+            latency_spike: self.latency_spike,
+            latency_spike_ms_max: self.latency_spike_ms_max,
+            notification_loss: self.notification_loss,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SimConfig {
+    pub strategy: Strategy,
+    pub store: StoreChoice,
+    pub servers: usize,
+    pub players: usize,
+    /// Simulated duration of play (the world then settles and shuts down).
+    pub duration_ms: u64,
+    /// Mean simulated time between two player actions, world-wide.
+    pub action_gap_ms_mean: u64,
+    pub weights: ActionWeights,
+    pub faults: FaultRates,
+    /// Guild banks (lock-free shared documents) players deposit into.
+    pub guild_banks: usize,
+    /// How often the durable state is audited during play.
+    pub audit_interval_ms: u64,
+    /// Lease, autosave and handoff timings of every server (the controls use the same).
+    pub engine: EngineConfig,
+    /// Clock error of each server in the skewed-clock control: uniform in ±this.
+    pub clock_skew_ms_max: i64,
+    /// How long a frozen server stays frozen: uniform in this range (longer than a lease).
+    pub pause_ms_min: u64,
+    pub pause_ms_max: u64,
+    /// How long a crashed server stays down before its next incarnation starts.
+    pub restart_ms_min: u64,
+    pub restart_ms_max: u64,
+    /// After play: how long in-flight actions may take before shutdown.
+    pub settle_ms: u64,
+    /// The deadline given to each server's graceful shutdown.
+    pub shutdown_deadline_ms: u64,
+}
+
+impl SimConfig {
+    /// The default world: small enough for a sweep of 100 seeds in a minute or two.
+    pub fn default_world(strategy: Strategy) -> SimConfig {
+        SimConfig {
+            strategy,
+            store: StoreChoice::Memory,
+            servers: 4,
+            players: 40,
+            duration_ms: 120_000,
+            action_gap_ms_mean: 40,
+            weights: ActionWeights::default(),
+            faults: FaultRates::harsh(),
+            guild_banks: 2,
+            audit_interval_ms: 5_000,
+            engine: sim_engine_config(),
+            clock_skew_ms_max: 6_000,
+            pause_ms_min: 8_000,
+            pause_ms_max: 16_000,
+            restart_ms_min: 500,
+            restart_ms_max: 8_000,
+            settle_ms: 30_000,
+            shutdown_deadline_ms: 10_000,
+        }
+    }
+
+    pub fn check(&self) -> Result<(), String> {
+        self.engine.check()?;
+        if self.servers < 2 {
+            return Err("a world needs at least 2 servers (hops, steals)".into());
+        }
+        if self.players < 3 {
+            return Err("a world needs at least 3 players (trades of several)".into());
+        }
+        if self.guild_banks == 0 || self.action_gap_ms_mean == 0 || self.audit_interval_ms == 0 {
+            return Err("guild_banks, action_gap_ms_mean and audit_interval_ms must be positive".into());
+        }
+        if self.pause_ms_min > self.pause_ms_max || self.restart_ms_min > self.restart_ms_max {
+            return Err("pause and restart ranges must have min <= max".into());
+        }
+        Ok(())
+    }
+}
+
+/// Engine timings for simulated worlds: shorter than production so that steals, expiries and
+/// handoffs happen often within a short world (every relation `EngineConfig::check` asks holds).
+pub fn sim_engine_config() -> EngineConfig {
+    EngineConfig {
+        server_label: "sim".to_string(),
+        lease_ttl_ms: 5_000,
+        lease_renew_interval_ms: 1_000,
+        autosave_interval_ms: 10_000,
+        save_attempts_max: 6,
+        retry_backoff_initial_ms: 20,
+        retry_backoff_max_ms: 1_000,
+        load_attempts_max: 5,
+        acquire_attempts_max: 20,
+        handoff_wait_ms: 2_000,
+        handoff_poll_interval_ms: 100,
+        ..EngineConfig::default()
+    }
+}

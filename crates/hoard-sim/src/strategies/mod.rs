@@ -1,0 +1,146 @@
+//! Strategies: what a game server does for its players. `hoard` runs the real engine; the
+//! controls (`naive`, `unfenced`, `skewed-clock`) are deliberately weaker designs written over
+//! the raw `Store`, to prove the audit catches what they get wrong.
+//!
+//! Invariant: every strategy answers the world through `GameServer` with the same meaning: `Ok`
+//! (or `Committed`, `Granted`, `Sent`) is a promise to the player that the change is durable, and
+//! the audit holds each strategy to exactly the promises it made.
+
+pub mod control;
+pub mod engine;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hoard::store::{HolderId, SharedStore};
+use serde::{Deserialize, Serialize};
+
+use crate::audit::{Audit, GiftAck};
+use crate::config::SimConfig;
+use crate::model::{Gift, Names, Purchase, SimProfile, SimTrade};
+
+/// Which design the game servers run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Strategy {
+    /// The real hoard engine.
+    Hoard,
+    /// Load on join, unconditional put on save, no lock; a trade is two independent saves.
+    Naive,
+    /// A lease is taken on join, but saves do not check it (a stolen-from server keeps writing).
+    Unfenced,
+    /// A lock whose liveness each server judges by its own (skewed) clock.
+    SkewedClock,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 4] = [Strategy::Hoard, Strategy::Naive, Strategy::Unfenced, Strategy::SkewedClock];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Hoard => "hoard",
+            Strategy::Naive => "naive",
+            Strategy::Unfenced => "unfenced",
+            Strategy::SkewedClock => "skewed-clock",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Strategy> {
+        Strategy::ALL.into_iter().find(|s| s.name() == text)
+    }
+}
+
+/// Why an operation did not give the player what they asked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OpError {
+    /// The server lost the player's key (fenced out, handed off, not here): kick the player.
+    Kicked(String),
+    /// It failed; the player may try again.
+    Failed(String),
+}
+
+impl std::fmt::Display for OpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpError::Kicked(reason) => write!(f, "kicked: {reason}"),
+            OpError::Failed(reason) => write!(f, "failed: {reason}"),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TradeAck {
+    Committed,
+    NotCommitted,
+    Unknown,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuyAck {
+    Granted,
+    AlreadyGranted,
+    NotGranted,
+}
+
+/// What shutdown did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ShutdownSummary {
+    pub saved: usize,
+    pub failed: usize,
+    pub timed_out: usize,
+}
+
+/// One incarnation of one game server.
+#[async_trait]
+pub trait GameServer: Send + Sync + std::fmt::Debug {
+    /// Starts (or joins) the player's session here. `hop`: the player comes from another server
+    /// that may still hold the key (ask it to hand over, then take it).
+    async fn join(&self, player: usize, hop: bool) -> Result<(), OpError>;
+    /// Changes the in-memory profile (no I/O).
+    fn update(&self, player: usize, change: &mut (dyn FnMut(&mut SimProfile) + Send)) -> Result<(), OpError>;
+    fn read(&self, player: usize) -> Option<SimProfile>;
+    /// Saves now; `Ok` means durable.
+    async fn save(&self, player: usize) -> Result<(), OpError>;
+    /// Saves, releases and forgets the player; `Ok` means the final save is durable.
+    async fn leave(&self, player: usize) -> Result<(), OpError>;
+    async fn trade(&self, trade: &SimTrade) -> TradeAck;
+    async fn buy(&self, player: usize, purchase: &Purchase) -> BuyAck;
+    async fn send_gift(&self, player: usize, gift: &Gift) -> GiftAck;
+    /// Moves coins from the player into a guild bank; `Ok` means durable.
+    async fn deposit(&self, player: usize, bank: usize, amount: i64) -> Result<(), OpError>;
+    /// The process dies now: no saves, no releases.
+    fn crash(&self);
+    /// The process freezes (true) or wakes (false); the link's traffic is frozen by the world.
+    fn set_frozen(&self, frozen: bool);
+    async fn shutdown(&self, deadline: Duration) -> ShutdownSummary;
+    /// What the server counted (the engine's counters; empty for the controls).
+    fn counters(&self) -> std::collections::BTreeMap<String, u64> {
+        std::collections::BTreeMap::new()
+    }
+}
+
+/// Everything a server incarnation is built from.
+#[derive(Clone, Debug)]
+pub struct ServerContext {
+    pub config: SimConfig,
+    pub names: Names,
+    /// The server's store: `FaultStore` over its `SimLink`.
+    pub store: SharedStore,
+    pub audit: Arc<Audit>,
+    pub link: usize,
+    pub holder: HolderId,
+    /// Seed of this incarnation's own random choices (retry jitter, clock skew).
+    pub seed: u64,
+    /// This server's clock error, for the skewed-clock control.
+    pub clock_skew_ms: i64,
+}
+
+/// Opens one server incarnation of the strategy.
+pub async fn open_server(strategy: Strategy, context: ServerContext) -> Result<Arc<dyn GameServer>, String> {
+    match strategy {
+        Strategy::Hoard => Ok(Arc::new(engine::EngineServer::open(context).await?)),
+        Strategy::Naive | Strategy::Unfenced | Strategy::SkewedClock => {
+            Ok(Arc::new(control::ControlServer::open(strategy, context).await?))
+        }
+    }
+}

@@ -1,6 +1,6 @@
-//! The conformance suite's backends, each served by `hoard serve` and reached through
-//! `RemoteStore`: the names match hoard's (`memory`, `sqlite`, `postgres`) so the included suite's
-//! invocations run unchanged.
+//! The conformance suite's backend, served by `hoard serve` and reached through `RemoteStore`: the
+//! name matches hoard's (`memory`) so the included suite's invocation runs unchanged (see
+//! `conformance_backends!` in `main.rs` for why only the memory store stands behind the server).
 
 use std::sync::Arc;
 
@@ -17,12 +17,4 @@ async fn remote(inner: TestStore) -> Option<TestStore> {
 
 pub async fn memory(config: TestConfig) -> Option<TestStore> {
     remote(crate::local_backends::memory(config).await?).await
-}
-
-pub async fn sqlite(config: TestConfig) -> Option<TestStore> {
-    remote(crate::local_backends::sqlite(config).await?).await
-}
-
-pub async fn postgres(config: TestConfig) -> Option<TestStore> {
-    remote(crate::local_backends::postgres(config).await?).await
 }

@@ -6,6 +6,14 @@ mod engine_timers;
 mod engine_trades;
 mod postgres_backend;
 mod sqlite_backend;
+/// The store conformance suite runs against every backend of the library.
+macro_rules! conformance_backends {
+    ($suite:ident) => {
+        $suite!(memory);
+        $suite!(sqlite);
+        $suite!(postgres);
+    };
+}
 mod store_conformance;
 mod store_faults;
 mod store_model;

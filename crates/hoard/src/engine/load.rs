@@ -172,7 +172,9 @@ async fn wait_for_release(shared: &EngineShared, id: &DocId, released: &mut broa
     tokio::pin!(poll);
     let payload = serde_json::to_string(id).unwrap_or_default();
     loop {
+        // `biased`: branches are polled in order, not at random, so simulated runs replay exactly.
         tokio::select! {
+            biased;
             () = &mut poll => return,
             () = shared.released.notified() => return,
             received = released.recv() => match received {

@@ -26,7 +26,7 @@ use hoard::engine::trade::{
 };
 use hoard::engine::{TOPIC_INBOX, TradeRecord};
 use hoard::store::{
-    Commit, CommitOutcome, Condition, ConflictKind, DocId, Notification, Store, StoreError, Write, get,
+    Commit, CommitOutcome, Condition, Conflict, ConflictKind, DocId, Notification, Store, StoreError, Write, get,
     resolve_unknown_commit,
 };
 use serde::Deserialize;
@@ -225,29 +225,17 @@ pub async fn trade(
         if let Some(idem) = &idem {
             writes.push(idempotency::record_write(idem, &response));
         }
-        let commit = Commit::new(writes);
-        let outcome = match store.commit(commit.clone()).await {
-            Ok(outcome) => outcome,
-            Err(error) if error.may_have_applied() => match resolve_unknown_commit(store, &commit).await {
-                Ok(Some(true)) => {
-                    metrics::count(metrics::TRADES, "committed");
-                    return Ok(Json(response));
-                }
-                Ok(Some(false)) => continue,
-                _ => return Err(ApiError::store(error)),
-            },
-            Err(error) => return Err(ApiError::store(error)),
-        };
+        let Some(outcome) = commit_settling_unknown(store, Commit::new(writes)).await? else { continue };
         match outcome {
-            CommitOutcome::Committed { .. } => {
+            Settled::Committed => {
                 metrics::count(metrics::TRADES, "committed");
                 return Ok(Json(response));
             }
-            CommitOutcome::Conflict(conflict) if idempotency::lost_the_race(idem.as_ref(), &conflict) => {
+            Settled::Conflict(conflict) if idempotency::lost_the_race(idem.as_ref(), &conflict) => {
                 let first = idempotency::replay(store, idem.as_ref()).await?;
                 return first.map(Json).ok_or_else(|| ApiError::internal("idempotency record vanished"));
             }
-            CommitOutcome::Conflict(conflict) => match conflict.kind {
+            Settled::Conflict(conflict) => match conflict.kind {
                 ConflictKind::VersionMismatch => metrics::count(metrics::CONFLICTS, "trade_retried"),
                 ConflictKind::LeaseMismatch => return Err(fenced_out(&conflict.id)),
                 ConflictKind::Exists => {
@@ -359,35 +347,23 @@ pub async fn receipt(
         if let Some(idem) = &idem {
             writes.push(idempotency::record_write(idem, &response));
         }
-        let commit = Commit::new(writes);
-        let outcome = match store.commit(commit.clone()).await {
-            Ok(outcome) => outcome,
-            Err(error) if error.may_have_applied() => match resolve_unknown_commit(store, &commit).await {
-                Ok(Some(true)) => {
-                    metrics::count(metrics::RECEIPTS, "granted");
-                    return Ok(Json(response));
-                }
-                Ok(Some(false)) => continue,
-                _ => return Err(ApiError::store(error)),
-            },
-            Err(error) => return Err(ApiError::store(error)),
-        };
+        let Some(outcome) = commit_settling_unknown(store, Commit::new(writes)).await? else { continue };
         match outcome {
-            CommitOutcome::Committed { .. } => {
+            Settled::Committed => {
                 metrics::count(metrics::RECEIPTS, "granted");
                 return Ok(Json(response));
             }
-            CommitOutcome::Conflict(conflict) if idempotency::lost_the_race(idem.as_ref(), &conflict) => {
+            Settled::Conflict(conflict) if idempotency::lost_the_race(idem.as_ref(), &conflict) => {
                 let first = idempotency::replay(store, idem.as_ref()).await?;
                 return first.map(Json).ok_or_else(|| ApiError::internal("idempotency record vanished"));
             }
-            CommitOutcome::Conflict(conflict) if conflict.id == record_doc && conflict.kind == ConflictKind::Exists => {
+            Settled::Conflict(conflict) if conflict.id == record_doc && conflict.kind == ConflictKind::Exists => {
                 return match read_receipt(store, &record_doc).await? {
                     Some(first) => receipt_answer(compare(&first, &attempted)),
                     None => Err(ApiError::conflict("not_processed_yet", "the receipt record vanished; retry")),
                 };
             }
-            CommitOutcome::Conflict(conflict) => match conflict.kind {
+            Settled::Conflict(conflict) => match conflict.kind {
                 ConflictKind::VersionMismatch => metrics::count(metrics::CONFLICTS, "receipt_retried"),
                 ConflictKind::LeaseMismatch => return Err(fenced_out(&id)),
                 kind => return Err(ApiError::conflict("conflict", format!("{kind:?} on {}", conflict.id))),
@@ -453,6 +429,27 @@ pub async fn send_message(
         )),
         Ok(CommitOutcome::Conflict(conflict)) => Err(ApiError::conflict("conflict", format!("{:?}", conflict.kind))),
         Err(StoreError::InvalidInput(error)) => Err(ApiError::bad_request(error.to_string())),
+        Err(error) => Err(ApiError::store(error)),
+    }
+}
+
+/// How a value-moving commit ended, once any lost answer was resolved by reading back.
+enum Settled {
+    Committed,
+    Conflict(Conflict),
+}
+
+/// Commits, resolving an unknown outcome by reading the commit back before answering.
+/// `Ok(None)`: it did not apply, so the caller may build the commit again and retry.
+async fn commit_settling_unknown(store: &dyn Store, commit: Commit) -> Result<Option<Settled>, ApiError> {
+    match store.commit(commit.clone()).await {
+        Ok(CommitOutcome::Committed { .. }) => Ok(Some(Settled::Committed)),
+        Ok(CommitOutcome::Conflict(conflict)) => Ok(Some(Settled::Conflict(conflict))),
+        Err(error) if error.may_have_applied() => match resolve_unknown_commit(store, &commit).await {
+            Ok(Some(true)) => Ok(Some(Settled::Committed)),
+            Ok(Some(false)) => Ok(None),
+            _ => Err(ApiError::store(error)),
+        },
         Err(error) => Err(ApiError::store(error)),
     }
 }

@@ -60,8 +60,8 @@ enum Command {
         /// Replace the key's user ids (comma-separated), for data-deletion requests.
         #[arg(long, value_delimiter = ',')]
         user_ids: Option<Vec<String>>,
-        /// Write even while a session holds the key (its holder will be fenced out on its next
-        /// save only if you also release it; prefer `release` first).
+        /// Write even while a session holds the key: the key is first taken from its holder, which
+        /// is fenced out and can never overwrite this write.
         #[arg(long)]
         force: bool,
     },
@@ -69,8 +69,11 @@ enum Command {
     Delete {
         store: String,
         key: String,
+        /// Only delete if the key is at this version (compare-and-set).
         #[arg(long)]
         if_version: Option<u64>,
+        /// Delete even while a session holds the key: the key is first taken from its holder,
+        /// which is fenced out.
         #[arg(long)]
         force: bool,
     },

@@ -261,10 +261,12 @@ impl<P: Profile> SessionCore<P> {
         }))
     }
 
-    fn write_for(&self, snapshot: &Snapshot, kind: SaveKind) -> Write {
+    /// The write that saves `snapshot`. Takes the encoded value out of it (a profile is
+    /// kilobytes of JSON; a snapshot is made per attempt, so it is not needed again).
+    fn write_for(&self, snapshot: &mut Snapshot, kind: SaveKind) -> Write {
         let mut write = Write::new(self.id.clone()).when(self.fence());
-        if let Some(value) = &snapshot.value {
-            write = write.value(ValueOp::Put(value.clone()));
+        if let Some(value) = snapshot.value.take() {
+            write = write.value(ValueOp::Put(value));
         }
         if let Some(through) = snapshot.ack_through {
             write = write.ack_inbox_through(through);
@@ -322,9 +324,12 @@ impl<P: Profile> SessionCore<P> {
                 engine.counters.retries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 engine.sleep_backoff(attempt - 1).await;
             }
-            let Some(snapshot) = self.snapshot(kind)? else { return Ok(SaveOutcome::Clean) };
-            let commit = Commit::single(self.write_for(&snapshot, kind));
-            match engine.store.commit(commit.clone()).await {
+            let Some(mut snapshot) = self.snapshot(kind)? else { return Ok(SaveOutcome::Clean) };
+            let writes_value = snapshot.value.is_some();
+            let commit = Commit::single(self.write_for(&mut snapshot, kind));
+            // What a hidden outcome is resolved with: the commit without its value.
+            let trace = commit.trace();
+            match engine.store.commit(commit).await {
                 Ok(CommitOutcome::Committed { applied, .. }) => {
                     let waiting = applied.first().map(|applied| applied.inbox_last_waiting_seq);
                     engine.counters.saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -346,7 +351,7 @@ impl<P: Profile> SessionCore<P> {
                     // our epoch (by our own earlier attempt, or by an operator), nothing is lost.
                     let released_at_our_epoch =
                         conflict.found.lease.holder.is_none() && conflict.found.lease.epoch == self.epoch;
-                    if kind == SaveKind::Final && snapshot.value.is_none() && released_at_our_epoch {
+                    if kind == SaveKind::Final && !writes_value && released_at_our_epoch {
                         self.on_durable(&snapshot, kind, None);
                         return Ok(SaveOutcome::Saved { revision: snapshot.revision });
                     }
@@ -366,7 +371,7 @@ impl<P: Profile> SessionCore<P> {
                 }
                 Err(error) if error.may_have_applied() => {
                     last_error = error.to_string();
-                    match resolve_unknown_commit(&*engine.store, &commit).await {
+                    match resolve_unknown_commit(&*engine.store, &trace).await {
                         Ok(Some(true)) => {
                             engine.counters.saves.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             self.on_durable(&snapshot, kind, None);
@@ -374,7 +379,7 @@ impl<P: Profile> SessionCore<P> {
                             return Ok(SaveOutcome::Saved { revision: snapshot.revision });
                         }
                         Ok(Some(false)) => {}
-                        Ok(None) | Err(_) => last_unknown = Some(commit),
+                        Ok(None) | Err(_) => last_unknown = Some(trace),
                     }
                 }
                 Err(error) => last_error = error.to_string(),

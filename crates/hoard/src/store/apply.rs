@@ -82,6 +82,52 @@ fn increment(value: Option<&Value>, by: i64) -> Result<Value, ConflictKind> {
     Ok(Value::from(sum))
 }
 
+/// A copy of `doc` with every field but the value.
+fn document_without_value(doc: &Document) -> Document {
+    Document {
+        id: doc.id.clone(),
+        value: None,
+        version: doc.version,
+        created_at_ms: doc.created_at_ms,
+        updated_at_ms: doc.updated_at_ms,
+        attributes: doc.attributes.clone(),
+        user_ids: doc.user_ids.clone(),
+        lease: doc.lease.clone(),
+        inbox: doc.inbox.clone(),
+        inbox_next_seq: doc.inbox_next_seq,
+        last_commit_id: doc.last_commit_id,
+    }
+}
+
+/// Whether judging and applying `write` needs the key's current value, or only whether it has
+/// one. A write that puts or deletes replaces the value without looking at it (conditions see
+/// only existence, version, lease and inbox), and one that changes only the lease or inbox
+/// leaves it alone. So a backend may skip reading and decoding a kilobytes-long value for a key
+/// none of whose writes reads it: it stands the current value in with `VALUE_NOT_READ` (`None`
+/// when absent), and must never store that stand-in: it keeps the stored value unless a write
+/// that applied changed it (`write_changes_value`).
+pub fn write_reads_value(write: &Write) -> bool {
+    match write.value {
+        ValueOp::Put(_) | ValueOp::Delete => false,
+        ValueOp::Increment(_) => true,
+        // Keeping the value under a new version copies it into history; a write that changes
+        // only the lease or the inbox leaves the value where it is.
+        ValueOp::Keep => write.changes_version(),
+    }
+}
+
+/// Whether `write` gives the key a value that must be stored: a new version (a put, a delete,
+/// an increment, or new metadata next to the kept value). A lease or inbox change alone leaves
+/// the stored value as it is, so a backend need not rewrite kilobytes for it.
+pub fn write_changes_value(write: &Write) -> bool {
+    write.changes_version()
+}
+
+/// What a backend puts in `Document::value` for an existing key whose value it did not read
+/// because no write of the commit (or batch) reads it (`write_reads_value`). Conditions look only
+/// at existence; a write that applies either replaces it or leaves the stored value untouched.
+pub const VALUE_NOT_READ: Value = Value::Null;
+
 /// Computes one key's next state, or the reason it cannot change.
 pub fn apply_write(
     current: &Current,
@@ -91,23 +137,25 @@ pub fn apply_write(
     limits: &Limits,
 ) -> Result<Next, ConflictKind> {
     check_condition(current, &write.condition, now_ms)?;
-    let mut doc = current.doc.clone();
-    let existed = doc.exists();
-    match &write.value {
-        ValueOp::Keep => {}
-        ValueOp::Put(value) => doc.value = Some(value.clone()),
-        ValueOp::Delete => {
-            doc.value = None;
-            doc.attributes.clear();
-            doc.user_ids.clear();
-        }
+    let existed = current.doc.exists();
+    // The next value is built without cloning the current one when the write replaces it: a
+    // profile is kilobytes of nested JSON, and this runs for every save.
+    let next_value = match &write.value {
+        ValueOp::Keep => current.doc.value.clone(),
+        ValueOp::Put(value) => Some(value.clone()),
+        ValueOp::Delete => None,
         ValueOp::Increment(by) => {
-            let next = increment(doc.value.as_ref(), *by)?;
+            let next = increment(current.doc.value.as_ref(), *by)?;
             if json_bytes(&next) > limits.value_bytes_max {
                 return Err(ConflictKind::ValueTooLarge);
             }
-            doc.value = Some(next);
+            Some(next)
         }
+    };
+    let mut doc = Document { value: next_value, ..document_without_value(&current.doc) };
+    if matches!(write.value, ValueOp::Delete) {
+        doc.attributes.clear();
+        doc.user_ids.clear();
     }
     if let Some(attributes) = &write.attributes {
         doc.attributes = attributes.clone();
@@ -150,8 +198,8 @@ pub fn apply_write(
 /// caller must write nothing.
 // A conflict is an expected outcome returned by value; it is built only when a commit fails.
 #[allow(clippy::result_large_err)]
-pub fn apply_commit(
-    currents: &[Current],
+pub fn apply_commit<C: std::borrow::Borrow<Current>>(
+    currents: &[C],
     commit: &Commit,
     now_ms: i64,
     limits: &Limits,
@@ -160,6 +208,7 @@ pub fn apply_commit(
     let mut nexts = Vec::with_capacity(commit.writes.len());
     let mut applied = Vec::with_capacity(commit.writes.len());
     for (write_index, (current, write)) in currents.iter().zip(&commit.writes).enumerate() {
+        let current = current.borrow();
         debug_assert_eq!(current.doc.id, write.id, "current state matches its write");
         let seq_before = current.doc.inbox_next_seq;
         match apply_write(current, write, commit.id, now_ms, limits) {

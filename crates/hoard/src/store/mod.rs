@@ -6,6 +6,7 @@
 //! Commit semantics live in `apply`, limits in `limits` and `validate`; backends only move rows.
 
 pub mod apply;
+pub mod encoded;
 pub mod error;
 pub mod fault;
 pub mod limits;

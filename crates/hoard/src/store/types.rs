@@ -345,6 +345,30 @@ impl Commit {
     pub fn single(write: Write) -> Commit {
         Commit::new(vec![write])
     }
+
+    /// A copy with every put value replaced by `null` (and pushed messages dropped): the same
+    /// id, keys, conditions and kinds of change, which is all `resolve_unknown_commit` looks at,
+    /// without copying kilobytes of JSON to keep for it.
+    pub fn trace(&self) -> Commit {
+        let writes = self
+            .writes
+            .iter()
+            .map(|write| Write {
+                id: write.id.clone(),
+                condition: write.condition.clone(),
+                value: match &write.value {
+                    ValueOp::Put(_) => ValueOp::Put(Value::Null),
+                    other => other.clone(),
+                },
+                attributes: write.attributes.clone(),
+                user_ids: write.user_ids.clone(),
+                lease: write.lease.clone(),
+                inbox_push: Vec::new(),
+                inbox_ack_through: write.inbox_ack_through,
+            })
+            .collect();
+        Commit { id: self.id, writes }
+    }
 }
 
 /// What one write of a committed commit left behind.

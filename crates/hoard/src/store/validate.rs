@@ -62,11 +62,20 @@ fn check_size(what: &'static str, bytes: usize, bytes_max: usize) -> Result<(), 
 }
 
 pub fn validate_value(value: &Value, limits: &Limits) -> Result<(), InvalidInput> {
-    check_size("value", json_bytes(value), limits.value_bytes_max)
+    check_value_bytes(json_bytes(value), limits)
+}
+
+/// The size limit of a value, given its serialized size in bytes.
+pub fn check_value_bytes(bytes: usize, limits: &Limits) -> Result<(), InvalidInput> {
+    check_size("value", bytes, limits.value_bytes_max)
 }
 
 pub fn validate_attributes(attributes: &Map<String, Value>, limits: &Limits) -> Result<(), InvalidInput> {
-    let bytes = json_bytes(&Value::Object(attributes.clone()));
+    let mut counter = ByteCounter(0);
+    let bytes = match serde_json::to_writer(&mut counter, attributes) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    };
     check_size("attributes", bytes, limits.attributes_bytes_max)
 }
 
@@ -91,6 +100,18 @@ pub fn validate_user_ids(user_ids: &[String], limits: &Limits) -> Result<(), Inv
 }
 
 pub fn validate_commit(commit: &Commit, limits: &Limits) -> Result<(), InvalidInput> {
+    validate_commit_except_values(commit, limits)?;
+    for write in &commit.writes {
+        if let ValueOp::Put(value) = &write.value {
+            validate_value(value, limits)?;
+        }
+    }
+    Ok(())
+}
+
+/// Everything `validate_commit` checks except the size of put values, for callers that serialize
+/// the values anyway and check the size of the text (`encoded::EncodedCommit`).
+pub fn validate_commit_except_values(commit: &Commit, limits: &Limits) -> Result<(), InvalidInput> {
     if commit.writes.is_empty() {
         return Err(InvalidInput::EmptyCommit);
     }
@@ -121,9 +142,6 @@ pub fn validate_commit(commit: &Commit, limits: &Limits) -> Result<(), InvalidIn
                     expected: "flat (no All inside All)",
                 });
             }
-        }
-        if let ValueOp::Put(value) = &write.value {
-            validate_value(value, limits)?;
         }
         if let Some(attributes) = &write.attributes {
             validate_attributes(attributes, limits)?;

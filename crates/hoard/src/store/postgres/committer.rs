@@ -10,7 +10,7 @@
 //! transaction certainly did not commit, or `OutcomeUnknown` when the connection failed while
 //! COMMIT was in flight.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -21,9 +21,10 @@ use tokio_postgres::error::{Severity, SqlState};
 
 use super::rows::{DocColumns, HistoryColumns, document_from_row};
 use super::unavailable;
-use crate::store::apply::{Current, apply_commit};
+use crate::store::apply::{Current, VALUE_NOT_READ, apply_commit, write_changes_value, write_reads_value};
+use crate::store::encoded::EncodedCommit;
 use crate::store::limits::Limits;
-use crate::store::types::{Commit, CommitOutcome, DocId};
+use crate::store::types::{CommitOutcome, DocId};
 use crate::store::{GroupCommitStats, StoreError};
 
 /// How many times a batch is retried from scratch when PostgreSQL aborts it with a serialization
@@ -37,7 +38,8 @@ pub const GROUP_COMMIT_RETRY_BACKOFF_MS: u64 = 10;
 /// One caller's commit waiting in the queue, with where to send its answer.
 #[derive(Debug)]
 pub struct PendingCommit {
-    pub commit: Commit,
+    /// Validated, with its put values already serialized (on the caller's task).
+    pub encoded: EncodedCommit,
     pub reply: oneshot::Sender<Result<CommitOutcome, StoreError>>,
 }
 
@@ -120,7 +122,26 @@ fn before_commit(context: &str) -> impl Fn(tokio_postgres::Error) -> BatchFailur
     }
 }
 
-async fn run_batch(shared: &CommitterShared, batch: Vec<PendingCommit>) {
+/// Every key of the batch, with whether any write of the batch reads its current value
+/// (`apply::write_reads_value`).
+fn batch_keys(batch: &[PendingCommit]) -> BTreeMap<DocId, bool> {
+    let mut keys: BTreeMap<DocId, bool> = BTreeMap::new();
+    for pending in batch {
+        for write in &pending.encoded.commit.writes {
+            *keys.entry(write.id.clone()).or_insert(false) |= write_reads_value(write);
+        }
+    }
+    keys
+}
+
+async fn run_batch(shared: &CommitterShared, mut batch: Vec<PendingCommit>) {
+    // A put value that no write of the batch reads back is stored from its text: drop the decoded
+    // value now rather than copy it into the next document (see `encoded`). A retry of the batch
+    // sees the same keys, so stripping once holds for every attempt.
+    let keys = batch_keys(&batch);
+    for pending in &mut batch {
+        pending.encoded.strip_put_values(|id| keys.get(id).copied().unwrap_or(true));
+    }
     let mut attempt = 0;
     let result = loop {
         attempt += 1;
@@ -178,14 +199,18 @@ const SELECT_HOLDERS_SQL: &str = "SELECT holder, expires_at_ms FROM holders
 
 const NOW_MS_SQL: &str = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint";
 
+// A key whose value no applied write of the batch changed (`value_set` false: a lease or inbox
+// change) keeps its stored value: PostgreSQL then reuses the TOASTed datum instead of
+// compressing kilobytes again, and the stand-in the batch held for an unread value
+// (`VALUE_NOT_READ`) is never stored.
 const UPDATE_DOCS_SQL: &str = "UPDATE docs AS d SET
-         value = n.value, version = n.version, created_at_ms = n.created_at_ms, updated_at_ms = n.updated_at_ms,
+         value = CASE WHEN n.value_set THEN n.value ELSE d.value END, version = n.version, created_at_ms = n.created_at_ms, updated_at_ms = n.updated_at_ms,
          attributes = n.attributes, user_ids = n.user_ids, lease_holder = n.lease_holder, lease_epoch = n.lease_epoch,
          inbox = n.inbox, inbox_next_seq = n.inbox_next_seq, last_commit_id = n.last_commit_id
      FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[],
-                 $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::text[])
+                 $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bool[])
           AS n(store, key, value, version, created_at_ms, updated_at_ms, attributes, user_ids, lease_holder,
-               lease_epoch, inbox, inbox_next_seq, last_commit_id)
+               lease_epoch, inbox, inbox_next_seq, last_commit_id, value_set)
      WHERE d.store = n.store AND d.key = n.key";
 
 const INSERT_HISTORY_SQL: &str = "INSERT INTO history
@@ -196,13 +221,17 @@ const INSERT_HISTORY_SQL: &str = "INSERT INTO history
 fn lock_docs_sql() -> String {
     // ORDER BY runs below the row-locking step, so rows are locked in this order: the canonical
     // order every process uses. Under READ COMMITTED a row changed by a transaction we waited for
-    // is re-read at its newest committed version before it is returned.
+    // is re-read at its newest committed version before it is returned. A value is sent only
+    // where a write of the batch reads it (`want.read_value`); elsewhere only whether there is
+    // one (`IS NOT NULL` looks at the row's null bitmap, not at the TOASTed text).
+    let columns = super::rows::DOC_COLUMNS
+        .replace("d.value,", "CASE WHEN want.read_value THEN d.value END AS value, d.value IS NOT NULL AS has_value,");
     format!(
         "SELECT {columns} FROM docs AS d
-         JOIN unnest($1::text[], $2::text[]) AS want(store, key) ON d.store = want.store AND d.key = want.key
+         JOIN unnest($1::text[], $2::text[], $3::bool[]) AS want(store, key, read_value)
+           ON d.store = want.store AND d.key = want.key
          ORDER BY d.store, d.key
-         FOR UPDATE OF d",
-        columns = super::rows::DOC_COLUMNS
+         FOR UPDATE OF d"
     )
 }
 
@@ -229,18 +258,20 @@ async fn batch_transaction(
     // Every key of the batch, once, in canonical order (Rust's `str` order is byte order, like
     // COLLATE "C"), and every holder the batch acquires for (their process leases decide
     // `LeaseFree` for later commits of the batch).
-    let mut ids: BTreeSet<&DocId> = BTreeSet::new();
+    let mut ids: BTreeMap<&DocId, bool> = BTreeMap::new();
     let mut acquiring_holders: BTreeSet<&str> = BTreeSet::new();
     for pending in batch {
-        for write in &pending.commit.writes {
-            ids.insert(&write.id);
+        for write in &pending.encoded.commit.writes {
+            // Per key: does any write of the batch read its current value?
+            *ids.entry(&write.id).or_insert(false) |= write_reads_value(write);
             if let crate::store::LeaseOp::Acquire(holder) = &write.lease {
                 acquiring_holders.insert(holder.as_str());
             }
         }
     }
-    let stores: Vec<&str> = ids.iter().map(|id| id.store.as_str()).collect();
-    let keys: Vec<&str> = ids.iter().map(|id| id.key.as_str()).collect();
+    let stores: Vec<&str> = ids.keys().map(|id| id.store.as_str()).collect();
+    let keys: Vec<&str> = ids.keys().map(|id| id.key.as_str()).collect();
+    let read_values: Vec<bool> = ids.values().copied().collect();
     let acquiring_holders: Vec<&str> = acquiring_holders.into_iter().collect();
 
     // Prepared once per pooled connection, then served from its statement cache.
@@ -257,7 +288,7 @@ async fn batch_transaction(
     let (_, _, doc_rows, holder_rows, now_row) = futures_util::future::try_join5(
         client.execute(&begin, &[]),
         client.execute(&insert_placeholders, &[&stores, &keys]),
-        client.query(&lock_docs, &[&stores, &keys]),
+        client.query(&lock_docs, &[&stores, &keys, &read_values]),
         client.query(&select_holders, &[&stores, &keys, &acquiring_holders]),
         client.query_one(&select_now, &[]),
     )
@@ -278,7 +309,12 @@ async fn batch_transaction(
     let mut states: HashMap<DocId, Current> = HashMap::with_capacity(doc_rows.len());
     for row in &doc_rows {
         // A row that does not parse fails the whole batch: nothing is written over it.
-        let doc = document_from_row(row).map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
+        let mut doc = document_from_row(row).map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
+        let has_value: bool = row.try_get("has_value").map_err(before_commit("read the batch's keys"))?;
+        if has_value && doc.value.is_none() {
+            // Not sent: no write of the batch reads it (see `lock_docs_sql`).
+            doc.value = Some(VALUE_NOT_READ);
+        }
         let holder_expiry = expiry_of(&doc);
         states.insert(doc.id.clone(), Current { doc, holder_expires_at_ms: holder_expiry });
     }
@@ -293,27 +329,40 @@ async fn batch_transaction(
     }
 
     let mut outcomes = Vec::with_capacity(batch.len());
-    let mut changed: BTreeSet<DocId> = BTreeSet::new();
+    // Every key an applied commit changed, with the JSON text of its newest value when an applied
+    // write changed the value (`None` inside: deleted), shared by its history row and its docs
+    // row so each value is serialized once.
+    let mut changed: BTreeMap<DocId, Option<Option<String>>> = BTreeMap::new();
     let mut history = HistoryColumns::default();
     for pending in batch {
-        let commit = &pending.commit;
+        let commit = &pending.encoded.commit;
         let mut currents = Vec::with_capacity(commit.writes.len());
         for write in &commit.writes {
             let current = states
                 .get(&write.id)
-                .cloned()
                 .ok_or_else(|| BatchFailure::NothingApplied(format!("key {} of the batch was not locked", write.id)))?;
             currents.push(current);
         }
-        match apply_commit(&currents, commit, now_ms, &shared.limits) {
+        let result = apply_commit(&currents, commit, now_ms, &shared.limits);
+        drop(currents);
+        match result {
             Ok((nexts, applied)) => {
-                for next in nexts {
-                    if next.new_version {
-                        history
-                            .push(&next.doc, commit.id, now_ms)
-                            .map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
+                for (index, (next, write)) in nexts.into_iter().zip(&commit.writes).enumerate() {
+                    let value_text = if write_changes_value(write) {
+                        assert!(next.new_version, "a write that changes the value makes a new version");
+                        let encoded = pending.encoded.value_text(index).cloned();
+                        Some(
+                            history
+                                .push(&next.doc, encoded, commit.id, now_ms)
+                                .map_err(|error| BatchFailure::NothingApplied(error.to_string()))?,
+                        )
+                    } else {
+                        None
+                    };
+                    let entry = changed.entry(next.doc.id.clone()).or_insert(None);
+                    if value_text.is_some() {
+                        *entry = value_text;
                     }
-                    changed.insert(next.doc.id.clone());
                     let holder_expiry = expiry_of(&next.doc);
                     states.insert(next.doc.id.clone(), Current { doc: next.doc, holder_expires_at_ms: holder_expiry });
                 }
@@ -330,7 +379,7 @@ async fn batch_transaction(
         client.execute(&rollback, &[]).await.map_err(before_commit("roll back"))?;
         return Ok(outcomes);
     }
-    write_back_and_commit(client, &states, &changed, &history).await?;
+    write_back_and_commit(client, &states, changed, &history).await?;
     Ok(outcomes)
 }
 
@@ -356,19 +405,19 @@ fn in_commit_pipeline(context: &str, error: tokio_postgres::Error) -> BatchFailu
 async fn write_back_and_commit(
     client: &deadpool_postgres::Object,
     states: &HashMap<DocId, Current>,
-    changed: &BTreeSet<DocId>,
+    changed: BTreeMap<DocId, Option<Option<String>>>,
     history: &HistoryColumns,
 ) -> Result<(), BatchFailure> {
     let mut docs = DocColumns::default();
-    for id in changed {
+    for (id, value_text) in changed {
         let current =
-            states.get(id).ok_or_else(|| BatchFailure::NothingApplied(format!("changed key {id} has no state")))?;
-        docs.push(&current.doc).map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
+            states.get(&id).ok_or_else(|| BatchFailure::NothingApplied(format!("changed key {id} has no state")))?;
+        docs.push(&current.doc, value_text).map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
     }
     let update_docs = client.prepare_cached(UPDATE_DOCS_SQL).await.map_err(before_commit("prepare"))?;
     let insert_history = client.prepare_cached(INSERT_HISTORY_SQL).await.map_err(before_commit("prepare"))?;
     let commit = client.prepare_cached(COMMIT_SQL).await.map_err(before_commit("prepare"))?;
-    let doc_params: [&(dyn tokio_postgres::types::ToSql + Sync); 13] = [
+    let doc_params: [&(dyn tokio_postgres::types::ToSql + Sync); 14] = [
         &docs.stores,
         &docs.keys,
         &docs.values,
@@ -382,6 +431,7 @@ async fn write_back_and_commit(
         &docs.inboxes,
         &docs.inbox_next_seqs,
         &docs.last_commit_ids,
+        &docs.value_sets,
     ];
     let history_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
         &history.stores,

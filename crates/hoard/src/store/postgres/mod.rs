@@ -28,12 +28,13 @@ use self::rows::{
     DOC_COLUMNS, HISTORY_COLUMNS, counter_to_db, document_from_row, version_info_from_row, version_record_from_row,
 };
 pub use self::schema::SCHEMA_VERSION_LATEST;
+use crate::store::encoded::EncodedCommit;
 use crate::store::limits::{HOUR_MS, HistoryPolicy, Limits};
 use crate::store::types::{
     Commit, CommitOutcome, DocId, Document, HolderId, HolderLease, Key, KeyPage, ListQuery, Notification, StoreName,
     VersionInfo, VersionQuery, VersionRecord,
 };
-use crate::store::validate::{validate_commit, validate_doc_id, validate_notification};
+use crate::store::validate::{validate_doc_id, validate_notification};
 use crate::store::{GroupCommitStats, InvalidInput, NOTIFICATION_CHANNEL_CAPACITY, Store, StoreError, Subscription};
 
 /// Longest schema name: PostgreSQL identifiers (and NOTIFY channel names) are at most 63 bytes,
@@ -343,9 +344,9 @@ impl Store for PostgresStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        validate_commit(&commit, &self.limits)?;
+        let encoded = EncodedCommit::new(commit, &self.limits)?;
         let (reply, answer) = oneshot::channel();
-        match self.commit_queue.try_send(PendingCommit { commit, reply }) {
+        match self.commit_queue.try_send(PendingCommit { encoded, reply }) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 return Err(committer::queue_full(self.commit_queue_depth));

@@ -140,13 +140,19 @@ pub struct DocColumns {
     pub inboxes: Vec<String>,
     pub inbox_next_seqs: Vec<i64>,
     pub last_commit_ids: Vec<Option<String>>,
+    /// False: keep the stored value (the batch changed only the lease or inbox).
+    pub value_sets: Vec<bool>,
 }
 
 impl DocColumns {
-    pub fn push(&mut self, doc: &Document) -> Result<(), StoreError> {
+    /// Adds `doc`'s final state. `value_text`: the JSON text of its new value (`Some(None)`:
+    /// deleted), as already serialized for its history row; `None` keeps the stored value, and
+    /// `doc.value` is then not looked at (it may be the batch's stand-in for an unread value).
+    pub fn push(&mut self, doc: &Document, value_text: Option<Option<String>>) -> Result<(), StoreError> {
         self.stores.push(doc.id.store.as_str().to_string());
         self.keys.push(doc.id.key.as_str().to_string());
-        self.values.push(doc.value.as_ref().map(|value| to_json_text(value, "value", &doc.id)).transpose()?);
+        self.value_sets.push(value_text.is_some());
+        self.values.push(value_text.flatten());
         self.versions.push(counter_to_db(doc.version));
         self.created_at_ms.push(doc.created_at_ms);
         self.updated_at_ms.push(doc.updated_at_ms);
@@ -176,18 +182,31 @@ pub struct HistoryColumns {
 }
 
 impl HistoryColumns {
-    /// Records `doc` (just written by `commit_id` at `written_at_ms`) as a new version.
-    pub fn push(&mut self, doc: &Document, commit_id: CommitId, written_at_ms: i64) -> Result<(), StoreError> {
+    /// Records `doc` (just written by `commit_id` at `written_at_ms`) as a new version, and
+    /// returns its value's JSON text (`None`: deleted) for the docs row. `encoded`: the text of
+    /// the value the write put, already serialized (`encoded::EncodedCommit`); `doc.value` is then
+    /// not looked at (it may be a stand-in). Otherwise `doc.value` is serialized here.
+    pub fn push(
+        &mut self,
+        doc: &Document,
+        encoded: Option<String>,
+        commit_id: CommitId,
+        written_at_ms: i64,
+    ) -> Result<Option<String>, StoreError> {
+        let value_text = match encoded {
+            Some(text) => Some(text),
+            None => doc.value.as_ref().map(|value| to_json_text(value, "value", &doc.id)).transpose()?,
+        };
         self.stores.push(doc.id.store.as_str().to_string());
         self.keys.push(doc.id.key.as_str().to_string());
         self.versions.push(counter_to_db(doc.version));
         self.written_at_ms.push(written_at_ms);
         self.deleted.push(doc.value.is_none());
-        self.values.push(doc.value.as_ref().map(|value| to_json_text(value, "value", &doc.id)).transpose()?);
+        self.values.push(value_text.clone());
         self.attributes.push(to_json_text(&doc.attributes, "attributes", &doc.id)?);
         self.user_ids.push(to_json_text(&doc.user_ids, "user ids", &doc.id)?);
         self.commit_ids.push(commit_id.to_string());
-        Ok(())
+        Ok(value_text)
     }
 
     pub fn is_empty(&self) -> bool {

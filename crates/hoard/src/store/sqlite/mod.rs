@@ -30,12 +30,13 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use self::connection::{ConnectionSettings, open_read_connection, open_write_connection};
 use self::reads::ReadPool;
 use self::writer::{WriteRequest, WriterContext, WriterStats};
+use crate::store::encoded::EncodedCommit;
 use crate::store::limits::{HistoryPolicy, Limits};
 use crate::store::types::{
     Commit, CommitOutcome, DocId, Document, HolderId, HolderLease, KeyPage, ListQuery, Notification, StoreName,
     VersionInfo, VersionQuery, VersionRecord,
 };
-use crate::store::validate::{validate_commit, validate_doc_id, validate_notification};
+use crate::store::validate::{validate_doc_id, validate_notification};
 use crate::store::{GroupCommitStats, NOTIFICATION_CHANNEL_CAPACITY, Store, StoreError, Subscription};
 
 pub use self::schema::SCHEMA_VERSION_LATEST as SQLITE_SCHEMA_VERSION;
@@ -306,8 +307,11 @@ impl Store for SqliteStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        validate_commit(&commit, &self.limits)?;
-        self.write(|reply| WriteRequest::Commit { commit, reply }).await
+        let mut encoded = EncodedCommit::new(commit, &self.limits)?;
+        // The writer judges each commit against rows it reads afresh, and a put never reads the
+        // value it replaces, so no put value is needed there: it stores the text.
+        encoded.strip_put_values(|_| false);
+        self.write(|reply| WriteRequest::Commit { encoded, reply }).await
     }
 
     async fn list_versions(&self, id: &DocId, query: &VersionQuery) -> Result<Vec<VersionInfo>, StoreError> {

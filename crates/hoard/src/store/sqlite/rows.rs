@@ -10,10 +10,9 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use serde_json::{Map, Value};
 
 use crate::store::StoreError;
-use crate::store::apply::Current;
+use crate::store::apply::{Current, VALUE_NOT_READ};
 use crate::store::limits::Limits;
 use crate::store::types::{CommitId, DocId, Document, HolderId, InboxMessage, LeaseState, VersionInfo, VersionRecord};
-use crate::store::validate::json_bytes;
 
 /// Maps an SQL error of a read or write to `Unavailable`: the statement did not change the file
 /// (a failed statement inside a transaction is undone with its savepoint or transaction).
@@ -136,31 +135,56 @@ pub(crate) fn read_document(connection: &Connection, id: &DocId, limits: &Limits
 
 /// Reads one key's state for a commit: its document and its holder's process-lease expiry
 /// (`None` when the key names no holder or the holder has no lease row), in one statement.
-pub(crate) fn read_current(connection: &Connection, id: &DocId, limits: &Limits) -> Result<Current, StoreError> {
+///
+/// With `read_value` false (no write of the commit reads the value: `apply::write_reads_value`)
+/// the value is neither read nor decoded; an existing one is stood in for by
+/// `apply::VALUE_NOT_READ`, which `upsert_document` never stores.
+pub(crate) fn read_current(
+    connection: &Connection,
+    id: &DocId,
+    limits: &Limits,
+    read_value: bool,
+) -> Result<Current, StoreError> {
+    let columns = DOC_COLUMNS.replacen("d.value,", "CASE WHEN ?3 THEN d.value END,", 1);
     let sql = format!(
-        "SELECT {DOC_COLUMNS}, h.expires_at_ms FROM docs AS d \
+        "SELECT {columns}, h.expires_at_ms, d.value IS NOT NULL FROM docs AS d \
          LEFT JOIN holders AS h ON h.holder = d.lease_holder \
          WHERE d.store = ?1 AND d.key = ?2"
     );
     let mut statement = connection.prepare_cached(&sql).map_err(sql_error("preparing a commit read"))?;
     let row = statement
-        .query_row(params![id.store.as_str(), id.key.as_str()], |row| {
-            Ok((DocRow::from_row(row)?, row.get::<_, Option<i64>>(DOC_COLUMN_COUNT)?))
+        .query_row(params![id.store.as_str(), id.key.as_str(), read_value], |row| {
+            Ok((
+                DocRow::from_row(row)?,
+                row.get::<_, Option<i64>>(DOC_COLUMN_COUNT)?,
+                row.get::<_, bool>(DOC_COLUMN_COUNT + 1)?,
+            ))
         })
         .optional()
         .map_err(sql_error("reading a key inside a commit"))?;
     match row {
-        Some((row, holder_expires_at_ms)) => Ok(Current { doc: row.decode(id.clone(), limits)?, holder_expires_at_ms }),
+        Some((row, holder_expires_at_ms, has_value)) => {
+            let mut doc = row.decode(id.clone(), limits)?;
+            if has_value && doc.value.is_none() {
+                doc.value = Some(VALUE_NOT_READ);
+            }
+            Ok(Current { doc, holder_expires_at_ms })
+        }
         None => Ok(Current { doc: Document::absent(id.clone()), holder_expires_at_ms: None }),
     }
 }
 
-/// Writes a key's whole new state over its row (creating the row if needed).
-pub(crate) fn upsert_document(connection: &Connection, doc: &Document) -> Result<(), StoreError> {
-    let value = match &doc.value {
-        Some(value) => Some(to_json_text("value", value)?),
-        None => None,
-    };
+/// Writes a key's whole new state over its row (creating the row if needed). `value_text`: the
+/// JSON text of its new value (`Some(None)`: deleted), as already serialized for its history
+/// row; `None` keeps the stored value (the write changed only the lease or inbox), and
+/// `doc.value` is then not looked at (it may be `VALUE_NOT_READ`).
+pub(crate) fn upsert_document(
+    connection: &Connection,
+    doc: &Document,
+    value_text: Option<Option<String>>,
+) -> Result<(), StoreError> {
+    let value_set = value_text.is_some();
+    let value = value_text.flatten();
     let attributes = to_json_text("attributes", &doc.attributes)?;
     let user_ids = to_json_text("user ids", &doc.user_ids)?;
     let inbox = to_json_text("inbox", &doc.inbox)?;
@@ -170,7 +194,7 @@ pub(crate) fn upsert_document(connection: &Connection, doc: &Document) -> Result
                                lease_holder, lease_epoch, inbox, inbox_next_seq, last_commit_id)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
              ON CONFLICT (store, key) DO UPDATE SET
-                 value = excluded.value, version = excluded.version, created_at_ms = excluded.created_at_ms,
+                 value = CASE WHEN ?14 THEN excluded.value ELSE docs.value END, version = excluded.version, created_at_ms = excluded.created_at_ms,
                  updated_at_ms = excluded.updated_at_ms, attributes = excluded.attributes,
                  user_ids = excluded.user_ids, lease_holder = excluded.lease_holder,
                  lease_epoch = excluded.lease_epoch, inbox = excluded.inbox,
@@ -192,23 +216,30 @@ pub(crate) fn upsert_document(connection: &Connection, doc: &Document) -> Result
             inbox,
             counter_to_sql("inbox sequence", doc.inbox_next_seq)?,
             doc.last_commit_id.map(|commit_id| commit_id.to_string()),
+            value_set,
         ])
         .map_err(sql_error("writing a document"))?;
     Ok(())
 }
 
-/// Records a new version of a key in its history.
+/// Records a new version of a key in its history, and returns its value's JSON text (`None`:
+/// deleted) for `upsert_document`, so a value is serialized once per write. `encoded`: the text
+/// of the value the write put, already serialized (`encoded::EncodedCommit`); `doc.value` is then
+/// not looked at (it is a stand-in). Otherwise `doc.value` is serialized here.
 pub(crate) fn insert_history(
     connection: &Connection,
     doc: &Document,
+    encoded: Option<String>,
     commit_id: CommitId,
     written_at_ms: i64,
-) -> Result<(), StoreError> {
-    let value = match &doc.value {
-        Some(value) => Some(to_json_text("value", value)?),
-        None => None,
+) -> Result<Option<String>, StoreError> {
+    let value = match (encoded, &doc.value) {
+        (Some(text), _) => Some(text),
+        (None, Some(value)) => Some(to_json_text("value", value)?),
+        (None, None) => None,
     };
-    let value_bytes = doc.value.as_ref().map_or(0, json_bytes);
+    // The text is what `validate::json_bytes` counts: serde_json's compact form.
+    let value_bytes = value.as_ref().map_or(0, String::len);
     let mut statement = connection
         .prepare_cached(
             "INSERT INTO history (store, key, version, written_at_ms, deleted, value, value_bytes, attributes, user_ids, commit_id)
@@ -229,7 +260,7 @@ pub(crate) fn insert_history(
             commit_id.to_string(),
         ])
         .map_err(sql_error("writing a history entry"))?;
-    Ok(())
+    Ok(value)
 }
 
 /// The raw columns of a `history` row's listing part.

@@ -23,9 +23,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::clock;
 use super::rows::{insert_history, read_current, sql_error, upsert_document};
-use crate::store::apply::{Current, apply_commit};
+use crate::store::apply::{Current, apply_commit, write_changes_value, write_reads_value};
+use crate::store::encoded::EncodedCommit;
 use crate::store::limits::{HOUR_MS, HistoryPolicy, Limits};
-use crate::store::types::{Commit, CommitOutcome, HolderId, HolderLease, Notification};
+use crate::store::types::{CommitOutcome, HolderId, HolderLease, Notification};
 use crate::store::{GroupCommitStats, StoreError};
 
 /// Where to answer one request.
@@ -57,11 +58,28 @@ pub(crate) struct PrunePage {
 /// A write for the writer thread.
 #[derive(Debug)]
 pub(crate) enum WriteRequest {
-    Commit { commit: Commit, reply: Reply<CommitOutcome> },
-    RenewHolder { holder: HolderId, ttl_ms: i64, reply: Reply<HolderLease> },
-    ReleaseHolder { holder: HolderId, reply: Reply<()> },
-    Notify { notification: Notification, reply: Reply<()> },
-    PruneHistoryPage { after: Option<HistoryCursor>, reply: Reply<PrunePage> },
+    /// Validated, put values serialized (and stripped) on the caller's task.
+    Commit {
+        encoded: EncodedCommit,
+        reply: Reply<CommitOutcome>,
+    },
+    RenewHolder {
+        holder: HolderId,
+        ttl_ms: i64,
+        reply: Reply<HolderLease>,
+    },
+    ReleaseHolder {
+        holder: HolderId,
+        reply: Reply<()>,
+    },
+    Notify {
+        notification: Notification,
+        reply: Reply<()>,
+    },
+    PruneHistoryPage {
+        after: Option<HistoryCursor>,
+        reply: Reply<PrunePage>,
+    },
 }
 
 /// Counters of the writer, shared with the store for `group_commit_stats`.
@@ -283,8 +301,8 @@ fn run_in_savepoint(
         return (answer, false);
     }
     let answer = match request {
-        WriteRequest::Commit { commit, reply } => {
-            Answer::Commit(reply, write_commit(connection, &commit, now_ms, &context.limits))
+        WriteRequest::Commit { encoded, reply } => {
+            Answer::Commit(reply, write_commit(connection, &encoded, now_ms, &context.limits))
         }
         WriteRequest::RenewHolder { holder, ttl_ms, reply } => {
             Answer::Holder(reply, renew_holder(connection, holder, ttl_ms, now_ms))
@@ -323,24 +341,29 @@ fn clone_error(error: &rusqlite::Error) -> rusqlite::Error {
 /// returns: the documents, and a history row for each new version.
 fn write_commit(
     connection: &Connection,
-    commit: &Commit,
+    encoded: &EncodedCommit,
     now_ms: i64,
     limits: &Limits,
 ) -> Result<CommitOutcome, StoreError> {
+    let commit = &encoded.commit;
     let currents = commit
         .writes
         .iter()
-        .map(|write| read_current(connection, &write.id, limits))
+        .map(|write| read_current(connection, &write.id, limits, write_reads_value(write)))
         .collect::<Result<Vec<Current>, StoreError>>()?;
     let (nexts, applied) = match apply_commit(&currents, commit, now_ms, limits) {
         Ok(result) => result,
         Err(conflict) => return Ok(CommitOutcome::Conflict(conflict)),
     };
-    for next in &nexts {
-        upsert_document(connection, &next.doc)?;
-        if next.new_version {
-            insert_history(connection, &next.doc, commit.id, now_ms)?;
-        }
+    for (index, (next, write)) in nexts.iter().zip(&commit.writes).enumerate() {
+        let value_text = if write_changes_value(write) {
+            assert!(next.new_version, "a write that changes the value makes a new version");
+            let encoded_text = encoded.value_text(index).cloned();
+            Some(insert_history(connection, &next.doc, encoded_text, commit.id, now_ms)?)
+        } else {
+            None
+        };
+        upsert_document(connection, &next.doc, value_text)?;
     }
     Ok(CommitOutcome::Committed { commit_id: commit.id, at_ms: now_ms, applied })
 }

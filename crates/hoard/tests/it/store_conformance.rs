@@ -792,7 +792,7 @@ pub fn zero_retention_config() -> TestConfig {
     TestConfig { limits: Limits::default(), history_policy: HistoryPolicy { keep_all_ms: 0, retention_ms: 0 } }
 }
 
-/// Puts, metadata-only new versions (which copy the value into history), increments and
+/// Puts, metadata-only new versions (which copy the value into history) and
 /// lease-only writes race on a few keys, so backends that group commits judge them together in
 /// one transaction, where a backend may skip reading values no write of the batch reads. Every
 /// version in history must then hold the value its commit meant: a put's own value, the previous

@@ -53,6 +53,11 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, requests in flight get this many ms to finish. [default: 10000]
     #[arg(long, env = "HOARD_SHUTDOWN_DEADLINE_MS")]
     shutdown_deadline_ms: Option<u64>,
+    /// How often runtime API keys (created and revoked over /v1/admin/keys) are re-read from the
+    /// store, in ms: a key revoked through another process stops working here within this; on
+    /// the revoking process at once. [default: 5000]
+    #[arg(long, env = "HOARD_API_KEYS_REFRESH_INTERVAL_MS")]
+    api_keys_refresh_interval_ms: Option<u64>,
     /// Log format: `text` or `json`. Levels come from RUST_LOG (default `info`).
     #[arg(long, env = "HOARD_LOG_FORMAT", default_value = "text")]
     log_format: String,
@@ -167,7 +172,12 @@ pub async fn run(db: &str, args: ServeArgs) -> Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, backend = store.backend_name(), keys = keys.len(), "hoard serve listening");
     eprintln!("hoard serve listening on http://{address} ({} store)", store.backend_name());
-    let state = hoard_server::AppState::new(store, ServiceConfig { limits, lease_ttl_ms, keys });
+    let api_keys_refresh_interval_ms = args
+        .api_keys_refresh_interval_ms
+        .or(file.api_keys_refresh_interval_ms)
+        .unwrap_or(config::API_KEYS_REFRESH_INTERVAL_MS_DEFAULT);
+    let state =
+        hoard_server::AppState::new(store, ServiceConfig { limits, lease_ttl_ms, keys, api_keys_refresh_interval_ms });
     hoard_server::serve(listener, state, shutdown_signal(), Duration::from_millis(deadline_ms)).await?;
     tracing::info!("hoard serve stopped");
     Ok(())

@@ -30,6 +30,11 @@ pub const RATE_PER_SECOND_DEFAULT: u32 = 1_000;
 pub const RATE_BURST_DEFAULT: u32 = 2_000;
 /// Connections served at once; past it new requests wait (tower concurrency limit).
 pub const CONCURRENT_REQUESTS_MAX_DEFAULT: usize = 1_024;
+/// How often each process re-reads the runtime API keys from the store: a key revoked through
+/// another process stops working here within this (and at once in the revoking process).
+pub const API_KEYS_REFRESH_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// The shortest refresh interval accepted (each refresh reads the store).
+pub const API_KEYS_REFRESH_INTERVAL_MS_MIN: u64 = 10;
 
 /// The HTTP limits every route runs under.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,12 +61,19 @@ impl Default for HttpLimits {
 pub struct ServiceConfig {
     pub limits: HttpLimits,
     pub lease_ttl_ms: u64,
+    /// The configured keys (runtime keys live in the store).
     pub keys: Vec<ApiKey>,
+    pub api_keys_refresh_interval_ms: u64,
 }
 
 impl Default for ServiceConfig {
     fn default() -> ServiceConfig {
-        ServiceConfig { limits: HttpLimits::default(), lease_ttl_ms: LEASE_TTL_MS_DEFAULT, keys: Vec::new() }
+        ServiceConfig {
+            limits: HttpLimits::default(),
+            lease_ttl_ms: LEASE_TTL_MS_DEFAULT,
+            keys: Vec::new(),
+            api_keys_refresh_interval_ms: API_KEYS_REFRESH_INTERVAL_MS_DEFAULT,
+        }
     }
 }
 
@@ -78,6 +90,7 @@ pub struct FileConfig {
     pub concurrent_requests_max: Option<usize>,
     pub lease_ttl_ms: Option<u64>,
     pub shutdown_deadline_ms: Option<u64>,
+    pub api_keys_refresh_interval_ms: Option<u64>,
     #[serde(default)]
     pub keys: Vec<KeyEntry>,
 }
@@ -100,7 +113,8 @@ pub struct KeyEntry {
 /// Bytes of a key name; names appear in holder ids and idempotency records.
 pub const KEY_NAME_BYTES_MAX: usize = 32;
 
-fn check_key_name(name: &str) -> Result<(), String> {
+/// Checks a key name: 1 to `KEY_NAME_BYTES_MAX` of `[A-Za-z0-9_-]`.
+pub fn check_key_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= KEY_NAME_BYTES_MAX
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');

@@ -8,7 +8,7 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{documents, health, sessions, updates, value};
+use crate::routes::{api_keys, documents, health, sessions, updates, value};
 
 struct BearerKey;
 
@@ -35,7 +35,8 @@ impl Modify for BearerKey {
     paths(
         health::healthz, health::readyz, health::metrics, health::openapi,
         documents::list_keys, documents::read_key, documents::list_versions, documents::read_version,
-        documents::rollback, documents::release, documents::list_api_keys,
+        documents::rollback, documents::release,
+        api_keys::list_api_keys, api_keys::create_api_key, api_keys::revoke_api_key,
         sessions::register_holder, sessions::renew_holder, sessions::release_holder, sessions::holder_events,
         sessions::start, sessions::save, sessions::end, sessions::read, sessions::commit_many,
         value::trade, value::receipt, value::send_message,
@@ -46,7 +47,7 @@ impl Modify for BearerKey {
     tags(
         (name = "operations", description = "health, readiness, metrics, this document"),
         (name = "documents", description = "key reads, listing, versions"),
-        (name = "admin", description = "rollback, force-release, keys (admin keys only)"),
+        (name = "admin", description = "rollback, force-release, API keys (admin keys only)"),
         (name = "sessions", description = "holders, sessions, handoff"),
         (name = "value", description = "trades, receipts, messages"),
         (name = "updates", description = "lock-free updates as data"),

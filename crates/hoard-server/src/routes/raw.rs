@@ -2,7 +2,8 @@
 //! `RemoteStore` can run the full engine (and the conformance suite) against this service.
 //!
 //! Invariant: each route calls exactly one store method with the decoded arguments and returns
-//! its answer as JSON; conflicts are 200 answers (`CommitOutcome::Conflict`), never errors, and
+//! its answer as JSON (after the caller's scope is checked: `engine` or `admin`, and never a
+//! write to the runtime API keys' stores); conflicts are 200 answers (`CommitOutcome::Conflict`), never errors, and
 //! store errors keep their kind (`invalid_input`, `store_unavailable`, `outcome_unknown`) so the
 //! client can map them back to the same `StoreError`.
 
@@ -100,7 +101,7 @@ pub async fn commit(
     principal: Principal,
     body: ApiJson<Commit>,
 ) -> Result<Json<Value>, ApiError> {
-    principal.require_engine()?;
+    principal.may_use_raw(body.value.writes.iter().map(|write| write.id.store.as_str()), true)?;
     let outcome = state.store.commit(body.value).await?;
     Ok(Json(serde_json::to_value(outcome).map_err(ApiError::internal)?))
 }
@@ -110,7 +111,7 @@ pub async fn get_many(
     principal: Principal,
     body: ApiJson<GetManyBody>,
 ) -> Result<Json<Value>, ApiError> {
-    principal.require_engine()?;
+    principal.may_use_raw(body.value.ids.iter().map(|id| id.store.as_str()), false)?;
     let documents = state.store.get_many(&body.value.ids).await?;
     Ok(Json(serde_json::to_value(documents).map_err(ApiError::internal)?))
 }
@@ -120,7 +121,7 @@ pub async fn list(
     principal: Principal,
     body: ApiJson<ListBody>,
 ) -> Result<Json<Value>, ApiError> {
-    principal.require_engine()?;
+    principal.may_use_raw([body.value.store.as_str()], false)?;
     let ListBody { store, prefix, after, limit } = body.value;
     let page = state.store.list_keys(&store, &ListQuery { prefix, after, limit }).await?;
     Ok(Json(serde_json::to_value(page).map_err(ApiError::internal)?))
@@ -131,7 +132,7 @@ pub async fn versions(
     principal: Principal,
     body: ApiJson<VersionsBody>,
 ) -> Result<Json<Value>, ApiError> {
-    principal.require_engine()?;
+    principal.may_use_raw([body.value.id.store.as_str()], false)?;
     let VersionsBody { id, before_version, limit } = body.value;
     let versions = state.store.list_versions(&id, &VersionQuery { before_version, limit }).await?;
     Ok(Json(serde_json::to_value(versions).map_err(ApiError::internal)?))
@@ -142,7 +143,7 @@ pub async fn version(
     principal: Principal,
     body: ApiJson<VersionBody>,
 ) -> Result<Json<Value>, ApiError> {
-    principal.require_engine()?;
+    principal.may_use_raw([body.value.id.store.as_str()], false)?;
     let record = state.store.get_version(&body.value.id, body.value.version).await?;
     Ok(Json(serde_json::to_value(record).map_err(ApiError::internal)?))
 }

@@ -8,7 +8,9 @@
 //!   (`runtime_keys`: created and revoked over HTTP, kept in the store), swapped in whole, so a
 //!   request sees one consistent set.
 //! - Every route except `/healthz` and `/readyz` passes through `require_key`: no key or a wrong
-//!   key is 401, a scope that does not cover the route is 403, over the rate limit is 429.
+//!   key is 401, a scope that does not cover the route is 403, over the rate limit is 429. (The
+//!   two probes are keyless on purpose: load balancers and orchestrators probe without secrets,
+//!   and the answers reveal only that the process is up and ready.)
 //! - A game-server key can act only on its named stores, never on hoard's internal stores
 //!   (`hoard.*`: trades, receipts, idempotency records), and only through holders it registered.
 //! - The runtime keys' stores (`hoard.api_keys*`) are read only by admins and changed only by

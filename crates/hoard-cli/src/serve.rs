@@ -9,10 +9,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args;
 use hoard::store::{StoreOptions, open_store};
-use hoard_server::config::{self, HttpLimits, ServiceConfig};
+use hoard_server::config;
 
 /// Options of `hoard serve`. Each flag also reads the environment variable named after it; a
 /// flag or variable wins over the `--config` file, which wins over the default.
@@ -22,9 +22,10 @@ pub struct ServeArgs {
     /// front for HTTPS. [default: 127.0.0.1:7420]
     #[arg(long, env = "HOARD_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Optional TOML file: listen, db, postgres_schema, limits, lease_ttl_ms,
-    /// shutdown_deadline_ms and [[keys]] (name, scope, stores, sha256 or secret, rate_per_second,
-    /// rate_burst).
+    /// Optional TOML file: listen, db, postgres_schema, body_bytes_max, store_body_bytes_max,
+    /// request_timeout_ms, concurrent_requests_max, lease_ttl_ms, shutdown_deadline_ms,
+    /// api_keys_refresh_interval_ms and [[keys]] (name, scope, stores, sha256 or secret,
+    /// rate_per_second, rate_burst). Unknown fields are refused.
     #[arg(long, env = "HOARD_CONFIG")]
     config: Option<PathBuf>,
     /// API keys: `name:scope:stores:sha256:HEX` or `name:scope:stores:secret:TEXT`, separated by
@@ -53,12 +54,22 @@ pub struct ServeArgs {
     /// On SIGINT/SIGTERM, requests in flight get this many ms to finish. [default: 10000]
     #[arg(long, env = "HOARD_SHUTDOWN_DEADLINE_MS")]
     shutdown_deadline_ms: Option<u64>,
+    /// How often runtime API keys (created and revoked over /v1/admin/keys) are re-read from the
+    /// store, in ms: a key revoked through another process stops working here within this; on
+    /// the revoking process at once. At least 10. [default: 5000]
+    #[arg(long, env = "HOARD_API_KEYS_REFRESH_INTERVAL_MS")]
+    api_keys_refresh_interval_ms: Option<u64>,
     /// Log format: `text` or `json`. Levels come from RUST_LOG (default `info`).
     #[arg(long, env = "HOARD_LOG_FORMAT", default_value = "text")]
     log_format: String,
     /// Print the SHA-256 of a secret (for the `sha256` of a key in the file) and exit.
     #[arg(long)]
     hash_key: Option<String>,
+    /// Resolve the configuration (flags, then environment, then --config file, then defaults),
+    /// print it as JSON (keys by name and scope, never secrets or hashes) and exit without
+    /// opening the database.
+    #[arg(long)]
+    check_config: bool,
 }
 
 fn init_logs(format: &str) {
@@ -91,6 +102,56 @@ async fn shutdown_signal() {
     }
 }
 
+/// What the flags and environment variables gave (clap has already let each flag win over its
+/// variable); the database is an override only when `--db`/`HOARD_DB` left its default.
+fn overrides(db: &str, args: &ServeArgs) -> config::Overrides {
+    config::Overrides {
+        listen: args.listen,
+        db: (db != crate::DEFAULT_DATABASE).then(|| db.to_string()),
+        postgres_schema: args.postgres_schema.clone(),
+        api_keys: args.api_keys.clone(),
+        body_bytes_max: args.body_bytes_max,
+        store_body_bytes_max: args.store_body_bytes_max,
+        request_timeout_ms: args.request_timeout_ms,
+        concurrent_requests_max: args.concurrent_requests_max,
+        lease_ttl_ms: args.lease_ttl_ms,
+        shutdown_deadline_ms: args.shutdown_deadline_ms,
+        api_keys_refresh_interval_ms: args.api_keys_refresh_interval_ms,
+    }
+}
+
+/// The resolved settings as JSON for `--check-config`: key names, scopes, stores and rates, never
+/// secrets or hashes.
+fn settings_json(db: &str, settings: &config::Settings) -> serde_json::Value {
+    let service = &settings.service;
+    let keys: Vec<serde_json::Value> = service
+        .keys
+        .iter()
+        .map(|key| {
+            serde_json::json!({
+                "name": key.name,
+                "scope": key.scope,
+                "stores": key.stores,
+                "rate_per_second": key.rate_per_second,
+                "rate_burst": key.rate_burst,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "listen": settings.listen.to_string(),
+        "db": db,
+        "postgres_schema": settings.postgres_schema,
+        "body_bytes_max": service.limits.body_bytes_max,
+        "store_body_bytes_max": service.limits.store_body_bytes_max,
+        "request_timeout_ms": service.limits.request_timeout_ms,
+        "concurrent_requests_max": service.limits.concurrent_requests_max,
+        "lease_ttl_ms": service.lease_ttl_ms,
+        "shutdown_deadline_ms": settings.shutdown_deadline_ms,
+        "api_keys_refresh_interval_ms": service.api_keys_refresh_interval_ms,
+        "keys": keys,
+    })
+}
+
 /// Runs `hoard serve` on the database at `db` (the global `--db`, whose default is the embedded
 /// SQLite file; the file's `db` applies only when `--db`/`HOARD_DB` was left at its default).
 pub async fn run(db: &str, args: ServeArgs) -> Result<()> {
@@ -101,26 +162,21 @@ pub async fn run(db: &str, args: ServeArgs) -> Result<()> {
         }
         return Ok(());
     }
-    init_logs(&args.log_format);
     let file = match &args.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            config::parse_file(&text).map_err(anyhow::Error::msg)?
-        }
+        Some(path) => config::load_file(path).map_err(anyhow::Error::msg)?,
         None => config::FileConfig::default(),
     };
-    let db = match &file.db {
-        Some(file_db) if db == crate::DEFAULT_DATABASE => file_db.clone(),
-        _ => db.to_string(),
-    };
-    let mut keys = Vec::new();
-    for entry in file.keys.clone() {
-        keys.push(entry.into_key().map_err(anyhow::Error::msg)?);
+    let mut settings = config::resolve(overrides(db, &args), file).map_err(anyhow::Error::msg)?;
+    let db = settings.db.clone().unwrap_or_else(|| crate::DEFAULT_DATABASE.to_string());
+    if args.check_config {
+        #[allow(clippy::print_stdout)]
+        {
+            println!("{}", serde_json::to_string_pretty(&settings_json(&db, &settings))?);
+        }
+        return Ok(());
     }
-    if let Some(text) = &args.api_keys {
-        keys.extend(config::parse_env_keys(text).map_err(anyhow::Error::msg)?);
-    }
-    if keys.is_empty() {
+    init_logs(&args.log_format);
+    if settings.service.keys.is_empty() {
         let secret = format!("hoard-dev-{}", uuid::Uuid::new_v4().simple());
         eprintln!(
             "no API keys configured (--config, HOARD_API_KEYS): this run's admin key, shown once:\n\n    {secret}\n\nsend it as `Authorization: Bearer {secret}`"
@@ -134,41 +190,19 @@ pub async fn run(db: &str, args: ServeArgs) -> Result<()> {
             rate_per_second: None,
             rate_burst: None,
         };
-        keys.push(entry.into_key().map_err(anyhow::Error::msg)?);
+        settings.service.keys.push(entry.into_key().map_err(anyhow::Error::msg)?);
     }
-    config::check_keys(&keys).map_err(anyhow::Error::msg)?;
-    let defaults = HttpLimits::default();
-    let limits = HttpLimits {
-        body_bytes_max: args.body_bytes_max.or(file.body_bytes_max).unwrap_or(defaults.body_bytes_max),
-        store_body_bytes_max: args
-            .store_body_bytes_max
-            .or(file.store_body_bytes_max)
-            .unwrap_or(defaults.store_body_bytes_max),
-        request_timeout_ms: args.request_timeout_ms.or(file.request_timeout_ms).unwrap_or(defaults.request_timeout_ms),
-        concurrent_requests_max: args
-            .concurrent_requests_max
-            .or(file.concurrent_requests_max)
-            .unwrap_or(defaults.concurrent_requests_max),
-    };
-    if limits.request_timeout_ms <= config::START_WAIT_MS_MAX {
-        bail!("--request-timeout-ms must be over {} (the longest session-start wait)", config::START_WAIT_MS_MAX);
-    }
-    let lease_ttl_ms = args.lease_ttl_ms.or(file.lease_ttl_ms).unwrap_or(config::LEASE_TTL_MS_DEFAULT);
-    let deadline_ms =
-        args.shutdown_deadline_ms.or(file.shutdown_deadline_ms).unwrap_or(config::SHUTDOWN_DEADLINE_MS_DEFAULT);
-    let listen = match args.listen.or(file.listen) {
-        Some(listen) => listen,
-        None => config::DEFAULT_LISTEN.parse().context("default listen address")?,
-    };
-    let options =
-        StoreOptions { postgres_schema: args.postgres_schema.or(file.postgres_schema), ..StoreOptions::default() };
+    let options = StoreOptions { postgres_schema: settings.postgres_schema.clone(), ..StoreOptions::default() };
     let store = open_store(&db, options).await.with_context(|| format!("opening {db}"))?;
+    let listen = settings.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
-    tracing::info!(%address, backend = store.backend_name(), keys = keys.len(), "hoard serve listening");
+    let keys = settings.service.keys.len();
+    tracing::info!(%address, backend = store.backend_name(), keys, "hoard serve listening");
     eprintln!("hoard serve listening on http://{address} ({} store)", store.backend_name());
-    let state = hoard_server::AppState::new(store, ServiceConfig { limits, lease_ttl_ms, keys });
-    hoard_server::serve(listener, state, shutdown_signal(), Duration::from_millis(deadline_ms)).await?;
+    let deadline = Duration::from_millis(settings.shutdown_deadline_ms);
+    let state = hoard_server::AppState::new(store, settings.service);
+    hoard_server::serve(listener, state, shutdown_signal(), deadline).await?;
     tracing::info!("hoard serve stopped");
     Ok(())
 }

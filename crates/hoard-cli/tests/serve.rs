@@ -210,3 +210,80 @@ async fn the_python_example_client_drives_a_session_a_trade_and_a_receipt() {
     assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
     assert!(stdout.contains("ok: session, trade and receipt"), "{stdout}");
 }
+
+#[test]
+fn check_config_takes_each_setting_from_the_flag_then_the_environment_then_the_file() {
+    let folder = tempfile::tempdir().expect("folder");
+    let file = folder.path().join("hoard.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:7001\"\nlease_ttl_ms = 1000\nshutdown_deadline_ms = 2000\n\
+         api_keys_refresh_interval_ms = 3000\n[[keys]]\nname = \"ops\"\nscope = \"admin\"\nsecret = \"file-secret\"\n",
+    )
+    .expect("write");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hoard"));
+    // The child's environment is its own: no test shares or races on these variables.
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("HOARD_")) {
+        command.env_remove(name);
+    }
+    let output = command
+        .current_dir(folder.path())
+        .args(["serve", "--check-config", "--config"])
+        .arg(&file)
+        .args(["--listen", "127.0.0.1:7003"])
+        .env("HOARD_LISTEN", "127.0.0.1:7002")
+        .env("HOARD_LEASE_TTL_MS", "1100")
+        .output()
+        .expect("run hoard serve --check-config");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let settings: Value = serde_json::from_slice(&output.stdout).expect("JSON settings");
+    assert_eq!(settings["listen"], "127.0.0.1:7003", "the flag wins over its variable and the file");
+    assert_eq!(settings["lease_ttl_ms"], 1100, "the variable wins over the file");
+    assert_eq!(settings["shutdown_deadline_ms"], 2000, "the file wins over the default");
+    assert_eq!(settings["api_keys_refresh_interval_ms"], 3000);
+    assert_eq!(settings["request_timeout_ms"], 30000, "the default");
+    assert_eq!(settings["db"], "hoard-data/hoard.sqlite3");
+    assert_eq!(
+        settings["keys"],
+        json!([{"name": "ops", "scope": "admin", "stores": null,
+        "rate_per_second": 1000, "rate_burst": 2000}])
+    );
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(!printed.contains("file-secret"), "no secret printed: {printed}");
+    assert!(!folder.path().join("hoard-data").exists(), "--check-config opens no database");
+    let refused = Command::new(env!("CARGO_BIN_EXE_hoard"))
+        .current_dir(folder.path())
+        .env_remove("HOARD_CONFIG")
+        .args(["serve", "--check-config", "--api-keys-refresh-interval-ms", "not-a-number"])
+        .output()
+        .expect("run");
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--api-keys-refresh-interval-ms"));
+}
+
+#[test]
+fn serve_help_lists_every_flag_and_its_variable() {
+    let output = Command::new(env!("CARGO_BIN_EXE_hoard")).args(["serve", "--help"]).output().expect("run");
+    let help = String::from_utf8_lossy(&output.stdout);
+    for (flag, variable) in [
+        ("--listen", Some("HOARD_LISTEN")),
+        ("--config", Some("HOARD_CONFIG")),
+        ("--api-keys", Some("HOARD_API_KEYS")),
+        ("--postgres-schema", Some("HOARD_POSTGRES_SCHEMA")),
+        ("--body-bytes-max", Some("HOARD_BODY_BYTES_MAX")),
+        ("--store-body-bytes-max", Some("HOARD_STORE_BODY_BYTES_MAX")),
+        ("--request-timeout-ms", Some("HOARD_REQUEST_TIMEOUT_MS")),
+        ("--concurrent-requests-max", Some("HOARD_CONCURRENT_REQUESTS_MAX")),
+        ("--lease-ttl-ms", Some("HOARD_LEASE_TTL_MS")),
+        ("--shutdown-deadline-ms", Some("HOARD_SHUTDOWN_DEADLINE_MS")),
+        ("--api-keys-refresh-interval-ms", Some("HOARD_API_KEYS_REFRESH_INTERVAL_MS")),
+        ("--log-format", Some("HOARD_LOG_FORMAT")),
+        ("--hash-key", None),
+        ("--check-config", None),
+    ] {
+        assert!(help.contains(flag), "{flag} in --help:\n{help}");
+        if let Some(variable) = variable {
+            assert!(help.contains(variable), "{variable} in --help");
+        }
+    }
+}

@@ -30,6 +30,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     let api = Router::new()
         .merge(routes::health::authed_routes())
         .merge(routes::documents::routes())
+        .merge(routes::api_keys::routes())
         .merge(routes::sessions::routes())
         .merge(routes::value::routes())
         .merge(routes::updates::routes())
@@ -103,6 +104,12 @@ pub async fn serve(
     deadline: Duration,
 ) -> std::io::Result<()> {
     let app = router(state.clone());
+    // Runtime keys are read before the first request, so a restart accepts them at once; a
+    // store that cannot be read yet leaves the configured keys, and the refresher tries again.
+    if let Err(error) = crate::runtime_keys::refresh(&state).await {
+        tracing::warn!(%error, "reading the runtime API keys failed; serving with the configured keys until a refresh succeeds");
+    }
+    let refresher = crate::runtime_keys::spawn_refresher(&state);
     let (begin_shutdown, shutdown_begun) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
     let server = tokio::spawn(async move {
@@ -117,6 +124,7 @@ pub async fn serve(
     signal_state.ready.store(false, Ordering::SeqCst);
     let _ = signal_state.closing.send(true);
     let _ = begin_shutdown.send(());
+    refresher.abort();
     match tokio::time::timeout(deadline, server).await {
         Ok(Ok(result)) => result,
         Ok(Err(join_error)) => Err(std::io::Error::other(join_error.to_string())),

@@ -4,13 +4,21 @@
 //! - Only SHA-256 hashes of secrets are kept; a presented secret is hashed and compared against
 //!   every key's hash in constant time (no early exit), so timing reveals neither which key nor
 //!   how much of it matched.
+//! - The key ring is the configured keys (fixed for the process's life) plus the runtime keys
+//!   (`runtime_keys`: created and revoked over HTTP, kept in the store), swapped in whole, so a
+//!   request sees one consistent set.
 //! - Every route except `/healthz` and `/readyz` passes through `require_key`: no key or a wrong
-//!   key is 401, a scope that does not cover the route is 403, over the rate limit is 429.
+//!   key is 401, a scope that does not cover the route is 403, over the rate limit is 429. (The
+//!   two probes are keyless on purpose: load balancers and orchestrators probe without secrets,
+//!   and the answers reveal only that the process is up and ready.)
 //! - A game-server key can act only on its named stores, never on hoard's internal stores
 //!   (`hoard.*`: trades, receipts, idempotency records), and only through holders it registered.
+//! - The runtime keys' stores (`hoard.api_keys*`) are read only by admins and changed only by
+//!   the key-management routes, never by a document, session or raw store route: an `engine`
+//!   key writes any other key without a fence, but cannot mint itself an admin key.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use axum::extract::{Request, State};
@@ -70,6 +78,13 @@ pub fn hash_secret_hex(secret: &str) -> String {
 
 /// The prefix of hoard's internal named stores (trades, receipts, idempotency, handoff).
 pub const INTERNAL_STORE_PREFIX: &str = "hoard.";
+/// The prefix of the runtime API keys' stores (`hoard.api_keys`, `hoard.api_keys_count`).
+pub const API_KEYS_STORE_PREFIX: &str = "hoard.api_keys";
+
+/// True for the stores that hold runtime API keys: admins read them, only key management writes.
+pub fn is_api_keys_store(store: &str) -> bool {
+    store.starts_with(API_KEYS_STORE_PREFIX)
+}
 
 /// The caller, once its key is checked. Handlers ask it what the key may do.
 #[derive(Clone, Debug)]
@@ -89,6 +104,9 @@ impl Principal {
 
     /// Reads of documents, keys and versions.
     pub fn may_read(&self, store: &str) -> Result<(), ApiError> {
+        if is_api_keys_store(store) && self.scope != Scope::Admin {
+            return Err(ApiError::forbidden(format!("only admin keys may read store {store:?}")));
+        }
         let internal = store.starts_with(INTERNAL_STORE_PREFIX);
         let allowed = match self.scope {
             Scope::Admin | Scope::Engine => true,
@@ -100,6 +118,11 @@ impl Principal {
 
     /// Sessions, trades, receipts, messages and updates: anything that changes a store.
     pub fn may_play(&self, store: &str) -> Result<(), ApiError> {
+        if is_api_keys_store(store) {
+            return Err(ApiError::forbidden(format!(
+                "store {store:?} is changed only through /v1/admin/keys (admin keys)"
+            )));
+        }
         let internal = store.starts_with(INTERNAL_STORE_PREFIX);
         let allowed = match self.scope {
             Scope::Admin | Scope::Engine => true,
@@ -127,12 +150,45 @@ impl Principal {
         if self.scope == Scope::Admin { Ok(()) } else { Err(ApiError::forbidden("this route needs an admin key")) }
     }
 
+    /// Rollback and force-release of a key: admins, on any store but the API keys' (a rollback
+    /// there would bring a revoked key back without counting it).
+    pub fn may_administer(&self, store: &str) -> Result<(), ApiError> {
+        self.require_admin()?;
+        if is_api_keys_store(store) {
+            return Err(ApiError::forbidden(format!(
+                "store {store:?} is changed only through /v1/admin/keys (admin keys)"
+            )));
+        }
+        Ok(())
+    }
+
     /// The raw store protocol of `RemoteStore`.
     pub fn require_engine(&self) -> Result<(), ApiError> {
         match self.scope {
             Scope::Admin | Scope::Engine => Ok(()),
             _ => Err(ApiError::forbidden("the raw store routes need an engine or admin key")),
         }
+    }
+
+    /// The raw store protocol on these stores: reads of the API keys' stores need an admin key,
+    /// and nobody writes them through it (the key count and the documents change together, only
+    /// through `/v1/admin/keys`).
+    pub fn may_use_raw<'a>(&self, stores: impl IntoIterator<Item = &'a str>, writes: bool) -> Result<(), ApiError> {
+        self.require_engine()?;
+        for store in stores {
+            if !is_api_keys_store(store) {
+                continue;
+            }
+            if writes {
+                return Err(ApiError::forbidden(format!(
+                    "store {store:?} is changed only through /v1/admin/keys (admin keys)"
+                )));
+            }
+            if self.scope != Scope::Admin {
+                return Err(ApiError::forbidden(format!("only admin keys may read store {store:?}")));
+            }
+        }
+        Ok(())
     }
 
     /// The prefix of every holder id this key registers: `{key name}:`.
@@ -161,6 +217,12 @@ struct Bucket {
 }
 
 impl RateLimiter {
+    /// Drops the buckets of keys no longer in the ring (revoked), so churn does not grow the map.
+    pub fn retain_names(&self, names: &BTreeSet<&str>) {
+        let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        buckets.retain(|name, _| names.contains(name.as_str()));
+    }
+
     /// Takes one token from the key's bucket, or says how many seconds until one is there.
     pub fn take(&self, key: &ApiKey) -> Result<(), u64> {
         let mut buckets = self.buckets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -182,28 +244,80 @@ impl RateLimiter {
     }
 }
 
-/// The configured keys.
+/// Where a key comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum KeyOrigin {
+    /// The configuration file, `HOARD_API_KEYS` or `--api-keys`: fixed for the process's life.
+    Config,
+    /// Created over HTTP (`POST /v1/admin/keys`), kept hashed in the store, shared by every
+    /// process on it.
+    Runtime,
+}
+
+/// A runtime key with what is known of its creation.
+#[derive(Clone, Debug)]
+pub struct RuntimeKey {
+    pub key: Arc<ApiKey>,
+    /// By the store's clock.
+    pub created_at_ms: i64,
+    /// The name of the admin key that created it.
+    pub created_by: String,
+}
+
+/// The keys this process accepts: the configured ones and its view of the runtime ones.
 #[derive(Debug)]
 pub struct KeyRing {
-    keys: Vec<ApiKey>,
+    configured: Vec<Arc<ApiKey>>,
+    runtime: RwLock<Arc<Vec<RuntimeKey>>>,
+    /// Held across a refresh (read the store, swap the view) and across a change (commit, then
+    /// update the view), so a refresh that read the store before a revocation can never put the
+    /// revoked key back after it.
+    pub(crate) changing: tokio::sync::Mutex<()>,
 }
 
 impl KeyRing {
     pub fn new(keys: Vec<ApiKey>) -> KeyRing {
-        KeyRing { keys }
+        KeyRing {
+            configured: keys.into_iter().map(Arc::new).collect(),
+            runtime: RwLock::new(Arc::new(Vec::new())),
+            changing: tokio::sync::Mutex::new(()),
+        }
     }
 
-    pub fn keys(&self) -> &[ApiKey] {
-        &self.keys
+    /// The configured keys.
+    pub fn configured(&self) -> &[Arc<ApiKey>] {
+        &self.configured
+    }
+
+    /// This process's current view of the runtime keys.
+    pub fn runtime(&self) -> Arc<Vec<RuntimeKey>> {
+        self.runtime.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Replaces the view of the runtime keys (callers hold `changing`).
+    pub(crate) fn set_runtime(&self, keys: Vec<RuntimeKey>) {
+        *self.runtime.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+    }
+
+    pub fn is_configured(&self, name: &str) -> bool {
+        self.configured.iter().any(|key| key.name == name)
+    }
+
+    /// The names of every key in the ring.
+    pub fn names(&self) -> BTreeSet<String> {
+        let runtime = self.runtime();
+        self.configured.iter().map(|key| key.name.clone()).chain(runtime.iter().map(|r| r.key.name.clone())).collect()
     }
 
     /// Finds the key whose hash matches the secret, comparing against every key in constant time.
-    pub fn find(&self, secret: &str) -> Option<&ApiKey> {
+    pub fn find(&self, secret: &str) -> Option<Arc<ApiKey>> {
         let presented = hash_secret(secret);
+        let runtime = self.runtime();
         let mut found = None;
-        for key in &self.keys {
+        for key in self.configured.iter().chain(runtime.iter().map(|r| &r.key)) {
             if bool::from(key.hash.ct_eq(&presented)) {
-                found = Some(key);
+                found = Some(key.clone());
             }
         }
         found
@@ -228,7 +342,7 @@ pub async fn require_key(State(state): State<Arc<AppState>>, mut request: Reques
         metrics::unauthorized();
         return ApiError::unauthorized().into_response();
     };
-    if let Err(retry_after_s) = state.limiter.take(key) {
+    if let Err(retry_after_s) = state.limiter.take(&key) {
         metrics::rate_limited();
         return ApiError::rate_limited(retry_after_s).into_response();
     }

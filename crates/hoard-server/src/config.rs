@@ -1,11 +1,13 @@
 //! The server's configuration: listen address, limits, lease timing and API keys, from flags,
-//! environment and an optional TOML file (flags win over environment, which wins over the file).
+//! environment and an optional TOML file (flags win over environment, which wins over the file;
+//! `resolve` merges them, so `hoard serve` and the tests take one path).
 //!
 //! Invariant: secrets never stay in memory as given: a key configured in plain text is hashed
 //! (SHA-256) as it is read, and only the hash is kept. Every limit has a name and a default here.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
+use std::path::Path;
 
 use serde::Deserialize;
 
@@ -30,6 +32,11 @@ pub const RATE_PER_SECOND_DEFAULT: u32 = 1_000;
 pub const RATE_BURST_DEFAULT: u32 = 2_000;
 /// Connections served at once; past it new requests wait (tower concurrency limit).
 pub const CONCURRENT_REQUESTS_MAX_DEFAULT: usize = 1_024;
+/// How often each process re-reads the runtime API keys from the store: a key revoked through
+/// another process stops working here within this (and at once in the revoking process).
+pub const API_KEYS_REFRESH_INTERVAL_MS_DEFAULT: u64 = 5_000;
+/// The shortest refresh interval accepted (each refresh reads the store).
+pub const API_KEYS_REFRESH_INTERVAL_MS_MIN: u64 = 10;
 
 /// The HTTP limits every route runs under.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,12 +63,19 @@ impl Default for HttpLimits {
 pub struct ServiceConfig {
     pub limits: HttpLimits,
     pub lease_ttl_ms: u64,
+    /// The configured keys (runtime keys live in the store).
     pub keys: Vec<ApiKey>,
+    pub api_keys_refresh_interval_ms: u64,
 }
 
 impl Default for ServiceConfig {
     fn default() -> ServiceConfig {
-        ServiceConfig { limits: HttpLimits::default(), lease_ttl_ms: LEASE_TTL_MS_DEFAULT, keys: Vec::new() }
+        ServiceConfig {
+            limits: HttpLimits::default(),
+            lease_ttl_ms: LEASE_TTL_MS_DEFAULT,
+            keys: Vec::new(),
+            api_keys_refresh_interval_ms: API_KEYS_REFRESH_INTERVAL_MS_DEFAULT,
+        }
     }
 }
 
@@ -78,6 +92,7 @@ pub struct FileConfig {
     pub concurrent_requests_max: Option<usize>,
     pub lease_ttl_ms: Option<u64>,
     pub shutdown_deadline_ms: Option<u64>,
+    pub api_keys_refresh_interval_ms: Option<u64>,
     #[serde(default)]
     pub keys: Vec<KeyEntry>,
 }
@@ -100,7 +115,8 @@ pub struct KeyEntry {
 /// Bytes of a key name; names appear in holder ids and idempotency records.
 pub const KEY_NAME_BYTES_MAX: usize = 32;
 
-fn check_key_name(name: &str) -> Result<(), String> {
+/// Checks a key name: 1 to `KEY_NAME_BYTES_MAX` of `[A-Za-z0-9_-]`.
+pub fn check_key_name(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= KEY_NAME_BYTES_MAX
         && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
@@ -145,9 +161,104 @@ impl KeyEntry {
     }
 }
 
-/// Parses the TOML file's text.
+/// Parses the TOML file's text. An unknown field or a wrong type is refused with the field, its
+/// line and column.
 pub fn parse_file(text: &str) -> Result<FileConfig, String> {
     toml::from_str(text).map_err(|e| format!("configuration file: {e}"))
+}
+
+/// Reads and parses the file of `hoard serve --config`.
+pub fn load_file(path: &Path) -> Result<FileConfig, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    parse_file(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// What `hoard serve` was given by flag or environment variable (clap reads both into one
+/// field, the flag winning); each `None` falls back to the file, then to the default.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    /// `--db`/`HOARD_DB` when not left at the default.
+    pub db: Option<String>,
+    pub postgres_schema: Option<String>,
+    /// `--api-keys`/`HOARD_API_KEYS`: added to the file's keys.
+    pub api_keys: Option<String>,
+    pub body_bytes_max: Option<usize>,
+    pub store_body_bytes_max: Option<usize>,
+    pub request_timeout_ms: Option<u64>,
+    pub concurrent_requests_max: Option<usize>,
+    pub lease_ttl_ms: Option<u64>,
+    pub shutdown_deadline_ms: Option<u64>,
+    pub api_keys_refresh_interval_ms: Option<u64>,
+}
+
+/// Everything `hoard serve` runs with, once flags, environment, file and defaults are merged.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    /// `None`: the command's default database.
+    pub db: Option<String>,
+    pub postgres_schema: Option<String>,
+    pub service: ServiceConfig,
+    pub shutdown_deadline_ms: u64,
+}
+
+/// Merges flags and environment (`overrides`) over the file over the defaults, and checks the
+/// result: the keys (file keys, then `--api-keys`), and the timings' bounds.
+pub fn resolve(overrides: Overrides, file: FileConfig) -> Result<Settings, String> {
+    let mut keys = Vec::new();
+    for entry in file.keys {
+        keys.push(entry.into_key()?);
+    }
+    if let Some(text) = &overrides.api_keys {
+        keys.extend(parse_env_keys(text)?);
+    }
+    check_keys(&keys)?;
+    let defaults = HttpLimits::default();
+    let limits = HttpLimits {
+        body_bytes_max: overrides.body_bytes_max.or(file.body_bytes_max).unwrap_or(defaults.body_bytes_max),
+        store_body_bytes_max: overrides
+            .store_body_bytes_max
+            .or(file.store_body_bytes_max)
+            .unwrap_or(defaults.store_body_bytes_max),
+        request_timeout_ms: overrides
+            .request_timeout_ms
+            .or(file.request_timeout_ms)
+            .unwrap_or(defaults.request_timeout_ms),
+        concurrent_requests_max: overrides
+            .concurrent_requests_max
+            .or(file.concurrent_requests_max)
+            .unwrap_or(defaults.concurrent_requests_max),
+    };
+    if limits.request_timeout_ms <= START_WAIT_MS_MAX {
+        return Err(format!("request_timeout_ms must be over {START_WAIT_MS_MAX} (the longest session-start wait)"));
+    }
+    let api_keys_refresh_interval_ms = overrides
+        .api_keys_refresh_interval_ms
+        .or(file.api_keys_refresh_interval_ms)
+        .unwrap_or(API_KEYS_REFRESH_INTERVAL_MS_DEFAULT);
+    if api_keys_refresh_interval_ms < API_KEYS_REFRESH_INTERVAL_MS_MIN {
+        return Err(format!("api_keys_refresh_interval_ms must be at least {API_KEYS_REFRESH_INTERVAL_MS_MIN}"));
+    }
+    let listen = match overrides.listen.or(file.listen) {
+        Some(listen) => listen,
+        None => DEFAULT_LISTEN.parse().map_err(|e| format!("default listen address: {e}"))?,
+    };
+    Ok(Settings {
+        listen,
+        db: overrides.db.or(file.db),
+        postgres_schema: overrides.postgres_schema.or(file.postgres_schema),
+        service: ServiceConfig {
+            limits,
+            lease_ttl_ms: overrides.lease_ttl_ms.or(file.lease_ttl_ms).unwrap_or(LEASE_TTL_MS_DEFAULT),
+            keys,
+            api_keys_refresh_interval_ms,
+        },
+        shutdown_deadline_ms: overrides
+            .shutdown_deadline_ms
+            .or(file.shutdown_deadline_ms)
+            .unwrap_or(SHUTDOWN_DEADLINE_MS_DEFAULT),
+    })
 }
 
 /// Parses `HOARD_API_KEYS`: entries separated by `;`, each `name:scope:stores:sha256:HEX` or

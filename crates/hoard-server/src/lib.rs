@@ -16,6 +16,7 @@ pub mod openapi;
 pub mod ops;
 pub mod remote;
 pub mod routes;
+pub mod runtime_keys;
 pub mod state;
 pub mod wire;
 

@@ -64,3 +64,248 @@ pub struct VersionParams {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[schema(value_type = Object)]
 pub struct DocumentSchema(pub serde_json::Value);
+
+/// The JSON shapes of the raw store protocol (`/v1/store/*`): the hoard library's store types
+/// (`hoard::store::*`) as serde writes them, described for the OpenAPI document only. Enums are
+/// externally tagged: a unit variant is a string (`"Absent"`), the others an object with one
+/// field named after the variant (`{"Version": 3}`).
+///
+/// Invariant: each type here mirrors the library type of the same name field for field; the
+/// raw routes decode into the library types themselves, so these never parse anything.
+pub mod store {
+    use serde_json::{Map, Value};
+    use utoipa::ToSchema;
+
+    /// Any JSON value (a stored value is whatever JSON the game keeps).
+    #[derive(Debug, ToSchema)]
+    #[schema(value_type = Object)]
+    pub struct JsonValue(pub Value);
+
+    /// One key in a named store (`hoard::store::DocId`).
+    #[derive(Debug, ToSchema)]
+    pub struct DocId {
+        pub store: String,
+        pub key: String,
+    }
+
+    /// A precondition on one key, checked inside the commit (`hoard::store::Condition`).
+    #[derive(Debug, ToSchema)]
+    #[schema(no_recursion)]
+    pub enum Condition {
+        /// No precondition.
+        None,
+        /// The key holds no value (never written, or deleted).
+        Absent,
+        /// The key's version equals this (0: never written).
+        Version(u64),
+        /// The key's lease names this holder at this epoch: the fence of every session write.
+        Lease { holder: String, epoch: u64 },
+        /// No live holder, by the store's clock.
+        LeaseFree,
+        /// Every one of these (flat, at most 4).
+        All(Vec<Condition>),
+    }
+
+    /// What a write does to the value (`hoard::store::ValueOp`).
+    #[derive(Debug, ToSchema)]
+    pub enum ValueOp {
+        Keep,
+        Put(JsonValue),
+        /// Leaves a tombstone in history.
+        Delete,
+        /// Adds to an integer value (absent counts as 0).
+        Increment(i64),
+    }
+
+    /// What a write does to the lease (`hoard::store::LeaseOp`).
+    #[derive(Debug, ToSchema)]
+    pub enum LeaseOp {
+        Keep,
+        /// Name this holder and bump the epoch.
+        Acquire(String),
+        /// Clear the holder; the epoch stays.
+        Release,
+    }
+
+    /// One key's part of a commit (`hoard::store::Write`).
+    #[derive(Debug, ToSchema)]
+    pub struct Write {
+        pub id: DocId,
+        pub condition: Condition,
+        pub value: ValueOp,
+        /// An object replaces the attributes; `null` keeps them.
+        #[schema(value_type = Option<Object>)]
+        pub attributes: Option<Map<String, Value>>,
+        /// A list replaces the user ids; `null` keeps them.
+        pub user_ids: Option<Vec<String>>,
+        pub lease: LeaseOp,
+        /// Messages appended to the inbox, in order.
+        #[schema(value_type = Vec<Object>)]
+        pub inbox_push: Vec<Value>,
+        /// Removes every inbox message with `seq` up to this.
+        pub inbox_ack_through: Option<u64>,
+    }
+
+    /// A conditional multi-key atomic commit (`hoard::store::Commit`): all writes apply or none.
+    #[derive(Debug, ToSchema)]
+    pub struct Commit {
+        /// A UUID (v7) naming the commit, recorded in history so a lost answer can be resolved.
+        pub id: String,
+        pub writes: Vec<Write>,
+    }
+
+    /// What one write of a committed commit left (`hoard::store::Applied`).
+    #[derive(Debug, ToSchema)]
+    pub struct Applied {
+        pub id: DocId,
+        pub version: u64,
+        pub epoch: u64,
+        pub inbox_seqs: Vec<u64>,
+        pub inbox_last_waiting_seq: u64,
+    }
+
+    /// Why a condition failed (`hoard::store::ConflictKind`).
+    #[derive(Debug, ToSchema)]
+    pub enum ConflictKind {
+        Exists,
+        VersionMismatch,
+        LeaseMismatch,
+        LeaseHeld,
+        NotAnInteger,
+        IncrementOverflow,
+        InboxFull,
+        ValueTooLarge,
+    }
+
+    /// Who holds a key, and its fencing epoch (`hoard::store::LeaseState`).
+    #[derive(Debug, ToSchema)]
+    pub struct LeaseState {
+        pub holder: Option<String>,
+        pub epoch: u64,
+    }
+
+    /// The key-level facts a failed condition was judged on (`hoard::store::Found`).
+    #[derive(Debug, ToSchema)]
+    pub struct Found {
+        pub exists: bool,
+        pub version: u64,
+        pub lease: LeaseState,
+        pub holder_expires_at_ms: Option<i64>,
+        pub inbox_len: u64,
+    }
+
+    /// A failed condition: nothing in the commit applied (`hoard::store::Conflict`).
+    #[derive(Debug, ToSchema)]
+    pub struct Conflict {
+        /// Index of the failing write.
+        pub write_index: u64,
+        pub id: DocId,
+        pub kind: ConflictKind,
+        pub found: Found,
+    }
+
+    /// The answer of a commit (`hoard::store::CommitOutcome`): a conflict is an answer, not an
+    /// error.
+    #[derive(Debug, ToSchema)]
+    pub enum CommitOutcome {
+        Committed { commit_id: String, at_ms: i64, applied: Vec<Applied> },
+        Conflict(Conflict),
+    }
+
+    /// One inbox message (`hoard::store::InboxMessage`).
+    #[derive(Debug, ToSchema)]
+    pub struct InboxMessage {
+        pub seq: u64,
+        #[schema(value_type = Object)]
+        pub body: Value,
+        pub sent_at_ms: i64,
+    }
+
+    /// A key's full stored state (`hoard::store::Document`).
+    #[derive(Debug, ToSchema)]
+    pub struct Document {
+        pub id: DocId,
+        /// `null`: never written, or deleted.
+        #[schema(value_type = Option<Object>)]
+        pub value: Option<Value>,
+        /// 0: never written.
+        pub version: u64,
+        pub created_at_ms: i64,
+        pub updated_at_ms: i64,
+        #[schema(value_type = Object)]
+        pub attributes: Map<String, Value>,
+        pub user_ids: Vec<String>,
+        pub lease: LeaseState,
+        pub inbox: Vec<InboxMessage>,
+        pub inbox_next_seq: u64,
+        pub last_commit_id: Option<String>,
+    }
+
+    /// A page of keys (`hoard::store::KeyPage`).
+    #[derive(Debug, ToSchema)]
+    pub struct KeyPage {
+        pub keys: Vec<String>,
+        /// Pass as `after` for the next page; `null` on the last page.
+        pub next_after: Option<String>,
+    }
+
+    /// One history entry, without its value (`hoard::store::VersionInfo`).
+    #[derive(Debug, ToSchema)]
+    pub struct VersionInfo {
+        pub version: u64,
+        pub written_at_ms: i64,
+        pub deleted: bool,
+        pub value_bytes: u64,
+        pub commit_id: String,
+    }
+
+    /// One past version with its contents (`hoard::store::VersionRecord`).
+    #[derive(Debug, ToSchema)]
+    pub struct VersionRecord {
+        pub info: VersionInfo,
+        #[schema(value_type = Option<Object>)]
+        pub value: Option<Value>,
+        #[schema(value_type = Object)]
+        pub attributes: Map<String, Value>,
+        pub user_ids: Vec<String>,
+    }
+
+    /// A holder's process lease (`hoard::store::HolderLease`).
+    #[derive(Debug, ToSchema)]
+    pub struct HolderLease {
+        pub holder: String,
+        pub expires_at_ms: i64,
+    }
+
+    /// A best-effort wake-up between processes (`hoard::store::Notification`).
+    #[derive(Debug, ToSchema)]
+    pub struct Notification {
+        pub topic: String,
+        pub payload: String,
+    }
+
+    /// `GET /v1/store/info`: the backend behind the server and its limits.
+    #[derive(Debug, ToSchema)]
+    pub struct StoreInfo {
+        pub backend: String,
+        /// `hoard::store::Limits`: every size and count the store enforces.
+        #[schema(value_type = Object)]
+        pub limits: Value,
+    }
+
+    /// `GET /v1/store/now`: the store's clock.
+    #[derive(Debug, ToSchema)]
+    pub struct StoreNow {
+        pub now_ms: i64,
+    }
+
+    /// `POST /v1/store/prune`: history entries removed.
+    #[derive(Debug, ToSchema)]
+    pub struct Pruned {
+        pub pruned: u64,
+    }
+
+    /// The empty object some raw routes answer.
+    #[derive(Debug, ToSchema)]
+    pub struct Empty {}
+}

@@ -1,8 +1,9 @@
-//! Key reads, listing and versions for any key holder with read rights; rollback,
-//! force-release and key listing for admins.
+//! Key reads, listing and versions for any key holder with read rights; rollback and
+//! force-release for admins.
 //!
 //! Invariant: the admin writes keep the library's rules: a rollback is refused while a session
-//! holds the key (release it first), and a force-release fences the holder out for good.
+//! holds the key unless forced, and forcing (like a force-release) fences the holder out for
+//! good before anything is written, so the holder's next save fails instead of overwriting it.
 
 use std::sync::Arc;
 
@@ -32,7 +33,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/stores/{store}/keys/{key}/versions/{version}", get(read_version))
         .route("/v1/stores/{store}/keys/{key}/rollback", post(rollback))
         .route("/v1/stores/{store}/keys/{key}/release", post(release))
-        .route("/v1/admin/keys", get(list_api_keys))
 }
 
 /// A page of keys.
@@ -137,10 +137,15 @@ pub async fn read_version(
 pub struct RollbackBody {
     /// The past version to write again as the key's new version.
     pub version: u64,
+    /// Take the key from a session holding it first (as `POST .../release` does): its holder is
+    /// fenced out and can never overwrite the rollback. Without it a held key is refused (409).
+    #[serde(default)]
+    pub force: bool,
 }
 
 /// Rolls a key back (admin): writes a past version as a new version. Refused while a session
-/// holds the key; force-release it first.
+/// holds the key, unless `force`, which first fences the holder out (as the library's
+/// `Engine::rollback` with force).
 #[utoipa::path(post, path = "/v1/stores/{store}/keys/{key}/rollback", tag = "admin", security(("api_key" = [])),
     params(("store" = String, Path), ("key" = String, Path)), request_body = RollbackBody,
     responses((status = 200, description = "the new version"), (status = 409, body = crate::error::ErrorBody),
@@ -154,22 +159,30 @@ pub async fn rollback(
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
     let Path((store, key)) = path.map_err(path_error)?;
+    principal.may_administer(&store)?;
     let id = doc_id(&store, &key, state.store.limits())?;
-    let version = body.value.version;
+    let RollbackBody { version, force } = body.value;
     if state.store.get_version(&id, version).await?.is_none() {
         return Err(ApiError::not_found(format!(
             "version {version} of {id} is not in history (pruned or never written)"
         )));
     }
+    let released = if force { fence_out_holder(&state, &id).await? } else { false };
     match restore_version(&*state.store, &id, version, Condition::LeaseFree).await? {
         CommitOutcome::Committed { applied, commit_id, .. } => Ok(Json(json!({
             "restored_from": version,
             "version": applied.first().map(|a| a.version),
             "commit_id": commit_id.to_string(),
+            "released": released,
         }))),
+        // Forced: a session took the key again between the release and the rollback.
+        CommitOutcome::Conflict(conflict) if conflict.kind == ConflictKind::LeaseHeld && force => {
+            Err(ApiError::conflict("held", "a session took the key again while rolling back; run the rollback again"))
+        }
         CommitOutcome::Conflict(conflict) if conflict.kind == ConflictKind::LeaseHeld => Err(ApiError::conflict(
             "held",
-            "a session holds the key; force-release it first (POST .../release), then roll back",
+            "a session holds the key; send `\"force\": true` to fence it out and roll back in one call \
+             (or force-release it first: POST .../release)",
         )),
         CommitOutcome::Conflict(conflict) => Err(ApiError::conflict("conflict", format!("{:?}", conflict.kind))),
     }
@@ -188,52 +201,25 @@ pub async fn release(
 ) -> Result<Json<Value>, ApiError> {
     principal.require_admin()?;
     let Path((store, key)) = path.map_err(path_error)?;
+    principal.may_administer(&store)?;
     let id = doc_id(&store, &key, state.store.limits())?;
-    match force_release(&*state.store, &id).await? {
+    let released = fence_out_holder(&state, &id).await?;
+    Ok(Json(json!({ "released": released })))
+}
+
+/// Force-releases a key (its holder is fenced out) and tells waiting starters it is free.
+/// Returns whether a holder was fenced out.
+async fn fence_out_holder(state: &AppState, id: &hoard::store::DocId) -> Result<bool, ApiError> {
+    match force_release(&*state.store, id).await? {
         Ok(holder) => {
             if holder.is_some() {
-                let _ = state.store.notify(hoard::engine::released_notification(&id)).await;
+                // Best effort: starters waiting on the key also poll, so a lost notification only delays them.
+                let _ = state.store.notify(hoard::engine::released_notification(id)).await;
             }
-            Ok(Json(json!({ "released": holder.is_some() })))
+            Ok(holder.is_some())
         }
         Err(_conflict) => {
             Err(ApiError::conflict("changed_hands", "the key changed hands while releasing it; run it again"))
         }
     }
-}
-
-/// One configured key, without its hash.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct ApiKeyInfo {
-    pub name: String,
-    pub scope: crate::auth::Scope,
-    /// `null`: every store.
-    pub stores: Option<Vec<String>>,
-    pub rate_per_second: u32,
-    pub rate_burst: u32,
-}
-
-/// Lists the configured API keys (admin). Hashes are never shown.
-#[utoipa::path(get, path = "/v1/admin/keys", tag = "admin", security(("api_key" = [])),
-    responses((status = 200, body = [ApiKeyInfo]), (status = 401, body = crate::error::ErrorBody),
-        (status = 403, body = crate::error::ErrorBody)))]
-pub async fn list_api_keys(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-) -> Result<Json<Vec<ApiKeyInfo>>, ApiError> {
-    principal.require_admin()?;
-    Ok(Json(
-        state
-            .keys
-            .keys()
-            .iter()
-            .map(|key| ApiKeyInfo {
-                name: key.name.clone(),
-                scope: key.scope,
-                stores: key.stores.as_ref().map(|stores| stores.iter().cloned().collect()),
-                rate_per_second: key.rate_per_second,
-                rate_burst: key.rate_burst,
-            })
-            .collect(),
-    ))
 }

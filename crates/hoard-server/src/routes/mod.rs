@@ -3,6 +3,7 @@
 //! Invariant: handlers check the caller's scope (`Principal`) before touching the store, and
 //! parse every path part with the store's own checked constructors, so bad names are 400s.
 
+pub mod api_keys;
 pub mod documents;
 pub mod health;
 pub mod raw;

@@ -51,6 +51,14 @@ pub fn routes() -> Vec<RouteCase> {
         ("admin", "POST", "/v1/stores/players/keys/alice/rollback".into(), Some(json!({"version": 1})), ADMINS),
         ("admin", "POST", "/v1/stores/players/keys/alice/release".into(), None, ADMINS),
         ("admin", "GET", "/v1/admin/keys".into(), None, ADMINS),
+        (
+            "admin",
+            "POST",
+            "/v1/admin/keys".into(),
+            Some(json!({"name": "made-by-auth-test", "scope": "read_only"})),
+            ADMINS,
+        ),
+        ("admin", "DELETE", "/v1/admin/keys/nobody".into(), None, ADMINS),
         ("store", "GET", "/v1/store/info".into(), None, ENGINES),
         ("store", "GET", "/v1/store/now".into(), None, ENGINES),
         (

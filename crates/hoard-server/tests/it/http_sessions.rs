@@ -13,7 +13,7 @@ use hoard::store::{
 };
 use serde_json::{Value, json};
 
-use crate::support::{Client, GAME_SECRET, OTHER_GAME_SECRET, READ_SECRET, start, start_memory};
+use crate::support::{ADMIN_SECRET, Client, GAME_SECRET, OTHER_GAME_SECRET, READ_SECRET, start, start_memory};
 
 async fn holder(client: &Client, label: &str) -> String {
     let (status, answer) = client.post("/v1/holders", GAME_SECRET, &json!({"label": label})).await;
@@ -61,6 +61,43 @@ async fn a_stolen_session_token_is_fenced_out_and_never_writes() {
     let (status, _) =
         client.post("/v1/sessions/save", OTHER_GAME_SECRET, &json!({"token": stolen["token"], "value": {}})).await;
     assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn a_forced_rollback_fences_the_session_out_so_its_saves_never_overwrite_the_rollback() {
+    let server = start_memory().await;
+    let client = Client::new(&server.url);
+    let a = holder(&client, "a").await;
+    let (status, started) = start_session(&client, &a, "carol", "fail_fast").await;
+    assert_eq!(status, 200, "{started}");
+    let token = started["token"].clone();
+    for coins in [1, 2] {
+        let (status, saved) =
+            client.post("/v1/sessions/save", GAME_SECRET, &json!({"token": token, "value": {"coins": coins}})).await;
+        assert_eq!(status, 200, "{saved}");
+    }
+    let rollback = "/v1/stores/players/keys/carol/rollback";
+    let (status, refused) = client.post(rollback, ADMIN_SECRET, &json!({"version": 1})).await;
+    assert_eq!((status, refused["error"].clone()), (409, json!("held")), "{refused}");
+    assert!(refused["message"].as_str().is_some_and(|m| m.contains("force")), "the message names the way out");
+    let (status, rolled) = client.post(rollback, ADMIN_SECRET, &json!({"version": 1, "force": true})).await;
+    assert_eq!(status, 200, "{rolled}");
+    assert_eq!((rolled["restored_from"].clone(), rolled["version"].clone()), (json!(1), json!(3)));
+    assert_eq!(rolled["released"], true, "the holder was fenced out");
+    let (_, document) = client.get("/v1/stores/players/keys/carol", READ_SECRET).await;
+    assert_eq!(document["value"], json!({"coins": 1}));
+    assert_eq!(document["lease"]["holder"], Value::Null);
+    for route in ["/v1/sessions/save", "/v1/sessions/end"] {
+        let (status, fenced) = client.post(route, GAME_SECRET, &json!({"token": token, "value": {"coins": 999}})).await;
+        assert_eq!((status, fenced["error"].clone()), (409, json!("fenced_out")), "{route}: {fenced}");
+    }
+    let (_, document) = client.get("/v1/stores/players/keys/carol", READ_SECRET).await;
+    assert_eq!((document["value"].clone(), document["version"].clone()), (json!({"coins": 1}), json!(3)));
+    // Forcing a key nobody holds rolls back all the same and fences nobody.
+    let (status, rolled) = client.post(rollback, ADMIN_SECRET, &json!({"version": 2, "force": true})).await;
+    assert_eq!((status, rolled["released"].clone()), (200, json!(false)), "{rolled}");
+    let (status, forbidden) = client.post(rollback, GAME_SECRET, &json!({"version": 1, "force": true})).await;
+    assert_eq!(status, 403, "{forbidden}");
 }
 
 #[tokio::test]

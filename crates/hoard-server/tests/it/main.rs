@@ -11,6 +11,8 @@
 mod local_backends;
 
 mod backends;
+mod config_file;
+mod http_api_keys;
 mod http_auth;
 mod http_bad_input;
 mod http_sessions;

@@ -353,9 +353,10 @@ fn tracing_free_warning(error: &str) {
     eprintln!("hoard bench: an operation failed: {error}");
 }
 
-/// Every workload but memory on one target, in order.
+/// Every workload but memory on one target, in order. Over HTTP comes last: its ratios are
+/// against the in-process rows of this same run.
 pub async fn run_target(target: &Target, sizes: &Sizes, progress: &Progress) -> Vec<WorkloadResult> {
-    vec![
+    let mut results = vec![
         autosave::run(target, sizes, progress).await,
         cycle::run(target, sizes, progress).await,
         trades::run(target, sizes, progress).await,
@@ -363,6 +364,8 @@ pub async fn run_target(target: &Target, sizes: &Sizes, progress: &Progress) -> 
         handoff::run_live(target, sizes, progress).await,
         handoff::run_crashed(target, sizes, progress).await,
         shutdown::run(target, sizes, progress).await,
-        over_http::run(target, sizes, progress).await,
-    ]
+    ];
+    let over_http = over_http::run(target, sizes, progress, &results).await;
+    results.extend(over_http);
+    results
 }

@@ -6,7 +6,9 @@
 //! `RemoteStore` connects to it over loopback HTTP, and each workload's hoard side runs unchanged
 //! on that remote store, at the same sizes, on named stores of its own (`bench.http.*`) seeded
 //! like the in-process ones. The server's one API key has the `engine` scope and rate limits far
-//! above anything a run sends, so the limiter is not what is measured.
+//! above anything a run sends, so the limiter is not what is measured. The game-server side
+//! (engine, remote store) and the server share this machine's cores, as they would not in a
+//! deployment: on a small machine the ratio is a pessimistic figure.
 //!
 //! A row per workload, `over_http/<workload>`: `hoard` holds the figures over HTTP and `baseline`
 //! the in-process hoard figures of the same workload on the same backend in the same run, copied
@@ -153,7 +155,7 @@ async fn measure(
 ) -> Result<(), BenchError> {
     let http = workload.measure_hoard(place, sizes, progress, result).await?;
     result.hoard_setup = format!(
-        "through hoard serve on loopback (RemoteStore, engine key, rate limit raised to {BENCH_KEY_RATE_PER_SECOND}/s so the limiter is not measured): {}",
+        "through hoard serve in this process on loopback (RemoteStore, engine key, rate limit raised to {BENCH_KEY_RATE_PER_SECOND}/s so the limiter is not measured; client and server share the cores): {}",
         result.hoard_setup
     );
     let in_process_figures = in_process.and_then(|row| row.hoard);

@@ -21,7 +21,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio_postgres::{Client, NoTls, Statement};
 
 use crate::BenchError;
-use crate::latency::LatencyRecorder;
+use crate::latency::{Figures, LatencyRecorder};
 use crate::target::BaselineDb;
 
 /// Concurrent clients of every baseline (see the module docs for why 16).
@@ -218,6 +218,20 @@ impl BaselineDb {
             }
             BaselineDb::Postgres { url, schema } => run_postgres(url, schema, op, value, total, from, progress).await,
         }
+    }
+
+    /// `run` behind the progress bar `bar` (cleared afterwards), as the run's figures.
+    pub async fn measure(
+        &self,
+        op: &BaselineOp,
+        value: &Arc<String>,
+        total: usize,
+        from: LatencyFrom,
+        bar: ProgressBar,
+    ) -> Result<Figures, BenchError> {
+        let (recorder, elapsed) = self.run(op, value, total, from, &bar).await?;
+        bar.finish_and_clear();
+        Ok(recorder.figures(elapsed))
     }
 }
 

@@ -3,6 +3,8 @@
 //! Invariant: the table and the plots are drawn from this structure only, so whatever a person
 //! sees is also in `--json`. A ratio is hoard's throughput over its baseline's, measured in the
 //! same process and the same minute, which is what stays meaningful on a shared, noisy machine.
+//! For the `over_http/*` rows the baseline is hoard itself in process (the same workload's row of
+//! the same run), so their ratio is HTTP ÷ in process.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -12,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::latency::Figures;
 
 /// The workloads, in report order.
-pub const WORKLOADS: [&str; 9] = [
+pub const WORKLOADS: [&str; 11] = [
     "autosave_storm",
     "session_cycle",
     "trades",
@@ -20,7 +22,9 @@ pub const WORKLOADS: [&str; 9] = [
     "handoff_live",
     "handoff_crashed",
     "shutdown",
-    "over_http",
+    "over_http/autosave_storm",
+    "over_http/session_cycle",
+    "over_http/trades",
     "memory",
 ];
 
@@ -40,7 +44,7 @@ pub struct WorkloadResult {
     /// What hoard did, in words (sizes, concurrency).
     pub hoard_setup: String,
     pub hoard: Option<Figures>,
-    /// What the baseline did, in words; empty when there is none.
+    /// What the baseline did, in words; empty when there is none. (Over HTTP: hoard in process.)
     pub baseline_setup: String,
     pub baseline: Option<Figures>,
     /// hoard throughput / baseline throughput.
@@ -50,7 +54,7 @@ pub struct WorkloadResult {
     pub extra: BTreeMap<String, f64>,
     /// A short note for the table's last column.
     pub note: String,
-    /// Why it was not measured (e.g. "not measured: needs hoard serve").
+    /// Why it was not measured (e.g. "not measured: no /proc/self/status on this system").
     pub not_measured: Option<String>,
     /// Why the run failed, if it did; its figures are then missing.
     pub error: Option<String>,

@@ -1,5 +1,7 @@
 //! SVG plots, drawn by hand (no plotting crate): per workload, throughput of hoard beside its
 //! baseline and latency percentiles on a log scale, per store; plus a summary of every ratio.
+//! An `over_http/<workload>` row is drawn as HTTP beside in process (its baseline), to
+//! `over_http-<workload>.svg`.
 //!
 //! Invariant: a plot is drawn from the report only and every bar carries its value as text, so a
 //! chart never shows a figure the table and the JSON do not.
@@ -31,6 +33,21 @@ struct Bar {
 struct Group {
     label: String,
     bars: Vec<Bar>,
+}
+
+/// What a workload's two sides are called on its plot: hoard and its baseline, or, over HTTP,
+/// hoard through `hoard serve` and hoard in process.
+fn side_names(workload: &str) -> (&'static str, &'static str) {
+    if workload.starts_with(&format!("{}/", crate::workloads::over_http::NAME)) {
+        ("over HTTP", "in process")
+    } else {
+        ("hoard", "baseline")
+    }
+}
+
+/// A workload's plot file: its name with `/` as `-` (`over_http-trades.svg`).
+pub fn plot_file_name(workload: &str) -> String {
+    format!("{}.svg", workload.replace('/', "-"))
 }
 
 fn escape(text: &str) -> String {
@@ -169,14 +186,15 @@ fn document(width: f64, height: f64, body: &str) -> String {
 
 /// The plot of one workload: throughput (hoard beside baseline) and latency percentiles.
 fn workload_plot(workload: &str, results: &[&WorkloadResult]) -> String {
+    let (hoard_side, baseline_side) = side_names(workload);
     let mut throughput = Vec::new();
     let mut latency = Vec::new();
     for result in results {
         let mut bars = Vec::new();
         let mut latency_bars = Vec::new();
         for (side, figures, color, shades) in [
-            ("hoard", result.hoard, COLOR_HOARD, COLORS_HOARD_LATENCY),
-            ("baseline", result.baseline, COLOR_BASELINE, COLORS_BASELINE_LATENCY),
+            (hoard_side, result.hoard, COLOR_HOARD, COLORS_HOARD_LATENCY),
+            (baseline_side, result.baseline, COLOR_BASELINE, COLORS_BASELINE_LATENCY),
         ] {
             let Some(figures) = figures else { continue };
             bars.push(Bar { label: side.into(), value: figures.throughput_per_s, color });
@@ -201,7 +219,8 @@ fn workload_plot(workload: &str, results: &[&WorkloadResult]) -> String {
         None => workload.to_string(),
     };
     let _ = writeln!(body, r#"<text x="10" y="24" font-size="18" font-weight="bold">{}</text>"#, escape(&heading));
-    panel(&mut body, 0.0, 30.0, "throughput (hoard beside baseline)", "operations per second", &throughput, false);
+    let throughput_title = format!("throughput ({hoard_side} beside {baseline_side})");
+    panel(&mut body, 0.0, 30.0, &throughput_title, "operations per second", &throughput, false);
     panel(&mut body, PANEL_WIDTH, 30.0, "latency percentiles (log scale)", "milliseconds", &latency, true);
     document(PANEL_WIDTH * 2.0, PANEL_HEIGHT + 40.0, &body)
 }
@@ -212,9 +231,16 @@ fn summary_plot(report: &Report) -> String {
         .results
         .iter()
         .filter_map(|result| {
-            result.ratio.map(|ratio| Group {
-                label: format!("{} {}", result.workload, result.store),
-                bars: vec![Bar { label: "hoard / baseline".into(), value: ratio, color: COLOR_HOARD }],
+            result.ratio.map(|ratio| {
+                let (hoard_side, baseline_side) = side_names(&result.workload);
+                Group {
+                    label: format!("{} {}", result.workload, result.store),
+                    bars: vec![Bar {
+                        label: format!("{hoard_side} / {baseline_side}"),
+                        value: ratio,
+                        color: COLOR_HOARD,
+                    }],
+                }
             })
         })
         .collect();
@@ -222,7 +248,7 @@ fn summary_plot(report: &Report) -> String {
     let mut body = String::new();
     let _ = writeln!(
         body,
-        r#"<text x="10" y="24" font-size="18" font-weight="bold">hoard throughput / baseline throughput ({} run)</text>"#,
+        r#"<text x="10" y="24" font-size="18" font-weight="bold">hoard throughput / baseline throughput; over_http: HTTP / in process ({} run)</text>"#,
         escape(&report.size)
     );
     let mut panel_body = String::new();
@@ -232,7 +258,8 @@ fn summary_plot(report: &Report) -> String {
     document(width, PANEL_HEIGHT + 40.0, &body)
 }
 
-/// Writes `<workload>.svg` for each workload and `summary.svg` into `folder`; returns the paths.
+/// Writes a plot for each workload (`plot_file_name`) and `summary.svg` into `folder`; returns
+/// the paths.
 pub fn write_plots(report: &Report, folder: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(folder)?;
     let mut written = Vec::new();
@@ -241,7 +268,7 @@ pub fn write_plots(report: &Report, folder: &Path) -> std::io::Result<Vec<PathBu
         if results.is_empty() {
             continue;
         }
-        let path = folder.join(format!("{workload}.svg"));
+        let path = folder.join(plot_file_name(workload));
         std::fs::write(&path, workload_plot(workload, &results))?;
         written.push(path);
     }

@@ -1,5 +1,6 @@
 //! The smallest run of every workload through the library API, on the memory and SQLite stores:
-//! the JSON report must carry every figure. Speed is never asserted.
+//! the JSON report must carry every figure, including the over-HTTP rows (a `hoard serve` in
+//! process) and their in-process comparison. Speed is never asserted.
 
 use hoard_bench::report::WORKLOADS;
 use hoard_bench::{BenchConfig, BenchSize, TargetSpec, run};
@@ -36,17 +37,27 @@ async fn smoke_run_reports_every_figure_on_memory_and_sqlite() {
                 .find(|row| row["workload"] == workload && row["store"] == store)
                 .unwrap_or_else(|| panic!("no row for {workload} on {store}"));
             assert!(row["error"].is_null(), "{workload} on {store} failed: {}", row["error"]);
-            if workload == "over_http" {
-                assert_eq!(row["not_measured"], "not measured: needs hoard serve");
-                continue;
-            }
+            assert!(row["not_measured"].is_null(), "{workload} on {store} not measured: {}", row["not_measured"]);
             assert_figures(row, "hoard");
             assert_eq!(row["hoard"]["failures"], 0, "{workload} on {store}: {row}");
-            let has_baseline = store == "sqlite"
-                && ["autosave_storm", "session_cycle", "trades", "receipts", "shutdown"].contains(&workload);
+            let over_http = workload.starts_with("over_http/");
+            let has_baseline = over_http
+                || store == "sqlite"
+                    && ["autosave_storm", "session_cycle", "trades", "receipts", "shutdown"].contains(&workload);
             if has_baseline {
                 assert_figures(row, "baseline");
                 assert!(row["ratio"].is_number(), "{workload} on {store}: ratio missing");
+            }
+            if over_http {
+                // The baseline of an over-HTTP row is the in-process row's hoard figures.
+                let in_process_name = workload.trim_start_matches("over_http/");
+                let in_process = rows
+                    .iter()
+                    .find(|row| row["workload"] == in_process_name && row["store"] == store)
+                    .unwrap_or_else(|| panic!("no in-process row {in_process_name} on {store}"));
+                assert_eq!(row["baseline"], in_process["hoard"], "{workload} on {store}");
+                let met = &row["goal"]["met"];
+                assert_eq!(met.is_boolean(), store != "memory", "{workload} on {store}: goal {met}");
             }
         }
     }
@@ -59,5 +70,9 @@ async fn smoke_run_reports_every_figure_on_memory_and_sqlite() {
     let plots = tempfile::tempdir().expect("plots folder");
     let written = hoard_bench::svg::write_plots(&report, plots.path()).expect("plots");
     assert_eq!(written.len(), WORKLOADS.len() + 1);
-    assert!(report.table().contains("autosave_storm"));
+    assert!(written.iter().all(|path| path.exists()));
+    assert!(plots.path().join("over_http-trades.svg").exists());
+    let table = report.table();
+    assert!(table.contains("autosave_storm"));
+    assert!(table.contains("over_http/session_cycle"));
 }

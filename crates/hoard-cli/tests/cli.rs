@@ -161,8 +161,17 @@ fn bench_smoke_on_sqlite_prints_json() {
     let output = hoard(&db, &["bench", "--smoke", "--store", "sqlite", "--json", "--no-progress", "--out", &out]);
     let report = json_of(&output);
     assert_eq!(report["size"], "smoke");
-    assert!(report["results"].as_array().is_some_and(|rows| !rows.is_empty()));
+    let rows = report["results"].as_array().expect("results");
+    // Workload 7 runs through a `hoard serve` of the bench's own and compares with in process.
+    for workload in ["over_http/autosave_storm", "over_http/session_cycle", "over_http/trades"] {
+        let row = rows.iter().find(|row| row["workload"] == workload && row["store"] == "sqlite").expect(workload);
+        assert!(row["error"].is_null(), "{workload}: {}", row["error"]);
+        assert!(row["hoard"]["throughput_per_s"].is_number(), "{workload}: {row}");
+        assert!(row["baseline"]["throughput_per_s"].is_number(), "{workload}: {row}");
+        assert!(row["ratio"].is_number(), "{workload}: {row}");
+    }
     assert!(plots.path().join("summary.svg").exists());
+    assert!(plots.path().join("over_http-autosave_storm.svg").exists());
 }
 
 fn sim(args: &[&str]) -> Output {

@@ -16,7 +16,9 @@ use crate::profile::bench_kind;
 use crate::progress::Progress;
 use crate::report::{Goal, WorkloadResult};
 use crate::target::Target;
-use crate::workloads::{bench_engine_config, discard_engine, key_name, open_engine, start_sessions, store_name};
+use crate::workloads::{
+    bench_engine_config, discard_engine, key_name, make_dirty, measured_row, open_engine, start_sessions, store_name,
+};
 use crate::{BenchError, Sizes};
 
 pub const NAME_LIVE: &str = "handoff_live";
@@ -29,19 +31,15 @@ pub const CRASH_WAITER_POLL_INTERVAL_MS: u64 = 50;
 pub const CRASH_RENEWALS_PER_LEASE: u64 = 4;
 
 pub async fn run_live(target: &Target, sizes: &Sizes, progress: &Progress) -> WorkloadResult {
-    let mut result = WorkloadResult::new(NAME_LIVE, target.spec.name());
-    if let Err(error) = measure_live(target, sizes, progress, &mut result).await {
-        result.error = Some(error.to_string());
-    }
-    result
+    measured_row(NAME_LIVE, target.spec.name(), async |result| measure_live(target, sizes, progress, result).await)
+        .await
 }
 
 pub async fn run_crashed(target: &Target, sizes: &Sizes, progress: &Progress) -> WorkloadResult {
-    let mut result = WorkloadResult::new(NAME_CRASHED, target.spec.name());
-    if let Err(error) = measure_crashed(target, sizes, progress, &mut result).await {
-        result.error = Some(error.to_string());
-    }
-    result
+    measured_row(NAME_CRASHED, target.spec.name(), async |result| {
+        measure_crashed(target, sizes, progress, result).await
+    })
+    .await
 }
 
 async fn measure_live(
@@ -57,9 +55,7 @@ async fn measure_live(
     let second_store = target.open_another_store().await?;
     let second = open_engine(&second_store, bench_engine_config("bench-handoff-second")).await?;
     let (held, _, _) = start_sessions(&first, &kind, 0, count, &progress.bar(count, label("start"))).await?;
-    for session in &held {
-        session.update(|profile| profile.changes += 1).map_err(|error| BenchError::Hoard(error.to_string()))?;
-    }
+    make_dirty(&held)?;
     let options = second.default_start_options();
     let bar = progress.bar(count, label("hoard"));
     let mut recorder = LatencyRecorder::new();

@@ -1,6 +1,8 @@
-//! The workloads, one file each, and what they share: the engine configuration, seeding, starting
-//! many sessions, and the two ways of driving load (a storm issued all at once, and a closed loop
-//! of a fixed number of clients).
+//! The workloads, one file each, and what they share: a row per workload (`measured_row`), where
+//! the hoard side runs (`HoardPlace`: in process, or through `hoard serve` for over_http), the
+//! engine configuration, seeding and starting many sessions (`seed_and_open`, `seed_and_start`),
+//! and the two ways of driving load (a storm issued all at once, and a closed loop of a fixed
+//! number of clients).
 //!
 //! Invariant: a workload never aborts the run: a failure becomes the `error` of its own row, and
 //! the other workloads still run. Setup (seeding, starting sessions) is never inside a measured
@@ -21,12 +23,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hoard::engine::{Engine, EngineConfig, ProfileKind, Session};
-use hoard::store::{Commit, DocId, Key, SharedStore, StoreName, Write};
+use hoard::store::{Commit, DocId, GroupCommitStats, Key, SharedStore, StoreName, Write};
 use indicatif::ProgressBar;
 use tokio::sync::Semaphore;
 
 use crate::latency::LatencyRecorder;
-use crate::profile::BenchProfile;
+use crate::profile::{BenchProfile, bench_kind};
 use crate::progress::Progress;
 use crate::report::WorkloadResult;
 use crate::target::Target;
@@ -53,6 +55,116 @@ pub fn bench_engine_config(label: &str) -> EngineConfig {
         sessions_max: BENCH_SESSIONS_MAX,
         ..EngineConfig::default()
     }
+}
+
+/// Runs a workload's `measure` into a row of its own: an error becomes the row's `error` (the
+/// module's invariant), and whatever `measure` filled in before it failed stays.
+pub async fn measured_row(
+    workload: &str,
+    store: &str,
+    measure: impl AsyncFnOnce(&mut WorkloadResult) -> Result<(), BenchError>,
+) -> WorkloadResult {
+    let mut result = WorkloadResult::new(workload, store);
+    if let Err(error) = measure(&mut result).await {
+        result.error = Some(error.to_string());
+    }
+    result
+}
+
+/// Prefix of the named stores the in-process workloads write.
+pub const IN_PROCESS_STORE_PREFIX: &str = "bench.";
+
+/// Where a workload's hoard side runs: in process on the target's store, or through `hoard serve`
+/// on a remote store in front of the same database (over_http). The hoard side of a workload only
+/// speaks `SharedStore`, so this is all that differs between the two.
+#[derive(Clone, Debug)]
+pub struct HoardPlace {
+    /// The row's workload name ("autosave_storm", "over_http/trades"), for progress labels.
+    pub workload: String,
+    /// The backend ("sqlite", "postgres", "memory"), for progress labels.
+    pub backend: &'static str,
+    /// The store the workload's engine (and its seeding) speaks to.
+    pub store: SharedStore,
+    /// The database's own store, whose group-commit counters say how commits were combined: the
+    /// same store in process, the store behind the server over HTTP.
+    pub database: SharedStore,
+    /// Prefix of the named stores the workload writes, so a second run on the same database (over
+    /// HTTP) works on documents of its own, from the same starting state as the first.
+    pub store_prefix: &'static str,
+}
+
+impl HoardPlace {
+    pub fn in_process(target: &Target, workload: &str) -> HoardPlace {
+        HoardPlace {
+            workload: workload.to_string(),
+            backend: target.spec.name(),
+            store: target.store.clone(),
+            database: target.store.clone(),
+            store_prefix: IN_PROCESS_STORE_PREFIX,
+        }
+    }
+
+    /// A progress bar's label: "sqlite autosave_storm: seed".
+    pub fn label(&self, phase: &str) -> String {
+        format!("{} {}: {phase}", self.backend, self.workload)
+    }
+
+    /// The named store `name` under this place's prefix ("bench.autosave").
+    pub fn store_name(&self, name: &str) -> Result<StoreName, BenchError> {
+        store_name(&format!("{}{name}", self.store_prefix))
+    }
+
+    pub fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        self.database.group_commit_stats()
+    }
+}
+
+/// Commits per database transaction between two readings of the group-commit counters, and the
+/// transactions run: `None` for a store without counters or when no transaction ran.
+pub fn commits_per_transaction(
+    before: Option<GroupCommitStats>,
+    after: Option<GroupCommitStats>,
+) -> Option<(f64, f64)> {
+    let (before, after) = (before?, after?);
+    let commits = after.commits_total.saturating_sub(before.commits_total) as f64;
+    let transactions = after.transactions_total.saturating_sub(before.transactions_total) as f64;
+    (transactions > 0.0).then(|| (commits / transactions, transactions))
+}
+
+/// Seeds `count` profiles in the named store `name` (under the place's prefix) and opens an engine
+/// labelled `engine_label` on the place's store.
+pub async fn seed_and_open(
+    place: &HoardPlace,
+    name: &str,
+    engine_label: &str,
+    count: usize,
+    progress: &Progress,
+) -> Result<(ProfileKind<BenchProfile>, Engine), BenchError> {
+    let name = place.store_name(name)?;
+    seed_profiles(&place.store, &name, count, &progress.bar(count, place.label("seed"))).await?;
+    let engine = open_engine(&place.store, bench_engine_config(engine_label)).await?;
+    Ok((bench_kind(&name), engine))
+}
+
+/// `seed_and_open`, then a live session on each of the `count` seeded keys, in key order.
+pub async fn seed_and_start(
+    place: &HoardPlace,
+    name: &str,
+    engine_label: &str,
+    count: usize,
+    progress: &Progress,
+) -> Result<(Engine, Vec<Session<BenchProfile>>), BenchError> {
+    let (kind, engine) = seed_and_open(place, name, engine_label, count, progress).await?;
+    let (sessions, _, _) = start_sessions(&engine, &kind, 0, count, &progress.bar(count, place.label("start"))).await?;
+    Ok((engine, sessions))
+}
+
+/// Changes every session once, so each has something to save.
+pub fn make_dirty(sessions: &[Session<BenchProfile>]) -> Result<(), BenchError> {
+    for session in sessions {
+        session.update(|profile| profile.changes += 1).map_err(|error| BenchError::Hoard(error.to_string()))?;
+    }
+    Ok(())
 }
 
 pub fn store_name(name: &str) -> Result<StoreName, BenchError> {
@@ -241,9 +353,10 @@ fn tracing_free_warning(error: &str) {
     eprintln!("hoard bench: an operation failed: {error}");
 }
 
-/// Every workload but memory on one target, in order.
+/// Every workload but memory on one target, in order. Over HTTP comes last: its ratios are
+/// against the in-process rows of this same run.
 pub async fn run_target(target: &Target, sizes: &Sizes, progress: &Progress) -> Vec<WorkloadResult> {
-    vec![
+    let mut results = vec![
         autosave::run(target, sizes, progress).await,
         cycle::run(target, sizes, progress).await,
         trades::run(target, sizes, progress).await,
@@ -251,6 +364,8 @@ pub async fn run_target(target: &Target, sizes: &Sizes, progress: &Progress) -> 
         handoff::run_live(target, sizes, progress).await,
         handoff::run_crashed(target, sizes, progress).await,
         shutdown::run(target, sizes, progress).await,
-        over_http::run(target, sizes, progress).await,
-    ]
+    ];
+    let over_http = over_http::run(target, sizes, progress, &results).await;
+    results.extend(over_http);
+    results
 }

@@ -12,13 +12,10 @@ use rand_chacha::ChaCha8Rng;
 use serde_json::json;
 
 use crate::baseline::{BASELINE_CLIENTS, BaselineOp, LatencyFrom};
-use crate::profile::bench_kind;
 use crate::progress::Progress;
 use crate::report::WorkloadResult;
 use crate::target::Target;
-use crate::workloads::{
-    bench_engine_config, closed_loop, discard_engine, open_engine, seed_profiles, start_sessions, store_name,
-};
+use crate::workloads::{HoardPlace, closed_loop, discard_engine, measured_row, seed_and_start};
 use crate::{BenchError, Sizes};
 
 pub const NAME: &str = "receipts";
@@ -26,11 +23,7 @@ pub const NAME: &str = "receipts";
 pub const RECEIPT_CLIENTS: usize = BASELINE_CLIENTS;
 
 pub async fn run(target: &Target, sizes: &Sizes, progress: &Progress) -> WorkloadResult {
-    let mut result = WorkloadResult::new(NAME, target.spec.name());
-    if let Err(error) = measure(target, sizes, progress, &mut result).await {
-        result.error = Some(error.to_string());
-    }
-    result
+    measured_row(NAME, target.spec.name(), async |result| measure(target, sizes, progress, result).await).await
 }
 
 async fn measure(
@@ -40,12 +33,8 @@ async fn measure(
     result: &mut WorkloadResult,
 ) -> Result<(), BenchError> {
     let (players, total) = (sizes.receipt_sessions.max(1), sizes.receipts_total);
-    let label = |phase: &str| format!("{} {NAME}: {phase}", target.spec.name());
-    let name = store_name("bench.receipts")?;
-    let kind = bench_kind(&name);
-    seed_profiles(&target.store, &name, players, &progress.bar(players, label("seed"))).await?;
-    let engine = open_engine(&target.store, bench_engine_config("bench-receipts")).await?;
-    let (sessions, _, _) = start_sessions(&engine, &kind, 0, players, &progress.bar(players, label("start"))).await?;
+    let place = HoardPlace::in_process(target, NAME);
+    let (engine, sessions) = seed_and_start(&place, "receipts", "bench-receipts", players, progress).await?;
     let sessions = Arc::new(sessions);
     let (granter, live) = (engine.clone(), sessions.clone());
     let (recorder, elapsed) = closed_loop(
@@ -68,7 +57,7 @@ async fn measure(
                 }
             }
         },
-        &progress.bar(total, label("hoard")),
+        &progress.bar(total, place.label("hoard")),
     )
     .await;
     drop(sessions);
@@ -83,12 +72,10 @@ async fn measure(
         let (accounts_table, receipts_table) =
             ("baseline_receipt_accounts".to_string(), "baseline_receipts".to_string());
         database.create_accounts(&accounts_table, players, Some(&receipts_table)).await?;
-        let bar = progress.bar(total, label("baseline"));
         let op = BaselineOp::Receipt { accounts_table, receipts_table, accounts: players };
-        let (recorder, elapsed) =
-            database.run(&op, &Arc::new(String::new()), total, LatencyFrom::OperationStart, &bar).await?;
-        bar.finish_and_clear();
-        baseline = Some(recorder.figures(elapsed));
+        let bar = progress.bar(total, place.label("baseline"));
+        baseline =
+            Some(database.measure(&op, &Arc::new(String::new()), total, LatencyFrom::OperationStart, bar).await?);
         result.baseline_setup = format!(
             "{total} purchases as INSERT purchase id + UPDATE balance in one transaction, {BASELINE_CLIENTS} clients"
         );

@@ -13,11 +13,11 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::baseline::{BASELINE_CLIENTS, BaselineOp, LatencyFrom};
 use crate::latency::LatencyRecorder;
-use crate::profile::{bench_kind, stored_profile_text};
+use crate::profile::stored_profile_text;
 use crate::progress::Progress;
 use crate::report::{Goal, WorkloadResult};
 use crate::target::Target;
-use crate::workloads::{bench_engine_config, open_engine, seed_profiles, start_sessions, store_name};
+use crate::workloads::{HoardPlace, make_dirty, measured_row, seed_and_start};
 use crate::{BenchError, Sizes};
 
 pub const NAME: &str = "shutdown";
@@ -29,11 +29,7 @@ pub const GOAL_SECONDS_MAX: f64 = 3.0;
 pub const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(120);
 
 pub async fn run(target: &Target, sizes: &Sizes, progress: &Progress) -> WorkloadResult {
-    let mut result = WorkloadResult::new(NAME, target.spec.name());
-    if let Err(error) = measure(target, sizes, progress, &mut result).await {
-        result.error = Some(error.to_string());
-    }
-    result
+    measured_row(NAME, target.spec.name(), async |result| measure(target, sizes, progress, result).await).await
 }
 
 async fn measure(
@@ -43,15 +39,11 @@ async fn measure(
     result: &mut WorkloadResult,
 ) -> Result<(), BenchError> {
     let count = sizes.shutdown_sessions;
-    let label = |phase: &str| format!("{} {NAME}: {phase}", target.spec.name());
-    let name = store_name("bench.shutdown")?;
-    let kind = bench_kind(&name);
-    seed_profiles(&target.store, &name, count, &progress.bar(count, label("seed"))).await?;
-    let engine = open_engine(&target.store, bench_engine_config("bench-shutdown")).await?;
-    let (sessions, _, _) = start_sessions(&engine, &kind, 0, count, &progress.bar(count, label("start"))).await?;
+    let place = HoardPlace::in_process(target, NAME);
+    let (engine, sessions) = seed_and_start(&place, "shutdown", "bench-shutdown", count, progress).await?;
+    make_dirty(&sessions)?;
     let mut endings = Vec::with_capacity(count);
     for session in &sessions {
-        session.update(|profile| profile.changes += 1).map_err(|error| BenchError::Hoard(error.to_string()))?;
         let mut events = session.events();
         endings.push(tokio::spawn(async move {
             loop {
@@ -91,12 +83,9 @@ async fn measure(
         let table = "baseline_shutdown".to_string();
         let value = Arc::new(stored_profile_text());
         database.create_docs(&table, count, &value, true).await?;
-        let bar = progress.bar(count, label("baseline"));
-        let (recorder, elapsed) = database
-            .run(&BaselineOp::Save { table, release: true }, &value, count, LatencyFrom::RunStart, &bar)
-            .await?;
-        bar.finish_and_clear();
-        baseline = Some(recorder.figures(elapsed));
+        let op = BaselineOp::Save { table, release: true };
+        let bar = progress.bar(count, place.label("baseline"));
+        baseline = Some(database.measure(&op, &value, count, LatencyFrom::RunStart, bar).await?);
         result.baseline_setup = format!(
             "the same {count} final saves as one conditional releasing UPDATE transaction each, {BASELINE_CLIENTS} clients"
         );

@@ -87,11 +87,9 @@ impl Engine {
                 reason: "the session plays on default data and never grants".into(),
             };
         }
-        match self.receipt_record(&id).await {
-            Ok(Some(first)) => return compare(&first, &attempted),
-            Ok(None) => {}
-            Err(reason) => return ReceiptOutcome::NotProcessedYet { reason },
-        }
+        // No read of the record first: it is written with `Absent`, so a purchase processed
+        // before makes this commit conflict (or the grant refuse), and only then is the first
+        // record read. A new purchase, the common case, costs one commit.
         let record = match serde_json::to_value(&attempted) {
             Ok(record) => record,
             Err(error) => return ReceiptOutcome::Refused { reason: error.to_string() },
@@ -113,6 +111,12 @@ impl Engine {
                     Err(reason) => ReceiptOutcome::NotProcessedYet { reason },
                 }
             }
+            Err(TransactError::Refused { reason }) => match self.receipt_record(&id).await {
+                // Processed before: the grant may refuse now (say, a one-time item already held).
+                Ok(Some(first)) => compare(&first, &attempted),
+                Ok(None) => ReceiptOutcome::NotProcessedYet { reason },
+                Err(reason) => ReceiptOutcome::NotProcessedYet { reason },
+            },
             Err(error) => ReceiptOutcome::NotProcessedYet { reason: error.to_string() },
         }
     }

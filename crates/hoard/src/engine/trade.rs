@@ -256,9 +256,9 @@ impl Engine {
         check_shape(trade, sessions.len())?;
         let parties: Vec<DocId> = sessions.iter().map(|s| s.id().clone()).collect();
         let record = record_for(trade, &parties);
-        if let Some(first) = self.trade_record(&trade.id).await? {
-            return already(first, &record);
-        }
+        // No read of the record first: the record is written with `Absent`, so a trade id that
+        // already committed makes this commit conflict (or its legs refuse), and only then is
+        // the first record read. A new trade, the common case, costs one commit.
         let record_doc = record_id(&trade.id)?;
         let record_value = serde_json::to_value(&record).map_err(|e| TradeError::Invalid { reason: e.to_string() })?;
         let mut log_writes = Vec::with_capacity(parties.len());
@@ -267,22 +267,23 @@ impl Engine {
             log_writes.push(Write::put(log_id(party, &trade.id)?, entry).when(Condition::Absent));
         }
         let mut refusal: Option<TradeError> = None;
-        let result = self
-            .transact(sessions, &[], |context| {
-                apply_legs(&mut context.profiles, &parties, trade).map_err(|error| {
-                    let reason = error.to_string();
-                    refusal = Some(error);
-                    reason
-                })?;
-                context.add_write(Write::put(record_doc.clone(), record_value.clone()).when(Condition::Absent));
-                for write in &log_writes {
-                    context.add_write(write.clone());
-                }
-                Ok(())
-            })
-            .await;
+        let result = super::transaction::transact(&self.shared, sessions, &[], |context| {
+            apply_legs(&mut context.profiles, &parties, trade).map_err(|error| {
+                let reason = error.to_string();
+                refusal = Some(error);
+                reason
+            })?;
+            context.add_write(Write::put(record_doc.clone(), record_value.clone()).when(Condition::Absent));
+            for write in &log_writes {
+                context.add_write(write.clone());
+            }
+            Ok(())
+        })
+        .await;
         match result {
-            Ok(()) => Ok(TradeOutcome::Committed(self.trade_record(&trade.id).await?.unwrap_or(record))),
+            // The record was created by this commit, so it was stamped with the commit's time.
+            Ok(((), Some(at_ms))) => Ok(TradeOutcome::Committed(TradeRecord { committed_at_ms: at_ms, ..record })),
+            Ok(((), None)) => Ok(TradeOutcome::Committed(self.trade_record(&trade.id).await?.unwrap_or(record))),
             Err(TransactError::Conflict(conflict)) if conflict.kind == ConflictKind::Exists => {
                 // Another attempt with this id committed first.
                 match self.trade_record(&trade.id).await? {

@@ -119,7 +119,13 @@ fn prepare<P: Profile, R>(
         revisions.push(state.revision + 1);
         acks.push(state.inbox_applied_through);
     }
-    let before_views: Vec<Option<Value>> = profiles.iter().map(|p| serde_json::to_value(p).ok()).collect();
+    // Change events need the profiles as JSON before and after; only build them for listeners
+    // (a profile is kilobytes of JSON, and trades run hot).
+    let before_views: Vec<Option<Value>> = sessions
+        .iter()
+        .zip(&profiles)
+        .map(|(core, profile)| if core.events.receiver_count() > 0 { serde_json::to_value(profile).ok() } else { None })
+        .collect();
     let mut context = TxContext {
         profiles,
         docs: docs.iter().map(|(_, value, _)| value.clone()).collect(),
@@ -185,13 +191,15 @@ fn show_in_memory<P: Profile>(sessions: &[Arc<SessionCore<P>>], prepared: Prepar
 }
 
 /// Runs a transaction. `change` may be called more than once (when a shared document changed
-/// under it), so it must be a pure function of what it is given.
+/// under it), so it must be a pure function of what it is given. Also returns the store time
+/// the commit applied at, when the store answered it (`None`: a hidden outcome was resolved by
+/// reading back, which does not say when).
 pub(crate) async fn transact<P: Profile, R>(
     shared: &Arc<EngineShared>,
     sessions: &[&Session<P>],
     shared_docs: &[DocId],
     mut change: impl FnMut(&mut TxContext<P>) -> Result<R, String>,
-) -> Result<R, TransactError> {
+) -> Result<(R, Option<i64>), TransactError> {
     let parties_max = shared.config.transaction_parties_max;
     let count = sessions.len() + shared_docs.len();
     let mut cores: Vec<Arc<SessionCore<P>>> = sessions.iter().map(|s| s.core.clone()).collect();
@@ -233,7 +241,7 @@ async fn run_locked<P: Profile, R>(
     shared_docs: &[DocId],
     caller_order: &[usize],
     change: &mut impl FnMut(&mut TxContext<P>) -> Result<R, String>,
-) -> Result<R, TransactError> {
+) -> Result<(R, Option<i64>), TransactError> {
     // Present profiles to `change` in the caller's order, commit in canonical order.
     let mut in_caller_order = |context: &mut TxContext<P>| -> Result<R, String> {
         let canonical = std::mem::take(&mut context.profiles);
@@ -268,12 +276,15 @@ async fn run_locked<P: Profile, R>(
         };
         let docs: Vec<(DocId, Option<Value>, u64)> =
             documents.into_iter().map(|d| (d.id.clone(), d.value.clone(), d.version)).collect();
-        let (result, prepared) = prepare(cores, &docs, &mut in_caller_order)?;
-        match shared.store.commit(prepared.commit.clone()).await {
-            Ok(CommitOutcome::Committed { .. }) => {
+        let (result, mut prepared) = prepare(cores, &docs, &mut in_caller_order)?;
+        // What a hidden outcome is resolved with: the commit without its values.
+        let trace = prepared.commit.trace();
+        let commit = std::mem::replace(&mut prepared.commit, trace);
+        match shared.store.commit(commit).await {
+            Ok(CommitOutcome::Committed { at_ms, .. }) => {
                 shared.counters.saves.fetch_add(cores.len() as u64, Ordering::Relaxed);
                 show_in_memory(cores, prepared);
-                return Ok(result);
+                return Ok((result, Some(at_ms)));
             }
             Ok(CommitOutcome::Conflict(conflict)) => {
                 match conflict_party(cores, &conflict) {
@@ -297,7 +308,7 @@ async fn run_locked<P: Profile, R>(
                 Some(true) => {
                     shared.counters.saves.fetch_add(cores.len() as u64, Ordering::Relaxed);
                     show_in_memory(cores, prepared);
-                    return Ok(result);
+                    return Ok((result, None));
                 }
                 Some(false) => last_error = Some(error),
                 None => {
@@ -345,6 +356,6 @@ impl Engine {
         shared_docs: &[DocId],
         change: impl FnMut(&mut TxContext<P>) -> Result<R, String>,
     ) -> Result<R, TransactError> {
-        transact(&self.shared, sessions, shared_docs, change).await
+        transact(&self.shared, sessions, shared_docs, change).await.map(|(result, _)| result)
     }
 }

@@ -145,6 +145,19 @@ pub struct BenchConfig {
     pub targets: Vec<TargetSpec>,
     /// Draw progress bars on stderr (hidden anyway when stderr is not a terminal).
     pub progress: bool,
+    /// Run only these workloads (names as in `workloads::SELECTABLE`); empty: all of them.
+    /// `over_http` also runs the in-process workloads it is compared with.
+    pub only: Vec<String>,
+}
+
+impl BenchConfig {
+    /// Whether `workload` (a name from `workloads::SELECTABLE`) is to run.
+    pub fn runs(&self, workload: &str) -> bool {
+        self.only.is_empty()
+            || self.only.iter().any(|name| name == workload)
+            || (workloads::OVER_HTTP_COMPARES_WITH.contains(&workload)
+                && self.only.iter().any(|name| name == "over_http"))
+    }
 }
 
 /// Runs every workload on every target and returns the report.
@@ -159,9 +172,11 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     let mut results = Vec::new();
     // Memory first, before anything else grew the heap, and with every target's sessions kept
     // until all are measured, so no measurement reuses memory another one freed.
-    results.extend(workloads::memory::run_all(&targets, &sizes, &progress).await);
+    if config.runs("memory") {
+        results.extend(workloads::memory::run_all(&targets, &sizes, &progress).await);
+    }
     for target in &targets {
-        results.extend(workloads::run_target(target, &sizes, &progress).await);
+        results.extend(workloads::run_target(target, &sizes, &progress, config).await);
     }
     for target in targets {
         target.remove().await?;

@@ -23,6 +23,7 @@ async fn smoke_run_reports_every_figure_on_memory_and_sqlite() {
         size: BenchSize::Smoke,
         targets: vec![TargetSpec::Memory, TargetSpec::Sqlite { folder: folder.path().to_path_buf() }],
         progress: false,
+        only: Vec::new(),
     };
     let report = run(&config).await.expect("the bench runs");
     let json = serde_json::to_value(&report).expect("the report is JSON");

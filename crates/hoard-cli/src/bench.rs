@@ -50,6 +50,10 @@ pub struct BenchArgs {
     /// Hide progress bars.
     #[arg(long)]
     no_progress: bool,
+    /// Run only these workloads (comma-separated), e.g. to profile one; `over_http` also runs the
+    /// in-process workloads it is compared with.
+    #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(hoard_bench::workloads::SELECTABLE))]
+    only: Vec<String>,
 }
 
 /// `--db` decides the places: a postgres:// URL is the PostgreSQL server to use; an SQLite path
@@ -77,7 +81,8 @@ pub async fn run(location: &str, args: BenchArgs) -> Result<ExitCode> {
         (false, true) => BenchSize::Quick,
         (false, false) => BenchSize::Full,
     };
-    let config = BenchConfig { size, targets: targets(location, &args), progress: !args.no_progress };
+    let config =
+        BenchConfig { size, targets: targets(location, &args), progress: !args.no_progress, only: args.only.clone() };
     let report = hoard_bench::run(&config).await.context("the benchmark could not run")?;
     let plots = hoard_bench::svg::write_plots(&report, &args.out)
         .with_context(|| format!("cannot write the plots to {}", args.out.display()))?;

@@ -174,6 +174,37 @@ fn bench_smoke_on_sqlite_prints_json() {
     assert!(plots.path().join("over_http-autosave_storm.svg").exists());
 }
 
+#[test]
+fn bench_only_runs_the_named_workloads_and_refuses_unknown_names() {
+    let db = database();
+    let plots = tempfile::tempdir().expect("plots folder");
+    let out = plots.path().to_string_lossy().into_owned();
+    let args = [
+        "bench",
+        "--smoke",
+        "--store",
+        "memory",
+        "--json",
+        "--no-progress",
+        "--out",
+        &out,
+        "--only",
+        "trades,receipts",
+    ];
+    let report = json_of(&hoard(&db, &args));
+    let mut workloads: Vec<String> = report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|row| row["workload"].as_str().unwrap_or_default().to_string())
+        .collect();
+    workloads.sort();
+    assert_eq!(workloads, ["receipts", "trades"]);
+    let refused = hoard(&db, &["bench", "--smoke", "--store", "memory", "--only", "everything"]);
+    assert!(!refused.status.success(), "an unknown workload name is refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("possible values"), "the error lists the names");
+}
+
 fn sim(args: &[&str]) -> Output {
     let small = ["sim", "--players", "12", "--servers", "3", "--duration", "20", "--seed", "300"];
     Command::new(env!("CARGO_BIN_EXE_hoard")).args(small).args(args).output().expect("run hoard sim")

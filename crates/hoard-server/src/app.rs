@@ -13,6 +13,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
+use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -112,6 +113,13 @@ pub async fn serve(
     let refresher = crate::runtime_keys::spawn_refresher(&state);
     let (begin_shutdown, shutdown_begun) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
+    // Answers are small and each one is awaited by a caller: send them at once rather than let
+    // Nagle's algorithm hold a segment back for the client's delayed ACK.
+    let listener = listener.tap_io(|stream| {
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
+        }
+    });
     let server = tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

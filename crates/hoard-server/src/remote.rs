@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use hoard::store::validate::{validate_commit, validate_notification};
+use hoard::store::validate::{validate_commit_except_values, validate_notification};
 use hoard::store::{
     Commit, CommitOutcome, DocId, Document, HolderId, HolderLease, InvalidInput, KeyPage, Limits, ListQuery,
     NOTIFICATION_CHANNEL_CAPACITY, Notification, Store, StoreError, StoreName, Subscription, VersionInfo, VersionQuery,
@@ -227,7 +227,10 @@ impl Store for RemoteStore {
     }
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
-        validate_commit(&commit, &self.limits)?;
+        // Everything but the values' sizes is checked here, before sending; the server checks
+        // those (with these very limits) as it encodes them, and a value over the limit comes
+        // back as `InvalidInput`. Counting a profile's bytes here would serialize it twice.
+        validate_commit_except_values(&commit, &self.limits)?;
         self.post("/v1/store/commit", &commit, true).await
     }
 

@@ -355,17 +355,42 @@ fn tracing_free_warning(error: &str) {
 
 /// Every workload but memory on one target, in order. Over HTTP comes last: its ratios are
 /// against the in-process rows of this same run.
-pub async fn run_target(target: &Target, sizes: &Sizes, progress: &Progress) -> Vec<WorkloadResult> {
-    let mut results = vec![
-        autosave::run(target, sizes, progress).await,
-        cycle::run(target, sizes, progress).await,
-        trades::run(target, sizes, progress).await,
-        receipts::run(target, sizes, progress).await,
-        handoff::run_live(target, sizes, progress).await,
-        handoff::run_crashed(target, sizes, progress).await,
-        shutdown::run(target, sizes, progress).await,
-    ];
-    let over_http = over_http::run(target, sizes, progress, &results).await;
-    results.extend(over_http);
+/// The names `hoard bench --only` takes, in the order the workloads run.
+pub const SELECTABLE: [&str; 8] =
+    ["autosave_storm", "session_cycle", "trades", "receipts", "handoff", "shutdown", "over_http", "memory"];
+
+/// The in-process workloads `over_http` is compared with (run with it even when not asked for).
+pub const OVER_HTTP_COMPARES_WITH: [&str; 3] = ["autosave_storm", "session_cycle", "trades"];
+
+pub async fn run_target(
+    target: &Target,
+    sizes: &Sizes,
+    progress: &Progress,
+    config: &crate::BenchConfig,
+) -> Vec<WorkloadResult> {
+    let mut results = Vec::new();
+    if config.runs("autosave_storm") {
+        results.push(autosave::run(target, sizes, progress).await);
+    }
+    if config.runs("session_cycle") {
+        results.push(cycle::run(target, sizes, progress).await);
+    }
+    if config.runs("trades") {
+        results.push(trades::run(target, sizes, progress).await);
+    }
+    if config.runs("receipts") {
+        results.push(receipts::run(target, sizes, progress).await);
+    }
+    if config.runs("handoff") {
+        results.push(handoff::run_live(target, sizes, progress).await);
+        results.push(handoff::run_crashed(target, sizes, progress).await);
+    }
+    if config.runs("shutdown") {
+        results.push(shutdown::run(target, sizes, progress).await);
+    }
+    if config.runs("over_http") {
+        let over_http = over_http::run(target, sizes, progress, &results).await;
+        results.extend(over_http);
+    }
     results
 }

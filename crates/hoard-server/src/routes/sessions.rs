@@ -23,7 +23,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hoard::engine::{
-    AcquireAttempt, TOPIC_HANDOFF_PREFIX, TOPIC_RELEASED, acquire_once, handoff_notification, released_notification,
+    AcquireAttempt, TOPIC_HANDOFF_PREFIX, acquire_once, announces_release, handoff_notification, released_notification,
 };
 use hoard::store::{
     Commit, CommitOutcome, Condition, ConflictKind, DocId, HolderId, InboxMessage, LeaseOp, Notification, Store,
@@ -317,14 +317,13 @@ pub struct StartAnswer {
 }
 
 async fn wait_for_release(id: &DocId, released: &mut tokio::sync::broadcast::Receiver<Notification>) {
-    let payload = serde_json::to_string(id).unwrap_or_default();
     let poll = tokio::time::sleep(Duration::from_millis(HANDOFF_POLL_INTERVAL_MS));
     tokio::pin!(poll);
     loop {
         tokio::select! {
             () = &mut poll => return,
             received = released.recv() => match received {
-                Ok(n) if n.topic == TOPIC_RELEASED && n.payload == payload => return,
+                Ok(n) if announces_release(&n, id) => return,
                 Ok(_) | Err(RecvError::Lagged(_)) => {}
                 Err(RecvError::Closed) => { poll.as_mut().await; return; }
             },

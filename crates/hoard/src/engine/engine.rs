@@ -88,6 +88,8 @@ pub(crate) struct EngineShared {
     pub save_slots: Semaphore,
     /// Lock-free shared documents this engine has touched: queues, previews and flush locks.
     pub shared_docs: super::shared_docs::SharedDocsState,
+    /// Released keys waiting to be announced to other processes (`announce`).
+    pub released_outbox: super::announce::ReleasedOutbox,
 }
 
 impl std::fmt::Debug for EngineShared {
@@ -126,14 +128,9 @@ impl EngineShared {
     }
 
     /// Tells every process that a key is free, so a waiting acquirer tries at once.
-    pub fn announce_released(&self, id: &DocId) {
+    pub fn announce_released(self: &Arc<Self>, id: &DocId) {
         self.released.notify_waiters();
-        let store = self.store.clone();
-        let notification = super::load::released_notification(id);
-        tokio::spawn(async move {
-            // Best effort: an acquirer that misses it finds the key free at its next poll.
-            let _ = store.notify(notification).await;
-        });
+        super::announce::announce_released(self, id);
     }
 
     pub fn spawn_inbox_check(self: &Arc<Self>, id: DocId) {
@@ -283,6 +280,7 @@ impl Engine {
             tasks: Mutex::new(Vec::new()),
             renewal_suspended: AtomicBool::new(false),
             shared_docs: super::shared_docs::SharedDocsState::default(),
+            released_outbox: super::announce::ReleasedOutbox::default(),
         });
         super::background::start(&shared);
         super::shared_docs::start(&shared);

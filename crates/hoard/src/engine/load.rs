@@ -80,12 +80,6 @@ pub fn handoff_notification(holder: &HolderId, id: &DocId) -> Notification {
     Notification { topic: format!("{TOPIC_HANDOFF_PREFIX}{holder}"), payload }
 }
 
-/// The notification telling every process that `id` was released (topic `hoard.released`).
-pub fn released_notification(id: &DocId) -> Notification {
-    let payload = serde_json::to_string(id).unwrap_or_default();
-    Notification { topic: super::engine::TOPIC_RELEASED.to_string(), payload }
-}
-
 enum Acquired {
     Yes { epoch: u64 },
     HeldBy { holder: HolderId, epoch: u64 },
@@ -170,7 +164,6 @@ async fn request_handoff(shared: &EngineShared, id: &DocId, holder: &HolderId) {
 async fn wait_for_release(shared: &EngineShared, id: &DocId, released: &mut broadcast::Receiver<Notification>) {
     let poll = tokio::time::sleep(Duration::from_millis(shared.config.handoff_poll_interval_ms));
     tokio::pin!(poll);
-    let payload = serde_json::to_string(id).unwrap_or_default();
     loop {
         // `biased`: branches are polled in order, not at random, so simulated runs replay exactly.
         tokio::select! {
@@ -178,7 +171,7 @@ async fn wait_for_release(shared: &EngineShared, id: &DocId, released: &mut broa
             () = &mut poll => return,
             () = shared.released.notified() => return,
             received = released.recv() => match received {
-                Ok(notification) if notification.topic == super::engine::TOPIC_RELEASED && notification.payload == payload => return,
+                Ok(notification) if super::announce::announces_release(&notification, id) => return,
                 Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                 Err(broadcast::error::RecvError::Closed) => {
                     poll.as_mut().await;
@@ -190,7 +183,7 @@ async fn wait_for_release(shared: &EngineShared, id: &DocId, released: &mut broa
 }
 
 /// Releases a key this engine acquired but will not play (bad data, or shutdown).
-async fn release_untouched(shared: &EngineShared, id: &DocId, epoch: u64) {
+async fn release_untouched(shared: &Arc<EngineShared>, id: &DocId, epoch: u64) {
     let write =
         Write::new(id.clone()).when(Condition::Lease { holder: shared.holder.clone(), epoch }).lease(LeaseOp::Release);
     for attempt in 0..shared.config.save_attempts_max {

@@ -1,6 +1,7 @@
 //! The engine: sessions over a store, with fenced leases, ordered writes, autosave, handoff,
 //! inbox, lock-free shared documents and shutdown. No SQL and no HTTP here; time comes from tokio.
 
+mod announce;
 mod background;
 pub mod config;
 #[allow(clippy::module_inception)]
@@ -16,6 +17,7 @@ pub mod shared_docs;
 pub mod trade;
 pub mod transaction;
 
+pub use announce::{RELEASED_OUTBOX_IDS_MAX, announces_release, released_notification, released_notifications};
 pub use config::EngineConfig;
 pub use engine::{
     Engine, EngineCounters, HeldPolicy, LoadFailurePolicy, OpenError, ShutdownReport, StartOptions,
@@ -23,7 +25,7 @@ pub use engine::{
 };
 pub use error::{SessionError, StartError};
 pub use inbox::SendError;
-pub use load::{AcquireAttempt, QUARANTINE_STORE, acquire_once, handoff_notification, released_notification};
+pub use load::{AcquireAttempt, QUARANTINE_STORE, acquire_once, handoff_notification};
 pub use operator::{OperatorError, Peek};
 pub use receipt::{ReceiptOutcome, ReceiptRecord};
 pub use schema::{FieldChange, ProfileMeta, ProfileSchema};

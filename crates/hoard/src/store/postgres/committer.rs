@@ -145,7 +145,7 @@ async fn run_batch(shared: &CommitterShared, mut batch: Vec<PendingCommit>) {
     let mut attempt = 0;
     let result = loop {
         attempt += 1;
-        match try_batch(shared, &batch).await {
+        match try_batch(shared, &batch, &keys).await {
             Err(BatchFailure::Retryable(message)) if attempt < GROUP_COMMIT_RETRY_ATTEMPTS_MAX => {
                 tracing::debug!(attempt, %message, "group commit batch aborted by PostgreSQL; retrying");
                 tokio::time::sleep(Duration::from_millis(GROUP_COMMIT_RETRY_BACKOFF_MS * u64::from(attempt))).await;
@@ -240,10 +240,14 @@ fn lock_docs_sql() -> String {
 /// The connection is handed back to the pool only after a clean COMMIT or ROLLBACK; after any
 /// failure it is closed instead (`Object::take`), which also makes the server roll back whatever
 /// was open, so no pooled connection is ever left inside a transaction.
-async fn try_batch(shared: &CommitterShared, batch: &[PendingCommit]) -> Result<Vec<CommitOutcome>, BatchFailure> {
+async fn try_batch(
+    shared: &CommitterShared,
+    batch: &[PendingCommit],
+    keys: &BTreeMap<DocId, bool>,
+) -> Result<Vec<CommitOutcome>, BatchFailure> {
     let client =
         shared.pool.get().await.map_err(|error| BatchFailure::NothingApplied(format!("get a connection: {error}")))?;
-    let result = batch_transaction(&client, shared, batch).await;
+    let result = batch_transaction(&client, shared, batch, keys).await;
     if result.is_err() {
         drop(deadpool_postgres::Object::take(client));
     }
@@ -254,16 +258,14 @@ async fn batch_transaction(
     client: &deadpool_postgres::Object,
     shared: &CommitterShared,
     batch: &[PendingCommit],
+    ids: &BTreeMap<DocId, bool>,
 ) -> Result<Vec<CommitOutcome>, BatchFailure> {
-    // Every key of the batch, once, in canonical order (Rust's `str` order is byte order, like
-    // COLLATE "C"), and every holder the batch acquires for (their process leases decide
-    // `LeaseFree` for later commits of the batch).
-    let mut ids: BTreeMap<&DocId, bool> = BTreeMap::new();
+    // Every key of the batch (`ids`, from `batch_keys`), once, in canonical order (Rust's `str`
+    // order is byte order, like COLLATE "C"), and every holder the batch acquires for (their
+    // process leases decide `LeaseFree` for later commits of the batch).
     let mut acquiring_holders: BTreeSet<&str> = BTreeSet::new();
     for pending in batch {
         for write in &pending.encoded.commit.writes {
-            // Per key: does any write of the batch read its current value?
-            *ids.entry(&write.id).or_insert(false) |= write_reads_value(write);
             if let crate::store::LeaseOp::Acquire(holder) = &write.lease {
                 acquiring_holders.insert(holder.as_str());
             }

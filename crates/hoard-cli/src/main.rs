@@ -11,6 +11,10 @@ mod sim;
 
 use clap::{Parser, Subcommand};
 
+/// mimalloc, not glibc's malloc: see the dependency's comment in Cargo.toml.
+#[global_allocator]
+static GLOBAL_ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The embedded default database, relative to the working directory.
 pub const DEFAULT_DATABASE: &str = "hoard-data/hoard.sqlite3";
 

@@ -34,6 +34,11 @@ use crate::routes::raw::SUBSCRIBED_HELLO;
 
 /// How long one HTTP call may take before its answer counts as lost.
 pub const REMOTE_REQUEST_TIMEOUT_MS: u64 = 30_000;
+/// Requests one `RemoteStore` has in flight at once; more wait their turn (within
+/// `REMOTE_REQUEST_TIMEOUT_MS`). Each in-flight request holds an HTTP/1.1 connection: without a
+/// bound, an autosave of 10,000 sessions opened 10,000 connections, and setting them up cost more
+/// than the saves (the server serves `concurrent_requests_max` at once anyway).
+pub const REMOTE_REQUESTS_IN_FLIGHT_MAX: usize = 256;
 /// How long to wait before reconnecting the notification WebSocket.
 pub const REMOTE_RECONNECT_DELAY_MS: u64 = 250;
 /// How long `connect` waits for the notification WebSocket to be subscribed.
@@ -51,6 +56,8 @@ pub struct RemoteStore {
     remote_backend: String,
     notifications: broadcast::Sender<Notification>,
     subscriber: JoinHandle<()>,
+    /// Permits for requests in flight (`REMOTE_REQUESTS_IN_FLIGHT_MAX`).
+    in_flight: tokio::sync::Semaphore,
 }
 
 impl Drop for RemoteStore {
@@ -66,6 +73,7 @@ impl RemoteStore {
         let base = url.trim_end_matches('/').to_string();
         let http = reqwest::Client::builder()
             .timeout(Duration::from_millis(REMOTE_REQUEST_TIMEOUT_MS))
+            .pool_max_idle_per_host(REMOTE_REQUESTS_IN_FLIGHT_MAX)
             .build()
             .map_err(|e| StoreError::unavailable(format!("cannot build the HTTP client: {e}")))?;
         let authorization = format!("Bearer {api_key}");
@@ -89,7 +97,16 @@ impl RemoteStore {
         .await
         .map_err(|_| StoreError::unavailable("subscribing to the server's notifications timed out"))??;
         let subscriber = tokio::spawn(run_subscription(first, ws_url, authorization.clone(), notifications.clone()));
-        Ok(RemoteStore { http, base, authorization, limits, remote_backend, notifications, subscriber })
+        Ok(RemoteStore {
+            http,
+            base,
+            authorization,
+            limits,
+            remote_backend,
+            notifications,
+            subscriber,
+            in_flight: tokio::sync::Semaphore::new(REMOTE_REQUESTS_IN_FLIGHT_MAX),
+        })
     }
 
     /// The backend behind the server ("sqlite", "postgres", …).
@@ -103,7 +120,20 @@ impl RemoteStore {
         body: &B,
         may_apply: bool,
     ) -> Result<T, StoreError> {
-        call(&self.http, &self.base, &self.authorization, reqwest::Method::POST, path, Some(body), may_apply).await
+        // Waiting for a turn sends nothing, so running out of time here is `Unavailable`.
+        let permit = tokio::time::timeout(Duration::from_millis(REMOTE_REQUEST_TIMEOUT_MS), self.in_flight.acquire())
+            .await
+            .map_err(|_| {
+                StoreError::unavailable(format!(
+                    "{REMOTE_REQUESTS_IN_FLIGHT_MAX} requests to {} were in flight for {REMOTE_REQUEST_TIMEOUT_MS} ms; try again later",
+                    self.base
+                ))
+            })?
+            .map_err(|_| StoreError::Closed)?;
+        let answer =
+            call(&self.http, &self.base, &self.authorization, reqwest::Method::POST, path, Some(body), may_apply).await;
+        drop(permit);
+        answer
     }
 }
 

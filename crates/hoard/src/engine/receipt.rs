@@ -117,7 +117,12 @@ impl Engine {
                 Ok(None) => ReceiptOutcome::NotProcessedYet { reason },
                 Err(reason) => ReceiptOutcome::NotProcessedYet { reason },
             },
-            Err(error) => ReceiptOutcome::NotProcessedYet { reason: error.to_string() },
+            // A replay on a session that has since ended or been fenced out still learns that
+            // the purchase was granted (nothing was read before the attempt).
+            Err(error) => match self.receipt_record(&id).await {
+                Ok(Some(first)) => compare(&first, &attempted),
+                Ok(None) | Err(_) => ReceiptOutcome::NotProcessedYet { reason: error.to_string() },
+            },
         }
     }
 

@@ -298,7 +298,14 @@ impl Engine {
                 }
                 Err(refusal.unwrap_or(TradeError::Invalid { reason }))
             }
-            Err(error) => Err(TradeError::Transaction(error)),
+            Err(error) => {
+                // A replay whose party has since ended or been fenced out still learns that the
+                // trade committed (nothing was read before the attempt).
+                match self.trade_record(&trade.id).await {
+                    Ok(Some(first)) => already(first, &record),
+                    Ok(None) | Err(_) => Err(TradeError::Transaction(error)),
+                }
+            }
         }
     }
 

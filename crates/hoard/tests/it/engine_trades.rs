@@ -177,6 +177,12 @@ pub async fn retried_trade_returns_the_first_result_and_moves_nothing(t: TestSto
     let documents = t.store.get_many(&[id("t0"), id("t1")]).await.expect("read");
     assert!(stored(&documents[1]).holdings.items.contains_key("item-0-0"));
     assert!(!stored(&documents[0]).holdings.items.contains_key("item-0-0"));
+    // A retry reaching a party that has ended since still learns the trade committed.
+    sessions[1].end().await.expect("end");
+    match engine.trade(&[&sessions[0], &sessions[1]], &trade).await.expect("retry after end") {
+        TradeOutcome::AlreadyCommitted(record) => assert_eq!(record, first),
+        other => panic!("expected AlreadyCommitted, got {other:?}"),
+    }
 }
 
 pub async fn invalid_trades_are_refused_and_change_nothing(t: TestStore) {
@@ -274,6 +280,13 @@ pub async fn receipt_replays_and_changed_payloads(t: TestStore) {
     let again =
         engine.process_receipt(&sessions[0], "p-1", json!({"product": "gems-100", "price": 99}), grant_gems).await;
     assert_eq!(again, ReceiptOutcome::AlreadyGranted);
+    // A replay reaching a session that has ended since still learns the purchase was granted.
+    sessions[0].end().await.expect("end");
+    let after_end =
+        engine.process_receipt(&sessions[0], "p-1", json!({"product": "gems-100", "price": 99}), grant_gems).await;
+    assert_eq!(after_end, ReceiptOutcome::AlreadyGranted);
+    let unknown = engine.process_receipt(&sessions[0], "p-2", json!({}), grant_gems).await;
+    assert!(matches!(unknown, ReceiptOutcome::NotProcessedYet { .. }), "an ended session grants nothing: {unknown:?}");
 }
 
 pub async fn concurrent_receipts_on_two_engines_grant_exactly_once(t: TestStore) {
@@ -290,7 +303,9 @@ pub async fn concurrent_receipts_on_two_engines_grant_exactly_once(t: TestStore)
         b.process_receipt(&on_b, "dup-1", payload.clone(), grant_gems)
     );
     assert_eq!(from_b, ReceiptOutcome::Granted);
-    assert!(matches!(from_a, ReceiptOutcome::NotProcessedYet { .. }), "{from_a:?}");
+    // A is fenced out: it never grants. Whether it answers "retry later" or already sees B's
+    // record depends on which commit reached the store first; both are true.
+    assert!(matches!(from_a, ReceiptOutcome::NotProcessedYet { .. } | ReceiptOutcome::AlreadyGranted), "{from_a:?}");
     // And the same engine receiving it twice at once.
     let (first, second) = tokio::join!(
         b.process_receipt(&on_b, "dup-2", payload.clone(), grant_gems),

@@ -105,7 +105,7 @@ fn document_without_value(doc: &Document) -> Document {
 /// leaves it alone. So a backend may skip reading and decoding a kilobytes-long value for a key
 /// none of whose writes reads it: it stands the current value in with `VALUE_NOT_READ` (`None`
 /// when absent), and must never store that stand-in: it keeps the stored value unless a write
-/// that applied changed it (`write_changes_value`).
+/// that applied made a new version (`Next::new_version`).
 pub fn write_reads_value(write: &Write) -> bool {
     match write.value {
         ValueOp::Put(_) | ValueOp::Delete => false,
@@ -114,13 +114,6 @@ pub fn write_reads_value(write: &Write) -> bool {
         // only the lease or the inbox leaves the value where it is.
         ValueOp::Keep => write.changes_version(),
     }
-}
-
-/// Whether `write` gives the key a value that must be stored: a new version (a put, a delete,
-/// an increment, or new metadata next to the kept value). A lease or inbox change alone leaves
-/// the stored value as it is, so a backend need not rewrite kilobytes for it.
-pub fn write_changes_value(write: &Write) -> bool {
-    write.changes_version()
 }
 
 /// What a backend puts in `Document::value` for an existing key whose value it did not read

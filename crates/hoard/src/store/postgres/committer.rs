@@ -21,7 +21,7 @@ use tokio_postgres::error::{Severity, SqlState};
 
 use super::rows::{DocColumns, HistoryColumns, document_from_row};
 use super::unavailable;
-use crate::store::apply::{Current, VALUE_NOT_READ, apply_commit, write_changes_value, write_reads_value};
+use crate::store::apply::{Current, VALUE_NOT_READ, apply_commit, write_reads_value};
 use crate::store::encoded::EncodedCommit;
 use crate::store::limits::Limits;
 use crate::store::types::{CommitOutcome, DocId};
@@ -218,6 +218,9 @@ const INSERT_HISTORY_SQL: &str = "INSERT INTO history
      SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[], $6::text[], $7::text[],
                           $8::text[], $9::text[])";
 
+/// `lock_docs_sql`, built once.
+static LOCK_DOCS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(lock_docs_sql);
+
 fn lock_docs_sql() -> String {
     // ORDER BY runs below the row-locking step, so rows are locked in this order: the canonical
     // order every process uses. Under READ COMMITTED a row changed by a transaction we waited for
@@ -279,7 +282,7 @@ async fn batch_transaction(
     // Prepared once per pooled connection, then served from its statement cache.
     let begin = client.prepare_cached(BEGIN_SQL).await.map_err(before_commit("prepare"))?;
     let insert_placeholders = client.prepare_cached(INSERT_PLACEHOLDERS_SQL).await.map_err(before_commit("prepare"))?;
-    let lock_docs = client.prepare_cached(&lock_docs_sql()).await.map_err(before_commit("prepare"))?;
+    let lock_docs = client.prepare_cached(&LOCK_DOCS_SQL).await.map_err(before_commit("prepare"))?;
     let select_holders = client.prepare_cached(SELECT_HOLDERS_SQL).await.map_err(before_commit("prepare"))?;
     let select_now = client.prepare_cached(NOW_MS_SQL).await.map_err(before_commit("prepare"))?;
 
@@ -349,9 +352,10 @@ async fn batch_transaction(
         drop(currents);
         match result {
             Ok((nexts, applied)) => {
-                for (index, (next, write)) in nexts.into_iter().zip(&commit.writes).enumerate() {
-                    let value_text = if write_changes_value(write) {
-                        assert!(next.new_version, "a write that changes the value makes a new version");
+                for (index, next) in nexts.into_iter().enumerate() {
+                    // A new version is the only way a write changes the stored value; any other
+                    // write keeps it (`value_set` false), whatever stand-in the batch holds.
+                    let value_text = if next.new_version {
                         let encoded = pending.encoded.value_text(index).cloned();
                         Some(
                             history

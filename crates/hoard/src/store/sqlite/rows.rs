@@ -145,13 +145,16 @@ pub(crate) fn read_current(
     limits: &Limits,
     read_value: bool,
 ) -> Result<Current, StoreError> {
-    let columns = DOC_COLUMNS.replacen("d.value,", "CASE WHEN ?3 THEN d.value END,", 1);
-    let sql = format!(
-        "SELECT {columns}, h.expires_at_ms, d.value IS NOT NULL FROM docs AS d \
-         LEFT JOIN holders AS h ON h.holder = d.lease_holder \
-         WHERE d.store = ?1 AND d.key = ?2"
-    );
-    let mut statement = connection.prepare_cached(&sql).map_err(sql_error("preparing a commit read"))?;
+    // Built once: this runs for every write on the writer thread.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        let columns = DOC_COLUMNS.replacen("d.value,", "CASE WHEN ?3 THEN d.value END,", 1);
+        format!(
+            "SELECT {columns}, h.expires_at_ms, d.value IS NOT NULL FROM docs AS d \
+             LEFT JOIN holders AS h ON h.holder = d.lease_holder \
+             WHERE d.store = ?1 AND d.key = ?2"
+        )
+    });
+    let mut statement = connection.prepare_cached(&SQL).map_err(sql_error("preparing a commit read"))?;
     let row = statement
         .query_row(params![id.store.as_str(), id.key.as_str(), read_value], |row| {
             Ok((

@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::clock;
 use super::rows::{insert_history, read_current, sql_error, upsert_document};
-use crate::store::apply::{Current, apply_commit, write_changes_value, write_reads_value};
+use crate::store::apply::{Current, apply_commit, write_reads_value};
 use crate::store::encoded::EncodedCommit;
 use crate::store::limits::{HOUR_MS, HistoryPolicy, Limits};
 use crate::store::types::{CommitOutcome, HolderId, HolderLease, Notification};
@@ -355,9 +355,9 @@ fn write_commit(
         Ok(result) => result,
         Err(conflict) => return Ok(CommitOutcome::Conflict(conflict)),
     };
-    for (index, (next, write)) in nexts.iter().zip(&commit.writes).enumerate() {
-        let value_text = if write_changes_value(write) {
-            assert!(next.new_version, "a write that changes the value makes a new version");
+    for (index, next) in nexts.iter().enumerate() {
+        // A new version is the only way a write changes the stored value; any other write keeps it.
+        let value_text = if next.new_version {
             let encoded_text = encoded.value_text(index).cloned();
             Some(insert_history(connection, &next.doc, encoded_text, commit.id, now_ms)?)
         } else {

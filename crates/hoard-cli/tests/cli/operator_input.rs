@@ -277,6 +277,7 @@ mount -o remount,ro "$DIR"
 step get --db "$DIR/hoard.sqlite3" get players alice
 step put2 --db "$DIR/hoard.sqlite3" put players alice '{{"coins": 2}}'
 step new --db "$DIR/new/hoard.sqlite3" put players alice '{{"coins": 3}}'
+step newfile --db "$DIR/new.sqlite3" put players alice '{{"coins": 4}}'
 mount -o remount,rw "$DIR"
 step after --db "$DIR/hoard.sqlite3" get players alice
 "#
@@ -285,7 +286,7 @@ step after --db "$DIR/hoard.sqlite3" get players alice
         return;
     }
     assert_eq!(step(out.path(), "put1").0, 0, "{:?}", step(out.path(), "put1"));
-    for name in ["get", "put2", "new"] {
+    for name in ["get", "put2", "new", "newfile"] {
         let (code, _, stderr) = step(out.path(), name);
         assert_ne!(code, 0, "{name} on a read-only mount must fail");
         assert!(stderr.contains("read-only file system"), "{name} names the cause: {stderr}");

@@ -217,9 +217,11 @@ async fn operator_write(
     };
     let held_message = "write refused: a session holds the key; use --force to take it from its holder first";
     let commit = Commit::single(write.when(condition));
-    match store.commit(commit.clone()).await {
+    // What reading back needs (id, keys, kinds of change), without a copy of the value.
+    let trace = commit.trace();
+    match store.commit(commit).await {
         Ok(outcome) => report(outcome, held_message),
-        Err(error) if error.may_have_applied() => report_unknown_outcome(store, &commit, &error).await,
+        Err(error) if error.may_have_applied() => report_unknown_outcome(store, &trace, &error).await,
         Err(error) => Err(error.into()),
     }
 }

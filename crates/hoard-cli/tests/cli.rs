@@ -6,6 +6,8 @@
 mod hostile_input;
 #[path = "cli/operator_input.rs"]
 mod operator_input;
+#[path = "cli/power_loss.rs"]
+mod power_loss;
 #[path = "cli/served.rs"]
 mod served;
 

@@ -215,7 +215,10 @@ pub fn run(db: &str, args: &SimArgs) -> ExitCode {
             object.insert("worlds_per_second".into(), (report.worlds as f64 / seconds).into());
             object.insert("ops_per_second".into(), (report.ops as f64 / seconds).into());
         }
-        serde_json::to_string_pretty(&value).map(|text| text + "\n").map_err(anyhow::Error::from).and_then(|text| print_stdout(&text))
+        serde_json::to_string_pretty(&value)
+            .map(|text| text + "\n")
+            .map_err(anyhow::Error::from)
+            .and_then(|text| print_stdout(&text))
     } else {
         print_stdout(&report.summary(elapsed_ms))
     };

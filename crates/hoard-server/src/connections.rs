@@ -90,7 +90,11 @@ impl Drop for CountedStream {
 }
 
 impl AsyncRead for CountedStream {
-    fn poll_read(self: Pin<&mut Self>, context: &mut Context<'_>, buffer: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        context: &mut Context<'_>,
+        buffer: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().stream).poll_read(context, buffer)
     }
 }
@@ -258,7 +262,13 @@ pub async fn run(
         match connections.clone().try_acquire_owned() {
             Ok(permit) => {
                 let stream = CountedStream::new(stream, permit);
-                tasks.spawn(serve_connection(stream, app.clone(), header_read_timeout, stopping.clone(), shared.clone()));
+                tasks.spawn(serve_connection(
+                    stream,
+                    app.clone(),
+                    header_read_timeout,
+                    stopping.clone(),
+                    shared.clone(),
+                ));
             }
             Err(_) => {
                 ::metrics::counter!(metrics::HTTP_CONNECTIONS_REFUSED).increment(1);

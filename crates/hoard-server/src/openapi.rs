@@ -35,13 +35,17 @@ fn shared_answers(operation: &Operation) -> Vec<(&'static str, &'static str)> {
     let has_parameters = operation.parameters.as_ref().is_some_and(|parameters| !parameters.is_empty());
     let upgrades = operation.responses.responses.contains_key("101");
     let operations_tag = operation.tags.as_ref().is_some_and(|tags| tags.iter().any(|tag| tag == "operations"));
-    let mut answers = vec![("408", "the request took longer than request_timeout_ms; retry (with the same Idempotency-Key)")];
+    let mut answers =
+        vec![("408", "the request took longer than request_timeout_ms; retry (with the same Idempotency-Key)")];
     if secured {
         answers.push(("401", "no API key, or not a valid one (`Authorization: Bearer <key>`)"));
         answers.push(("429", "the key's rate limit is exceeded; retry after `Retry-After` seconds"));
     }
     if secured && !operations_tag {
-        answers.push(("503", "the store is unavailable (nothing applied), its outcome is unknown, or the server is shutting down; retry"));
+        answers.push((
+            "503",
+            "the store is unavailable (nothing applied), its outcome is unknown, or the server is shutting down; retry",
+        ));
     }
     if has_body {
         answers.push(("400", "the body is not JSON of the expected shape, or breaks a documented rule"));
@@ -74,7 +78,8 @@ impl Modify for SharedAnswers {
             for operation in operations.into_iter().flatten() {
                 for (status, description) in shared_answers(operation) {
                     let error_body = Content::new(Some(Ref::from_schema_name("ErrorBody")));
-                    let answer = ResponseBuilder::new().description(description).content("application/json", error_body);
+                    let answer =
+                        ResponseBuilder::new().description(description).content("application/json", error_body);
                     operation.responses.responses.entry(status.to_string()).or_insert(RefOr::T(answer.build()));
                 }
             }

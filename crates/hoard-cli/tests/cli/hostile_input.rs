@@ -254,7 +254,9 @@ fn schemathesis_available() -> bool {
     if std::env::var("CI").as_deref() == Ok("true") {
         panic!("schemathesis is not installed and CI=true: `.ci/run` installs it with pip");
     }
-    eprintln!("\n*** SKIPPED: schemathesis is not installed (pip install schemathesis); hostile-input run not done ***\n");
+    eprintln!(
+        "\n*** SKIPPED: schemathesis is not installed (pip install schemathesis); hostile-input run not done ***\n"
+    );
     false
 }
 

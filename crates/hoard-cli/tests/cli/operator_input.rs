@@ -25,7 +25,8 @@ const READ_COMMANDS: &[&[&str]] = &[
 ];
 
 /// Commands that write but have nothing to act on in a new database: they must not create one.
-const WRITES_NEEDING_DATA: &[&[&str]] = &[&["restore", "players", "alice", "1"], &["release", "players", "alice"], &["prune"]];
+const WRITES_NEEDING_DATA: &[&[&str]] =
+    &[&["restore", "players", "alice", "1"], &["release", "players", "alice"], &["prune"]];
 
 /// Commands that create a database when there is none (and so must refuse a foreign file).
 const CREATING_WRITES: &[&[&str]] =
@@ -324,7 +325,10 @@ step put2 --db "$DIR/hoard.sqlite3" put players alice '{{"coins": 2}}'
     assert_ne!(code, 0, "a write to a full disk must fail");
     assert!(stderr.contains("full"), "names the cause: {stderr}");
     assert!(stderr.contains("free space"), "says what to do: {stderr}");
-    assert!(!stderr.contains("may have applied") || stderr.contains("not applied"), "says it was not applied: {stderr}");
+    assert!(
+        !stderr.contains("may have applied") || stderr.contains("not applied"),
+        "says it was not applied: {stderr}"
+    );
     let (code, stdout, stderr) = step(out.path(), "after");
     assert_eq!(code, 0, "{stderr}");
     let document: Value = serde_json::from_str(&stdout).expect("JSON");
@@ -424,9 +428,7 @@ fn postgres_reads_refuse_a_database_without_hoards_schema_and_create_nothing() {
         let _ = driver.await;
         row.get::<_, i64>(0)
     });
-    runtime
-        .block_on(client.batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)")))
-        .expect("drop database");
+    runtime.block_on(client.batch_execute(&format!("DROP DATABASE {database} WITH (FORCE)"))).expect("drop database");
     for (args, output) in outputs {
         let stderr = stderr_of(&output);
         assert!(!output.status.success(), "{args:?}: {stderr}");

@@ -130,15 +130,17 @@ fn power_loss_writer_process() {
                                 applied.iter().map(|a| format!("{}:{}", a.id.key.as_str(), a.version)).collect();
                             append(&log, format!("ack {commit_id} {}\n", versions.join(",")));
                         }
-                        Ok(CommitOutcome::Conflict(conflict)) => panic!("an unconditional transfer conflicted: {conflict}"),
+                        Ok(CommitOutcome::Conflict(conflict)) => {
+                            panic!("an unconditional transfer conflicted: {conflict}")
+                        }
                         Err(error) => append(&log, format!("error {} {error}\n", commit.id)),
                     }
                 }
             }));
         }
-        for task in tasks {
-            task.await.expect("a writer task");
-        }
+        // The tasks run until the test kills the process; one that ends has failed.
+        let (ended, _, _) = futures_util::future::select_all(tasks).await;
+        panic!("a writer task ended: {ended:?}");
     });
 }
 
@@ -244,8 +246,11 @@ fn rebuild(live: &Path, shadow: &Path, crashed: &Path, restore: Restore, rng: &m
     later_pages_kept
 }
 
-/// (commit id → the key:version pairs it was acknowledged with), and every attempted commit id.
-fn read_writer_log(log: &Path) -> (BTreeMap<String, Vec<(String, u64)>>, BTreeSet<String>) {
+/// Commit id → the key:version pairs it was acknowledged with.
+type Acknowledged = BTreeMap<String, Vec<(String, u64)>>;
+
+/// The acknowledged commits, and every attempted commit id.
+fn read_writer_log(log: &Path) -> (Acknowledged, BTreeSet<String>) {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut acknowledged = BTreeMap::new();
     let mut attempted = BTreeSet::new();

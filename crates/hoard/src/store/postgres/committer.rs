@@ -248,10 +248,9 @@ async fn try_batch(
     batch: &[PendingCommit],
     keys: &BTreeMap<DocId, bool>,
 ) -> Result<Vec<CommitOutcome>, BatchFailure> {
-    let client =
-        shared.pool.get().await.map_err(|error| {
-            BatchFailure::NothingApplied(format!("get a connection: {}", super::describe_error(&error)))
-        })?;
+    let client = shared.pool.get().await.map_err(|error| {
+        BatchFailure::NothingApplied(format!("get a connection: {}", super::describe_error(&error)))
+    })?;
     let result = batch_transaction(&client, shared, batch, keys).await;
     if result.is_err() {
         drop(deadpool_postgres::Object::take(client));

@@ -56,7 +56,10 @@ fn io_remedy(error: &std::io::Error) -> Option<&'static str> {
              and port in the URL"
         }
         ErrorKind::TimedOut => "the server did not answer in time: check that it is up and that the network reaches it",
-        ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted | ErrorKind::BrokenPipe | ErrorKind::UnexpectedEof => {
+        ErrorKind::ConnectionReset
+        | ErrorKind::ConnectionAborted
+        | ErrorKind::BrokenPipe
+        | ErrorKind::UnexpectedEof => {
             "the connection was cut (a restart, a failover, a proxy or a network fault): hoard retries on its own"
         }
         ErrorKind::NotFound | ErrorKind::HostUnreachable | ErrorKind::NetworkUnreachable => {
@@ -109,11 +112,8 @@ pub(crate) fn describe_error(error: &(dyn Error + 'static)) -> String {
     match known_cause(error) {
         Some((cause, remedy)) => {
             let summary = summary.trim_end_matches(": db error").trim_end_matches("db error");
-            let text = if summary.is_empty() || summary.contains(&cause) {
-                cause
-            } else {
-                format!("{summary}: {cause}")
-            };
+            let text =
+                if summary.is_empty() || summary.contains(&cause) { cause } else { format!("{summary}: {cause}") };
             match remedy {
                 Some(remedy) => format!("{text}; {remedy}"),
                 None => text,

@@ -147,11 +147,14 @@ fn open_failure(path: &Path, doing: &str, error: &rusqlite::Error) -> StoreError
         Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::PermissionDenied)
     );
     match explain_write_refusal(path).filter(|_| needs_explaining) {
-        Some(reason) => StoreError::unavailable(format!(
-            "cannot {doing} the SQLite file {} ({error}): {reason}",
-            path.display()
+        Some(reason) => {
+            StoreError::unavailable(format!("cannot {doing} the SQLite file {} ({error}): {reason}", path.display()))
+        }
+        None => StoreError::unavailable(format!(
+            "cannot {doing} the SQLite file {}: {}",
+            path.display(),
+            describe_error(error)
         )),
-        None => StoreError::unavailable(format!("cannot {doing} the SQLite file {}: {}", path.display(), describe_error(error))),
     }
 }
 

@@ -78,9 +78,10 @@ pub(crate) fn identify(path: &Path) -> Result<FileKind, StoreError> {
         )));
     }
     let mut header = Vec::with_capacity(100);
-    file.by_ref().take(100).read_to_end(&mut header).map_err(|error| {
-        StoreError::unavailable(format!("cannot read the SQLite file {}: {error}", path.display()))
-    })?;
+    file.by_ref()
+        .take(100)
+        .read_to_end(&mut header)
+        .map_err(|error| StoreError::unavailable(format!("cannot read the SQLite file {}: {error}", path.display())))?;
     let wal_has_content = has_wal_content(path);
     if header.is_empty() && !wal_has_content {
         return Ok(FileKind::Empty);
@@ -88,10 +89,8 @@ pub(crate) fn identify(path: &Path) -> Result<FileKind, StoreError> {
     if !header.is_empty() && (header.len() < 100 || !header.starts_with(SQLITE_HEADER_MAGIC)) {
         return Ok(FileKind::NotSqlite);
     }
-    let header_application_id = header
-        .get(68..72)
-        .and_then(|bytes| <[u8; 4]>::try_from(bytes).ok())
-        .map_or(0, i32::from_be_bytes);
+    let header_application_id =
+        header.get(68..72).and_then(|bytes| <[u8; 4]>::try_from(bytes).ok()).map_or(0, i32::from_be_bytes);
     // A WAL with content may hold a newer page 1 (hoard stamps its id after switching to WAL), so
     // the header decides alone only when there is none.
     if !wal_has_content {
@@ -160,8 +159,8 @@ fn identify_by_tables(path: &Path, wal_has_content: bool) -> Result<FileKind, St
     }
     let has_hoard_tables = HOARD_TABLES.iter().all(|table| tables.iter().any(|name| name == table));
     // hoard's schema_version is a singleton row; another application's table of that name is not.
-    let has_hoard_version_row =
-        has_hoard_tables && connection.query_row("SELECT singleton, version FROM schema_version", [], |_| Ok(())).is_ok();
+    let has_hoard_version_row = has_hoard_tables
+        && connection.query_row("SELECT singleton, version FROM schema_version", [], |_| Ok(())).is_ok();
     if has_hoard_version_row {
         Ok(FileKind::Hoard { application_id_stamped: false })
     } else {

@@ -216,17 +216,21 @@ static void check_open(int dirfd, const char *path, int flags) {
 typedef int (*open_function)(const char *, int, ...);
 typedef int (*openat_function)(int, const char *, int, ...);
 
+/* The optional third argument of open(2): the mode, given only with O_CREAT or O_TMPFILE. */
+#define MODE_ARGUMENT(flags, mode)                                                   \
+    mode_t mode = 0;                                                                  \
+    if ((flags) & (O_CREAT | O_TMPFILE)) {                                            \
+        va_list arguments;                                                            \
+        va_start(arguments, flags);                                                   \
+        mode = (mode_t)va_arg(arguments, int);                                        \
+        va_end(arguments);                                                            \
+    }
+
 #define OPEN_WRAPPER(symbol)                                                          \
     int symbol(const char *path, int flags, ...) {                                     \
         static open_function real = NULL;                                              \
         if (real == NULL) real = (open_function)dlsym(RTLD_NEXT, #symbol);             \
-        mode_t mode = 0;                                                               \
-        if (flags & (O_CREAT | O_TMPFILE)) {                                           \
-            va_list arguments;                                                         \
-            va_start(arguments, flags);                                                \
-            mode = (mode_t)va_arg(arguments, int);                                     \
-            va_end(arguments);                                                         \
-        }                                                                              \
+        MODE_ARGUMENT(flags, mode)                                                     \
         check_open(AT_FDCWD, path, flags);                                             \
         return real(path, flags, mode);                                                \
     }
@@ -235,13 +239,7 @@ typedef int (*openat_function)(int, const char *, int, ...);
     int symbol(int dirfd, const char *path, int flags, ...) {                          \
         static openat_function real = NULL;                                            \
         if (real == NULL) real = (openat_function)dlsym(RTLD_NEXT, #symbol);           \
-        mode_t mode = 0;                                                               \
-        if (flags & (O_CREAT | O_TMPFILE)) {                                           \
-            va_list arguments;                                                         \
-            va_start(arguments, flags);                                                \
-            mode = (mode_t)va_arg(arguments, int);                                     \
-            va_end(arguments);                                                         \
-        }                                                                              \
+        MODE_ARGUMENT(flags, mode)                                                     \
         check_open(dirfd, path, flags);                                                \
         return real(dirfd, path, flags, mode);                                         \
     }

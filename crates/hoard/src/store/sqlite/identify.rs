@@ -62,7 +62,11 @@ fn has_wal_content(path: &Path) -> bool {
 pub(crate) fn identify(path: &Path) -> Result<FileKind, StoreError> {
     let mut file = match std::fs::File::open(path) {
         Ok(file) => file,
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(FileKind::Missing),
+        // A path through a file (`a-file/hoard.sqlite3`) names nothing either; creating its folder
+        // then says why it cannot be.
+        Err(error) if matches!(error.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory) => {
+            return Ok(FileKind::Missing);
+        }
         Err(error) => {
             return Err(StoreError::unavailable(format!(
                 "cannot read the SQLite file {}: {error}; check its permissions",

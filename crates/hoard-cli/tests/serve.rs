@@ -242,6 +242,8 @@ fn check_config_takes_each_setting_from_the_flag_then_the_environment_then_the_f
     assert_eq!(settings["shutdown_deadline_ms"], 2000, "the file wins over the default");
     assert_eq!(settings["api_keys_refresh_interval_ms"], 3000);
     assert_eq!(settings["request_timeout_ms"], 30000, "the default");
+    assert_eq!(settings["header_read_timeout_ms"], 10000, "the default");
+    assert_eq!(settings["connections_max"], 4096, "the default");
     assert_eq!(settings["db"], "hoard-data/hoard.sqlite3");
     assert_eq!(
         settings["keys"],
@@ -274,6 +276,8 @@ fn serve_help_lists_every_flag_and_its_variable() {
         ("--store-body-bytes-max", Some("HOARD_STORE_BODY_BYTES_MAX")),
         ("--request-timeout-ms", Some("HOARD_REQUEST_TIMEOUT_MS")),
         ("--concurrent-requests-max", Some("HOARD_CONCURRENT_REQUESTS_MAX")),
+        ("--header-read-timeout-ms", Some("HOARD_HEADER_READ_TIMEOUT_MS")),
+        ("--connections-max", Some("HOARD_CONNECTIONS_MAX")),
         ("--lease-ttl-ms", Some("HOARD_LEASE_TTL_MS")),
         ("--shutdown-deadline-ms", Some("HOARD_SHUTDOWN_DEADLINE_MS")),
         ("--api-keys-refresh-interval-ms", Some("HOARD_API_KEYS_REFRESH_INTERVAL_MS")),

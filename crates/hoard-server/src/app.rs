@@ -1,7 +1,8 @@
 //! The router (every route with its layers) and the server loop with graceful shutdown.
 //!
 //! Invariant: every route runs under a timeout, a body-size limit and a concurrency limit, and
-//! every error answer is JSON (`ErrorBody`), including the ones tower and axum make themselves.
+//! every error answer is JSON (`ErrorBody`), including the ones tower and axum make themselves;
+//! every connection runs under the connection limit and the header-read timeout (`connections`).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,7 +14,6 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tower::limit::ConcurrencyLimitLayer;
 use tower_http::limit::RequestBodyLimitLayer;
@@ -22,7 +22,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{auth, metrics, routes};
+use crate::{auth, connections, metrics, routes};
 
 /// Builds the whole service for a state. Tests drive it in-process or on a socket.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -97,7 +97,8 @@ async fn json_errors(request: Request, next: Next) -> Response {
 }
 
 /// Serves until `shutdown` completes, then stops taking requests and gives those in flight (and
-/// open WebSockets) up to `deadline` to finish (G9 for the service).
+/// open WebSockets) up to `deadline` to finish (G9 for the service). Connections are accepted by
+/// `connections::run`, under `connections_max` and `header_read_timeout_ms`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -113,19 +114,13 @@ pub async fn serve(
     let refresher = crate::runtime_keys::spawn_refresher(&state);
     let (begin_shutdown, shutdown_begun) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
-    // Answers are small and each one is awaited by a caller: send them at once rather than let
-    // Nagle's algorithm hold a segment back for the client's delayed ACK.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
-        }
-    });
+    let limits = state.config.limits.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown_begun.await;
-            })
-            .await
+        connections::run(listener, app, &limits, async move {
+            let _ = shutdown_begun.await;
+        })
+        .await;
+        Ok::<(), std::io::Error>(())
     });
     shutdown.await;
     tracing::info!(deadline_ms = deadline.as_millis() as u64, "shutting down: refusing new requests");

@@ -119,6 +119,11 @@ impl ApiError {
                 metrics::store_error("corrupt");
                 ApiError::internal(format!("corrupt stored data: {message}"))
             }
+            // Only opening a store refuses a database; a store that is serving never answers it.
+            StoreError::WrongDatabase { message } => {
+                metrics::store_error("wrong_database");
+                ApiError::internal(format!("the store refused its database: {message}"))
+            }
         }
     }
 }

@@ -28,6 +28,15 @@ pub const IDEMPOTENT_REPLAYS: &str = "hoard_idempotent_replays_total";
 pub const STORE_ERRORS: &str = "hoard_store_errors_total";
 pub const UNAUTHORIZED: &str = "hoard_unauthorized_total";
 pub const RATE_LIMITED: &str = "hoard_rate_limited_total";
+/// Client connections open now (WebSockets included).
+pub const HTTP_CONNECTIONS_OPEN: &str = "hoard_http_connections_open";
+/// Connections answered 503 `too_many_connections` (or dropped, when even the refusals were at
+/// their limit) because `connections_max` were open.
+pub const HTTP_CONNECTIONS_REFUSED: &str = "hoard_http_connections_refused_total";
+/// Connections closed because a request header did not arrive within `header_read_timeout_ms`.
+pub const HTTP_HEADER_READ_TIMEOUTS: &str = "hoard_http_header_read_timeouts_total";
+/// Failed `accept` calls (e.g. out of file descriptors), by error kind.
+pub const HTTP_ACCEPT_ERRORS: &str = "hoard_http_accept_errors_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 

@@ -38,6 +38,7 @@ impl SessionToken {
 
 /// Query of `GET /v1/stores/{store}/keys`.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only keys starting with this (literal, case-sensitive).
@@ -52,6 +53,7 @@ pub struct ListParams {
 
 /// Query of `GET /v1/stores/{store}/keys/{key}/versions`.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct VersionParams {
     /// List versions strictly older than this one.

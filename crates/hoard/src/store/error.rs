@@ -3,7 +3,9 @@
 //! Invariant: an expected outcome (a failed condition) is never an error; it is a
 //! `CommitOutcome::Conflict`. Errors are for bad input, unreachable or failing databases, and
 //! stored data the store cannot read. `OutcomeUnknown` is the only error after which a commit may
-//! have applied; callers resolve it by reading back (`store::resolve_unknown_commit`).
+//! have applied; callers resolve it by reading back (`store::resolve_unknown_commit`). Every
+//! message names the cause and, where the caller can act, what to do (the backends' error texts
+//! go through `sqlite::describe_error` and `postgres::describe_error`, which add both).
 
 use thiserror::Error;
 
@@ -51,6 +53,12 @@ pub enum StoreError {
     /// The store is closed or shutting down.
     #[error("store is closed")]
     Closed,
+    /// The location names no database this hoard may use: nothing there when it must exist, an
+    /// SQLite file of another application (or not an SQLite file at all), or a PostgreSQL
+    /// database without hoard's schema. Nothing was created or changed; the message says what to
+    /// do. Not transient: the same location gives the same answer until someone changes it.
+    #[error("{message}")]
+    WrongDatabase { message: String },
 }
 
 impl StoreError {
@@ -74,5 +82,9 @@ impl StoreError {
 
     pub fn corrupt(message: impl std::fmt::Display) -> StoreError {
         StoreError::Corrupt { message: message.to_string() }
+    }
+
+    pub fn wrong_database(message: impl std::fmt::Display) -> StoreError {
+        StoreError::WrongDatabase { message: message.to_string() }
     }
 }

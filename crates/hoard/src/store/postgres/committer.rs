@@ -117,7 +117,7 @@ fn is_retryable(error: &tokio_postgres::Error) -> bool {
 /// Classifies an error raised before COMMIT was sent: the transaction did not commit.
 fn before_commit(context: &str) -> impl Fn(tokio_postgres::Error) -> BatchFailure + '_ {
     move |error| {
-        let message = format!("{context}: {error}");
+        let message = format!("{context}: {}", super::describe_error(&error));
         if is_retryable(&error) { BatchFailure::Retryable(message) } else { BatchFailure::NothingApplied(message) }
     }
 }
@@ -248,8 +248,9 @@ async fn try_batch(
     batch: &[PendingCommit],
     keys: &BTreeMap<DocId, bool>,
 ) -> Result<Vec<CommitOutcome>, BatchFailure> {
-    let client =
-        shared.pool.get().await.map_err(|error| BatchFailure::NothingApplied(format!("get a connection: {error}")))?;
+    let client = shared.pool.get().await.map_err(|error| {
+        BatchFailure::NothingApplied(format!("get a connection: {}", super::describe_error(&error)))
+    })?;
     let result = batch_transaction(&client, shared, batch, keys).await;
     if result.is_err() {
         drop(deadpool_postgres::Object::take(client));
@@ -393,7 +394,7 @@ async fn batch_transaction(
 /// the server means the transaction is aborted, so the COMMIT behind it turns into a rollback:
 /// nothing applied. A lost connection means COMMIT may have reached the server: unknown.
 fn in_commit_pipeline(context: &str, error: tokio_postgres::Error) -> BatchFailure {
-    let message = format!("{context}: {error}");
+    let message = format!("{context}: {}", super::describe_error(&error));
     let server_refused =
         error.as_db_error().is_some_and(|db_error| db_error.parsed_severity() == Some(Severity::Error));
     if !server_refused {

@@ -10,6 +10,7 @@
 //! connection failed while COMMIT was in flight.
 
 mod committer;
+mod errors;
 mod listener;
 mod rows;
 mod schema;
@@ -52,10 +53,13 @@ pub const PRUNE_HISTORY_KEYS_PER_BATCH: i64 = 1_000;
 pub struct PostgresOptions {
     /// A libpq-style URL or key=value string, e.g. `postgres://hoard@db:5432/hoard`.
     pub url: String,
-    /// The schema hoard's tables live in (created if missing): `[a-z_][a-z0-9_]*`, at most
-    /// `SCHEMA_NAME_BYTES_MAX` bytes. Stores in different schemas are fully isolated, including
-    /// their notifications.
+    /// The schema hoard's tables live in (created if missing, unless `must_exist`):
+    /// `[a-z_][a-z0-9_]*`, at most `SCHEMA_NAME_BYTES_MAX` bytes. Stores in different schemas are
+    /// fully isolated, including their notifications.
     pub schema: String,
+    /// Refuse a database without hoard's schema instead of creating it (operators' reads: a typo
+    /// in a URL must not create tables in some other database).
+    pub must_exist: bool,
     pub limits: Limits,
     pub history_policy: HistoryPolicy,
     /// Most connections this process keeps open (group-commit workers and reads share them);
@@ -79,6 +83,7 @@ impl Default for PostgresOptions {
         PostgresOptions {
             url: String::new(),
             schema: "hoard".to_string(),
+            must_exist: false,
             limits: Limits::default(),
             history_policy: HistoryPolicy::default(),
             pool_size: 16,
@@ -108,9 +113,12 @@ pub struct PostgresStore {
     _listener_shutdown: watch::Sender<()>,
 }
 
-/// `Unavailable` with what was being done.
-pub(crate) fn unavailable(context: impl std::fmt::Display, error: impl std::fmt::Display) -> StoreError {
-    StoreError::unavailable(format!("postgres: {context}: {error}"))
+pub(crate) use self::errors::describe_error;
+
+/// `Unavailable` with what was being done, and the error's cause and remedy (`describe_error`)
+/// when it is the driver's or the pool's.
+pub(crate) fn unavailable(context: impl std::fmt::Display, error: impl std::fmt::Display + 'static) -> StoreError {
+    StoreError::unavailable(format!("postgres: {context}: {}", errors::describe_any(&error)))
 }
 
 /// Quotes an identifier for SQL text. Schema names are validated to `[a-z_][a-z0-9_]*` first;
@@ -167,8 +175,10 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
 }
 
 impl PostgresStore {
-    /// Connects, migrates the schema (safe with many processes opening at once), starts the
-    /// notification listener (and waits until it listens) and the group-commit workers.
+    /// Connects, migrates the schema (safe with many processes opening at once; with
+    /// `must_exist`, only a schema that is already there), starts the notification listener (and
+    /// waits until it listens) and the group-commit workers. Errors name their cause and what to
+    /// do (`describe_error`).
     pub async fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
         validate_options(&options)?;
         let mut config: tokio_postgres::Config =
@@ -199,6 +209,16 @@ impl PostgresStore {
             .create_timeout(Some(connect_timeout))
             .build()
             .map_err(|error| unavailable("build the connection pool", error))?;
+        // The first connection names where it went, so "connection refused" or "database does not
+        // exist" says which server and database; it goes back to the pool for the migrations.
+        let first_connection = pool
+            .get()
+            .await
+            .map_err(|error| unavailable(format!("connect to the {}", schema::target_text(&config)), error))?;
+        drop(first_connection);
+        if options.must_exist {
+            schema::refuse_missing_schema(&pool, &config, &options.schema).await?;
+        }
         schema::migrate(&pool, &options.schema).await?;
 
         let channel = format!("hoard_{}", options.schema);

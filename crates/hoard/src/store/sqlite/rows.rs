@@ -17,7 +17,7 @@ use crate::store::types::{CommitId, DocId, Document, HolderId, InboxMessage, Lea
 /// Maps an SQL error of a read or write to `Unavailable`: the statement did not change the file
 /// (a failed statement inside a transaction is undone with its savepoint or transaction).
 pub(crate) fn sql_error(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
-    move |error| StoreError::unavailable(format!("SQLite {context}: {error}"))
+    move |error| StoreError::unavailable(format!("SQLite {context}: {}", super::describe_error(&error)))
 }
 
 fn to_json_text<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StoreError> {

@@ -210,7 +210,7 @@ fn run_batch(
     if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
         // BEGIN IMMEDIATE takes the write lock or fails having changed nothing (e.g. BUSY after
         // busy_timeout because another process held the lock that long).
-        let message = format!("SQLite could not start a write transaction: {error}");
+        let message = format!("SQLite could not start a write transaction: {}", super::describe_error(&error));
         for request in batch {
             request.refuse(StoreError::unavailable(&message));
         }
@@ -266,7 +266,7 @@ fn run_batch(
             if !connection.is_autocommit() {
                 let _ = connection.execute_batch("ROLLBACK");
             }
-            let message = format!("SQLite COMMIT failed: {error}");
+            let message = format!("SQLite COMMIT failed: {}", super::describe_error(&error));
             for answer in answers {
                 if answer.wrote() {
                     answer.fail_with(|| StoreError::outcome_unknown(&message)).send();

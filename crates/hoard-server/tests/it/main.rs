@@ -12,6 +12,7 @@ mod local_backends;
 
 mod backends;
 mod config_file;
+mod database_outage;
 mod http_api_keys;
 mod http_auth;
 mod http_bad_input;
@@ -26,6 +27,8 @@ macro_rules! conformance_backends {
         $suite!(memory);
     };
 }
+#[path = "../../../hoard/tests/it/pg_cluster.rs"]
+mod pg_cluster;
 #[path = "../../../hoard/tests/it/store_conformance.rs"]
 mod store_conformance;
 mod support;

@@ -4,7 +4,9 @@ mod engine_sessions;
 mod engine_shared_docs;
 mod engine_timers;
 mod engine_trades;
+mod pg_cluster;
 mod postgres_backend;
+mod postgres_failover;
 mod sqlite_backend;
 /// The store conformance suite runs against every backend of the library.
 macro_rules! conformance_backends {

@@ -15,6 +15,8 @@ macro_rules! conformance_backends {
     };
 }
 mod store_conformance;
+mod store_delta;
 mod store_faults;
+mod store_history;
 mod store_model;
 mod tidy;

@@ -203,33 +203,46 @@ const INSERT_PLACEHOLDERS_SQL: &str = "INSERT INTO docs (store, key)
      ORDER BY want.store COLLATE \"C\", want.key COLLATE \"C\"
      ON CONFLICT (store, key) DO NOTHING";
 
-const SELECT_HOLDERS_SQL: &str = "SELECT holder, expires_at_ms FROM holders
-     WHERE holder = ANY($3::text[])
-        OR holder IN (SELECT d.lease_holder FROM docs AS d
-                      JOIN unnest($1::text[], $2::text[]) AS want(store, key)
-                        ON d.store = want.store AND d.key = want.key
-                      WHERE d.lease_holder IS NOT NULL)";
-
-const NOW_MS_SQL: &str = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint";
+// The holders' process leases that judge `LeaseFree` for this batch (of the locked rows, and of
+// every holder the batch acquires for), with the database clock, in one statement: an aggregate
+// without GROUP BY is always one row, so `clock_timestamp()` is read once.
+const SELECT_HOLDERS_AND_NOW_SQL: &str = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS now_ms,
+            coalesce(array_agg(h.holder), '{}') AS holders, coalesce(array_agg(h.expires_at_ms), '{}') AS expires_at_ms
+     FROM holders AS h
+     WHERE h.holder = ANY(array_cat($3::text[], ARRAY(
+         SELECT d.lease_holder FROM docs AS d
+         JOIN unnest($1::text[], $2::text[]) AS want(store, key) ON d.store = want.store AND d.key = want.key
+         WHERE d.lease_holder IS NOT NULL)))";
 
 // A key whose value no applied write of the batch changed (`value_set` false: a lease or inbox
 // change) keeps its stored value: PostgreSQL then reuses the TOASTed datum instead of
 // compressing kilobytes again, and the stand-in the batch held for an unread value
 // (`VALUE_NOT_READ`) is never stored.
-const UPDATE_DOCS_SQL: &str = "UPDATE docs AS d SET
-         value = CASE WHEN n.value_set THEN n.value ELSE d.value END, version = n.version, created_at_ms = n.created_at_ms, updated_at_ms = n.updated_at_ms,
-         attributes = n.attributes, user_ids = n.user_ids, lease_holder = n.lease_holder, lease_epoch = n.lease_epoch,
-         inbox = n.inbox, inbox_next_seq = n.inbox_next_seq, last_commit_id = n.last_commit_id
-     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[],
-                 $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bool[])
-          AS n(store, key, value, version, created_at_ms, updated_at_ms, attributes, user_ids, lease_holder,
-               lease_epoch, inbox, inbox_next_seq, last_commit_id, value_set)
-     WHERE d.store = n.store AND d.key = n.key";
-
-const INSERT_HISTORY_SQL: &str = "INSERT INTO history
-         (store, key, version, written_at_ms, deleted, value, delta, value_bytes, attributes, user_ids, commit_id)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[], $6::text[], $7::bytea[],
-                          $8::bigint[], $9::text[], $10::text[], $11::text[])";
+// The batch's whole write in one statement: the final state of every changed key and the batch's
+// new history rows (an empty set of arrays inserts none). A key whose value no applied write of
+// the batch changed (`value_set` false: a lease or inbox change) keeps its stored value:
+// PostgreSQL then reuses the TOASTed datum instead of compressing kilobytes again, and the
+// stand-in the batch held for an unread value (`VALUE_NOT_READ`) is never stored.
+const WRITE_BATCH_SQL: &str = "WITH updated AS (
+         UPDATE docs AS d SET
+             value = CASE WHEN n.value_set THEN n.value ELSE d.value END, version = n.version,
+             created_at_ms = n.created_at_ms, updated_at_ms = n.updated_at_ms, attributes = n.attributes,
+             user_ids = n.user_ids, lease_holder = n.lease_holder, lease_epoch = n.lease_epoch, inbox = n.inbox,
+             inbox_next_seq = n.inbox_next_seq, last_commit_id = n.last_commit_id
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[],
+                     $8::text[], $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bool[])
+              AS n(store, key, value, version, created_at_ms, updated_at_ms, attributes, user_ids, lease_holder,
+                   lease_epoch, inbox, inbox_next_seq, last_commit_id, value_set)
+         WHERE d.store = n.store AND d.key = n.key
+         RETURNING 1
+     ), inserted AS (
+         INSERT INTO history
+             (store, key, version, written_at_ms, deleted, value, delta, value_bytes, attributes, user_ids, commit_id)
+         SELECT * FROM unnest($15::text[], $16::text[], $17::bigint[], $18::bigint[], $19::bool[], $20::text[],
+                              $21::bytea[], $22::bigint[], $23::text[], $24::text[], $25::text[])
+         RETURNING 1
+     )
+     SELECT (SELECT count(*) FROM updated) AS updated_rows, (SELECT count(*) FROM inserted) AS inserted_rows";
 
 /// `lock_docs_sql`, built once.
 static LOCK_DOCS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(lock_docs_sql);
@@ -296,30 +309,26 @@ async fn batch_transaction(
     let begin = client.prepare_cached(BEGIN_SQL).await.map_err(before_commit("prepare"))?;
     let insert_placeholders = client.prepare_cached(INSERT_PLACEHOLDERS_SQL).await.map_err(before_commit("prepare"))?;
     let lock_docs = client.prepare_cached(&LOCK_DOCS_SQL).await.map_err(before_commit("prepare"))?;
-    let select_holders = client.prepare_cached(SELECT_HOLDERS_SQL).await.map_err(before_commit("prepare"))?;
-    let select_now = client.prepare_cached(NOW_MS_SQL).await.map_err(before_commit("prepare"))?;
+    let select_holders_and_now =
+        client.prepare_cached(SELECT_HOLDERS_AND_NOW_SQL).await.map_err(before_commit("prepare"))?;
 
-    // Pipelined: the five statements go out together and run in this order on the server, so the
-    // whole read phase costs one round trip. The holder and clock reads run after the locks are
-    // held, so they see the locked rows' holders and a `now` no earlier than the previous
+    // Pipelined: the four statements go out together and run in this order on the server, so the
+    // whole read phase costs one round trip. The holder and clock read runs after the locks are
+    // held, so it sees the locked rows' holders and a `now` no earlier than the previous
     // writer's commit of any of these keys.
-    let (_, _, doc_rows, holder_rows, now_row) = futures_util::future::try_join5(
+    let (_, _, doc_rows, holders_row) = futures_util::future::try_join4(
         client.execute(&begin, &[]),
         client.execute(&insert_placeholders, &[&stores, &keys]),
         client.query(&lock_docs, &[&stores, &keys, &read_texts]),
-        client.query(&select_holders, &[&stores, &keys, &acquiring_holders]),
-        client.query_one(&select_now, &[]),
+        client.query_one(&select_holders_and_now, &[&stores, &keys, &acquiring_holders]),
     )
     .await
     .map_err(before_commit("lock the batch's keys"))?;
 
-    let now_ms: i64 = now_row.try_get(0).map_err(before_commit("read the clock"))?;
-    let mut holder_expires_at_ms: HashMap<String, i64> = HashMap::with_capacity(holder_rows.len());
-    for row in &holder_rows {
-        let holder: String = row.try_get(0).map_err(before_commit("read holders"))?;
-        let expires_at_ms: i64 = row.try_get(1).map_err(before_commit("read holders"))?;
-        holder_expires_at_ms.insert(holder, expires_at_ms);
-    }
+    let now_ms: i64 = holders_row.try_get("now_ms").map_err(before_commit("read the clock"))?;
+    let holders: Vec<String> = holders_row.try_get("holders").map_err(before_commit("read holders"))?;
+    let expiries: Vec<i64> = holders_row.try_get("expires_at_ms").map_err(before_commit("read holders"))?;
+    let holder_expires_at_ms: HashMap<String, i64> = holders.into_iter().zip(expiries).collect();
     let expiry_of = |doc: &crate::store::Document| {
         doc.lease.holder.as_ref().and_then(|holder| holder_expires_at_ms.get(holder.as_str()).copied())
     };
@@ -463,10 +472,9 @@ async fn write_back_and_commit(
             states.get(&id).ok_or_else(|| BatchFailure::NothingApplied(format!("changed key {id} has no state")))?;
         docs.push(&current.doc, value_text).map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
     }
-    let update_docs = client.prepare_cached(UPDATE_DOCS_SQL).await.map_err(before_commit("prepare"))?;
-    let insert_history = client.prepare_cached(INSERT_HISTORY_SQL).await.map_err(before_commit("prepare"))?;
+    let write_batch = client.prepare_cached(WRITE_BATCH_SQL).await.map_err(before_commit("prepare"))?;
     let commit = client.prepare_cached(COMMIT_SQL).await.map_err(before_commit("prepare"))?;
-    let doc_params: [&(dyn tokio_postgres::types::ToSql + Sync); 14] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
         &docs.stores,
         &docs.keys,
         &docs.values,
@@ -481,8 +489,6 @@ async fn write_back_and_commit(
         &docs.inbox_next_seqs,
         &docs.last_commit_ids,
         &docs.value_sets,
-    ];
-    let history_params: [&(dyn tokio_postgres::types::ToSql + Sync); 11] = [
         &history.stores,
         &history.keys,
         &history.versions,
@@ -495,27 +501,19 @@ async fn write_back_and_commit(
         &history.user_ids,
         &history.commit_ids,
     ];
-    // All three are polled (and so sent) in this order before any reply is awaited; each
-    // reply is then looked at, because which one failed decides what the failure means.
-    let write_history =
-        async { if history.is_empty() { Ok(0) } else { client.execute(&insert_history, &history_params).await } };
-    let (updated, inserted, committed) = futures_util::future::join3(
-        client.execute(&update_docs, &doc_params),
-        write_history,
-        client.execute(&commit, &[]),
-    )
-    .await;
-    let updated_rows = updated.map_err(|error| in_commit_pipeline("write documents", error))?;
-    inserted.map_err(|error| in_commit_pipeline("write history", error))?;
+    // Both are polled (and so sent) in this order before any reply is awaited; each reply is then
+    // looked at, because which one failed decides what the failure means.
+    let (written, committed) =
+        futures_util::future::join(client.query_one(&write_batch, &params), client.execute(&commit, &[])).await;
+    let written = written.map_err(|error| in_commit_pipeline("write documents and history", error))?;
     committed.map_err(|error| in_commit_pipeline("commit", error))?;
-    if usize::try_from(updated_rows).ok() != Some(docs.stores.len()) {
+    let counts: Result<(i64, i64), tokio_postgres::Error> =
+        written.try_get("updated_rows").and_then(|updated| Ok((updated, written.try_get("inserted_rows")?)));
+    let expected = (docs.stores.len() as i64, history.stores.len() as i64);
+    if counts.as_ref().ok() != Some(&expected) {
         // Cannot happen while the rows are locked; if it does, the commit is in and the anomaly
         // must be visible.
-        tracing::error!(
-            updated_rows,
-            changed_keys = docs.stores.len(),
-            "group commit updated an unexpected number of rows"
-        );
+        tracing::error!(?counts, ?expected, "group commit wrote an unexpected number of rows (documents, history)");
     }
     Ok(())
 }

@@ -172,14 +172,17 @@ impl PostgresStore {
         let mut config: tokio_postgres::Config =
             options.url.parse().map_err(|error| unavailable("parse the connection URL", error))?;
         let connect_timeout = Duration::from_millis(options.connect_timeout_ms);
-        // plan_cache_mode=force_custom_plan: statements are prepared once per pooled connection
-        // and would otherwise settle on a generic plan made while the table was small (a fresh
-        // store): a sequential scan of `docs` hash-joined with the `unnest` of the batch's keys,
-        // kept for the connection's life. Planning each execution with its real arrays keeps the
-        // primary-key index scan (measured by `hoard bench`: 123 M rows read by 15 k seq scans in
-        // one quick run before this).
+        // Plans that stay on the index, and stay cached: statements are prepared once per pooled
+        // connection, and after five runs PostgreSQL may keep a generic plan made while the table
+        // was small (a fresh store): a sequential scan of `docs` hash-joined with the `unnest` of a
+        // batch's keys, kept for the connection's life (measured by `hoard bench`: 123 M rows read
+        // by 15 k seq scans in one quick run). Every statement hoard sends is a lookup or a range
+        // by primary key, so scans and hash or merge joins are never what it wants: switched off
+        // for its connections, the planner's only remaining choice for a generic plan is the
+        // nested loop over the primary-key index, and the plan is cached rather than made again
+        // for every execution (what `plan_cache_mode=force_custom_plan` cost before).
         let server_options = format!(
-            "{existing} -c search_path={schema} -c statement_timeout={timeout} -c idle_in_transaction_session_timeout={timeout} -c plan_cache_mode=force_custom_plan",
+            "{existing} -c search_path={schema} -c statement_timeout={timeout} -c idle_in_transaction_session_timeout={timeout} -c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off",
             existing = config.get_options().unwrap_or_default(),
             schema = options.schema,
             timeout = options.statement_timeout_ms,

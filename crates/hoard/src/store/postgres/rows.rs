@@ -217,8 +217,4 @@ impl HistoryColumns {
         self.commit_ids.push(commit_id.to_string());
         Ok(())
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.stores.is_empty()
-    }
 }

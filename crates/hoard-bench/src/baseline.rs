@@ -255,7 +255,9 @@ impl BaselineDb {
     }
 }
 
-pub(crate) async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
     tokio::task::spawn_blocking(work).await.map_err(|error| format!("baseline thread failed: {error}"))?
 }
 
@@ -325,6 +327,18 @@ fn run_sqlite(
     Ok((merged, elapsed))
 }
 
+/// Runs one cached statement on SQLite; the rows it changed.
+pub(crate) fn sqlite_execute(
+    connection: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<usize, String> {
+    connection
+        .prepare_cached(sql)
+        .and_then(|mut statement| statement.execute(params))
+        .map_err(|error| error.to_string())
+}
+
 pub(crate) fn expect_one_row(rows: usize, what: &str) -> Result<(), String> {
     if rows == 1 { Ok(()) } else { Err(format!("{what}: {rows} rows changed, expected 1")) }
 }
@@ -368,22 +382,22 @@ fn sqlite_operation(
                 })
                 .map_err(error)?;
             for _ in 0..CYCLE_SAVES {
-                let rows = connection
-                    .prepare_cached(&format!(
+                let rows = sqlite_execute(
+                    connection,
+                    &format!(
                         "UPDATE {table} SET value = ?3, version = version + 1 WHERE key = ?1 AND lease_epoch = ?2"
-                    ))
-                    .map_err(error)?
-                    .execute(rusqlite::params![key, epoch, value])
-                    .map_err(error)?;
+                    ),
+                    rusqlite::params![key, epoch, value],
+                )?;
                 expect_one_row(rows, "cycle save")?;
             }
-            let rows = connection
-                .prepare_cached(&format!(
+            let rows = sqlite_execute(
+                connection,
+                &format!(
                     "UPDATE {table} SET value = ?3, version = version + 1, lease_holder = NULL WHERE key = ?1 AND lease_epoch = ?2"
-                ))
-                .map_err(error)?
-                .execute(rusqlite::params![key, epoch, value])
-                .map_err(error)?;
+                ),
+                rusqlite::params![key, epoch, value],
+            )?;
             expect_one_row(rows, "cycle release")
         }
         BaselineOp::Transfer { table, accounts } => {
@@ -407,16 +421,16 @@ fn sqlite_operation(
             let account = format!("k{}", random.random_range(0..*accounts));
             let transaction =
                 connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(error)?;
-            transaction
-                .prepare_cached(&format!("INSERT INTO {receipts_table} VALUES (?1, ?2)"))
-                .map_err(error)?
-                .execute(rusqlite::params![format!("p{index}"), account])
-                .map_err(error)?;
-            let rows = transaction
-                .prepare_cached(&format!("UPDATE {accounts_table} SET balance = balance + 10 WHERE key = ?1"))
-                .map_err(error)?
-                .execute(rusqlite::params![account])
-                .map_err(error)?;
+            sqlite_execute(
+                &transaction,
+                &format!("INSERT INTO {receipts_table} VALUES (?1, ?2)"),
+                rusqlite::params![format!("p{index}"), account],
+            )?;
+            let rows = sqlite_execute(
+                &transaction,
+                &format!("UPDATE {accounts_table} SET balance = balance + 10 WHERE key = ?1"),
+                rusqlite::params![account],
+            )?;
             expect_one_row(rows, "credit")?;
             transaction.commit().map_err(error)
         }
@@ -538,6 +552,8 @@ async fn postgres_operation(
     }
 }
 
+// The same load as `run_sqlite` (operation, value, count, latency origin, clients) and where.
+#[allow(clippy::too_many_arguments)]
 async fn run_postgres(
     url: &str,
     schema: &str,

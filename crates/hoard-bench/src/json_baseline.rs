@@ -16,8 +16,8 @@ use tokio_postgres::{Client, Statement};
 
 use crate::BenchError;
 use crate::baseline::{
-    SEED_ROWS_PER_TRANSACTION, blocking, connect_postgres, expect_one_row, open_sqlite, random_pair,
-    setup_error,
+    SEED_ROWS_PER_TRANSACTION, blocking, connect_postgres, expect_one_row, open_sqlite, random_pair, setup_error,
+    sqlite_execute,
 };
 use crate::target::BaselineDb;
 
@@ -116,13 +116,11 @@ pub(crate) fn sqlite_operation(
     let error = |e: rusqlite::Error| e.to_string();
     match op {
         JsonOp::Save { table } => {
-            let rows = connection
-                .prepare_cached(&format!(
-                    "UPDATE {table} SET value = ?2, version = version + 1 WHERE key = ?1 AND version = ?3"
-                ))
-                .map_err(error)?
-                .execute(rusqlite::params![format!("k{index}"), value, 1])
-                .map_err(error)?;
+            let rows = sqlite_execute(
+                connection,
+                &format!("UPDATE {table} SET value = ?2, version = version + 1 WHERE key = ?1 AND version = ?3"),
+                rusqlite::params![format!("k{index}"), value, 1],
+            )?;
             expect_one_row(rows, "JSON save")
         }
         JsonOp::Trade { table, trades_table, accounts } => {
@@ -141,36 +139,34 @@ pub(crate) fn sqlite_operation(
                 versions.push(version);
             }
             for (key, version) in [&low, &high].into_iter().zip(versions) {
-                let rows = transaction
-                    .prepare_cached(&format!(
-                        "UPDATE {table} SET value = ?2, version = version + 1 WHERE key = ?1 AND version = ?3"
-                    ))
-                    .map_err(error)?
-                    .execute(rusqlite::params![key, value, version])
-                    .map_err(error)?;
+                let rows = sqlite_execute(
+                    &transaction,
+                    &format!("UPDATE {table} SET value = ?2, version = version + 1 WHERE key = ?1 AND version = ?3"),
+                    rusqlite::params![key, value, version],
+                )?;
                 expect_one_row(rows, "JSON trade write")?;
             }
-            transaction
-                .prepare_cached(&format!("INSERT INTO {trades_table} VALUES (?1, ?2, ?3, ?4)"))
-                .map_err(error)?
-                .execute(rusqlite::params![format!("t{index}"), low, high, TRADE_RECORD_JSON])
-                .map_err(error)?;
+            sqlite_execute(
+                &transaction,
+                &format!("INSERT INTO {trades_table} VALUES (?1, ?2, ?3, ?4)"),
+                rusqlite::params![format!("t{index}"), low, high, TRADE_RECORD_JSON],
+            )?;
             transaction.commit().map_err(error)
         }
         JsonOp::Receipt { table, receipts_table, accounts } => {
             let account = format!("k{}", random.random_range(0..*accounts));
             let transaction =
                 connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(error)?;
-            transaction
-                .prepare_cached(&format!("INSERT INTO {receipts_table} VALUES (?1, ?2, NULL, NULL)"))
-                .map_err(error)?
-                .execute(rusqlite::params![format!("p{index}"), account])
-                .map_err(error)?;
-            let rows = transaction
-                .prepare_cached(&format!("UPDATE {table} SET value = ?2, version = version + 1 WHERE key = ?1"))
-                .map_err(error)?
-                .execute(rusqlite::params![account, value])
-                .map_err(error)?;
+            sqlite_execute(
+                &transaction,
+                &format!("INSERT INTO {receipts_table} VALUES (?1, ?2, NULL, NULL)"),
+                rusqlite::params![format!("p{index}"), account],
+            )?;
+            let rows = sqlite_execute(
+                &transaction,
+                &format!("UPDATE {table} SET value = ?2, version = version + 1 WHERE key = ?1"),
+                rusqlite::params![account, value],
+            )?;
             expect_one_row(rows, "JSON receipt write")?;
             transaction.commit().map_err(error)
         }
@@ -186,7 +182,9 @@ pub(crate) async fn prepare_postgres(
     };
     Ok(match op {
         JsonOp::Trade { table, trades_table, .. } => (
-            client.prepare(&format!("SELECT key, version FROM {table} WHERE key = ANY($1) ORDER BY key FOR UPDATE")).await?,
+            client
+                .prepare(&format!("SELECT key, version FROM {table} WHERE key = ANY($1) ORDER BY key FOR UPDATE"))
+                .await?,
             Some(client.prepare(&save(table)).await?),
             Some(client.prepare(&format!("INSERT INTO {trades_table} VALUES ($1, $2, $3, $4::text::jsonb)")).await?),
         ),
@@ -194,7 +192,9 @@ pub(crate) async fn prepare_postgres(
             client.prepare(&format!("INSERT INTO {receipts_table} VALUES ($1, $2, NULL, NULL)")).await?,
             Some(
                 client
-                    .prepare(&format!("UPDATE {table} SET value = $2::text::jsonb, version = version + 1 WHERE key = $1"))
+                    .prepare(&format!(
+                        "UPDATE {table} SET value = $2::text::jsonb, version = version + 1 WHERE key = $1"
+                    ))
                     .await?,
             ),
             None,

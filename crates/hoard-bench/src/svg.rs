@@ -80,7 +80,13 @@ fn text_box(text: &str, x: f64, baseline_y: f64, font_size: f64, anchor: &str) -
         _ => x,
     };
     // Ascent and descent of the same fonts, generously.
-    TextBox { text: text.to_string(), left, top: baseline_y - font_size, right: left + width, bottom: baseline_y + font_size * 0.3 }
+    TextBox {
+        text: text.to_string(),
+        left,
+        top: baseline_y - font_size,
+        right: left + width,
+        bottom: baseline_y + font_size * 0.3,
+    }
 }
 
 fn escape(text: &str) -> String {
@@ -98,7 +104,9 @@ pub fn text_boxes(svg: &str) -> ((f64, f64), Vec<TextBox>) {
         let end = element[start..].find('"')? + start;
         Some(element[start..end].to_string())
     };
-    let number = |element: &str, name: &str| attribute(element, name).and_then(|text| text.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let number = |element: &str, name: &str| {
+        attribute(element, name).and_then(|text| text.parse::<f64>().ok()).unwrap_or(f64::NAN)
+    };
     let header_end = svg.find('>').unwrap_or(0);
     let size = (number(&svg[..header_end], "width"), number(&svg[..header_end], "height"));
     let mut boxes = Vec::new();
@@ -110,7 +118,13 @@ pub fn text_boxes(svg: &str) -> ((f64, f64), Vec<TextBox>) {
         let element = &after[..open_end];
         let content = unescape(&after[open_end + 1..close]);
         let anchor = attribute(element, "text-anchor").unwrap_or_else(|| "start".into());
-        boxes.push(text_box(&content, number(element, "x"), number(element, "y"), number(element, "font-size"), &anchor));
+        boxes.push(text_box(
+            &content,
+            number(element, "x"),
+            number(element, "y"),
+            number(element, "font-size"),
+            &anchor,
+        ));
         rest = &after[close..];
     }
     (size, boxes)
@@ -149,6 +163,8 @@ impl Canvas {
         Canvas { body: String::new(), height: MARGIN }
     }
 
+    // One SVG text element's attributes, each named where it is drawn.
+    #[allow(clippy::too_many_arguments)]
     fn text(&mut self, x: f64, y: f64, size: f64, anchor: &str, weight: &str, color: &str, text: &str) {
         let _ = writeln!(
             self.body,
@@ -228,7 +244,8 @@ fn bar_panel(canvas: &mut Canvas, title: &str, rows: &[Row], log_scale: bool, re
     let value_width = rows.iter().map(|row| text_width(&row.value_text, VALUE_FONT)).fold(0.0, f64::max);
     let bars_left = MARGIN + label_width + GAP;
     let bars_width = (CANVAS_WIDTH - MARGIN - value_width - GAP - bars_left).max(40.0);
-    let positive: Vec<f64> = rows.iter().map(|row| row.value).chain(reference.map(|(value, _)| value)).filter(|v| *v > 0.0).collect();
+    let positive: Vec<f64> =
+        rows.iter().map(|row| row.value).chain(reference.map(|(value, _)| value)).filter(|v| *v > 0.0).collect();
     let maximum = positive.iter().copied().fold(0.0, f64::max).max(f64::MIN_POSITIVE);
     let minimum = positive.iter().copied().fold(maximum, f64::min);
     let (low, high) = (minimum.log10().floor(), maximum.log10().ceil().max(minimum.log10().floor() + 1.0));
@@ -249,7 +266,15 @@ fn bar_panel(canvas: &mut Canvas, title: &str, rows: &[Row], log_scale: bool, re
         canvas.text(bars_left - GAP, baseline, LABEL_FONT, "end", "normal", COLOR_TEXT, &row.label);
         let length = length_of(row.value);
         canvas.rect(bars_left, row_top + (ROW_HEIGHT - BAR_HEIGHT) / 2.0, length, BAR_HEIGHT, row.color);
-        canvas.text(bars_left + length + GAP / 2.0, baseline, VALUE_FONT, "start", "normal", COLOR_MUTED, &row.value_text);
+        canvas.text(
+            bars_left + length + GAP / 2.0,
+            baseline,
+            VALUE_FONT,
+            "start",
+            "normal",
+            COLOR_MUTED,
+            &row.value_text,
+        );
     }
     let bottom = top + ROW_HEIGHT * rows.len() as f64;
     canvas.line(bars_left, top, bars_left, bottom, COLOR_MUTED, 1.0);
@@ -324,7 +349,12 @@ pub fn workload_plot(workload: &str, results: &[&WorkloadResult]) -> String {
             });
         }
         if let Some(error) = &result.error {
-            throughput.push(Row { label: format!("{} · FAILED", result.store), value: 0.0, value_text: fit(error, 400.0, VALUE_FONT), color: COLOR_BASELINE });
+            throughput.push(Row {
+                label: format!("{} · FAILED", result.store),
+                value: 0.0,
+                value_text: fit(error, 400.0, VALUE_FONT),
+                color: COLOR_BASELINE,
+            });
         }
     }
     bar_panel(&mut canvas, "throughput, operations per second", &throughput, false, None);
@@ -379,8 +409,13 @@ pub fn curve_plot(curves: &[&Curve]) -> String {
 
 fn curve_panel(canvas: &mut Canvas, curve: &Curve) {
     canvas.heading(&format!("{} · {}", curve.store, curve.y_label), PANEL_TITLE_FONT);
-    let values: Vec<f64> =
-        curve.points.iter().flat_map(|point| [point.hoard, point.json_baseline]).flatten().filter(|v| *v > 0.0).collect();
+    let values: Vec<f64> = curve
+        .points
+        .iter()
+        .flat_map(|point| [point.hoard, point.json_baseline])
+        .flatten()
+        .filter(|v| *v > 0.0)
+        .collect();
     let maximum = values.iter().copied().fold(0.0, f64::max);
     if values.is_empty() || curve.points.is_empty() {
         canvas.height += LABEL_FONT * 1.4;
@@ -411,7 +446,15 @@ fn curve_panel(canvas: &mut Canvas, curve: &Curve) {
     for tick in &ticks {
         let y = y_of(*tick);
         canvas.line(plot_left, y, plot_right, y, COLOR_GRID, 1.0);
-        canvas.text(plot_left - GAP / 2.0, y + VALUE_FONT * 0.35, VALUE_FONT, "end", "normal", COLOR_MUTED, &format_value(*tick));
+        canvas.text(
+            plot_left - GAP / 2.0,
+            y + VALUE_FONT * 0.35,
+            VALUE_FONT,
+            "end",
+            "normal",
+            COLOR_MUTED,
+            &format_value(*tick),
+        );
     }
     canvas.line(plot_left, plot_bottom, plot_right, plot_bottom, COLOR_MUTED, 1.0);
     // Lines, then points with their values: hoard's above its point, the JSON backend's below,
@@ -421,10 +464,16 @@ fn curve_panel(canvas: &mut Canvas, curve: &Curve) {
             .points
             .iter()
             .enumerate()
-            .filter_map(|(index, point)| [point.hoard, point.json_baseline][side].map(|value| (x_of(index), y_of(value))))
+            .filter_map(|(index, point)| {
+                [point.hoard, point.json_baseline][side].map(|value| (x_of(index), y_of(value)))
+            })
             .collect();
         let path: Vec<String> = points.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-        let _ = writeln!(canvas.body, r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#, path.join(" "));
+        let _ = writeln!(
+            canvas.body,
+            r#"<polyline points="{}" fill="none" stroke="{color}" stroke-width="2"/>"#,
+            path.join(" ")
+        );
         for (x, y) in &points {
             let _ = writeln!(canvas.body, r#"<circle cx="{x:.1}" cy="{y:.1}" r="3.5" fill="{color}"/>"#);
         }
@@ -450,10 +499,26 @@ fn curve_panel(canvas: &mut Canvas, curve: &Curve) {
             let baseline = baseline.clamp(plot_top, plot_bottom - GAP / 2.0);
             canvas.text(x, baseline, VALUE_FONT, "middle", "bold", color, &format_value(*value));
         }
-        canvas.text(x, plot_bottom + VALUE_FONT * 1.5, VALUE_FONT, "middle", "normal", COLOR_TEXT, &format_value(point.x));
+        canvas.text(
+            x,
+            plot_bottom + VALUE_FONT * 1.5,
+            VALUE_FONT,
+            "middle",
+            "normal",
+            COLOR_TEXT,
+            &format_value(point.x),
+        );
     }
     canvas.height = plot_bottom + VALUE_FONT * 1.5 + LABEL_FONT * 1.5;
-    canvas.text((plot_left + plot_right) / 2.0, canvas.height, LABEL_FONT, "middle", "normal", COLOR_TEXT, &curve.x_label);
+    canvas.text(
+        (plot_left + plot_right) / 2.0,
+        canvas.height,
+        LABEL_FONT,
+        "middle",
+        "normal",
+        COLOR_TEXT,
+        &curve.x_label,
+    );
     for error in &curve.errors {
         canvas.height += VALUE_FONT * 1.4;
         let text = fit(&format!("FAILED: {error}"), CANVAS_WIDTH - 2.0 * MARGIN, VALUE_FONT);

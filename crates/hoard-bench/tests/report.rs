@@ -72,11 +72,18 @@ async fn smoke_run_reports_every_figure_on_memory_and_sqlite() {
 
     let plots = tempfile::tempdir().expect("plots folder");
     let written = hoard_bench::svg::write_plots(&report, plots.path()).expect("plots");
-    assert_eq!(written.len(), WORKLOADS.len() + report.curves.len() / 2 + 1, "a plot per workload, per curve, and the summary");
+    assert_eq!(
+        written.len(),
+        WORKLOADS.len() + report.curves.len() / 2 + 1,
+        "a plot per workload, per curve, and the summary"
+    );
     assert!(plots.path().join("throughput_by_clients.svg").exists());
     assert!(plots.path().join("save_cost_by_profile_size.svg").exists());
     for path in &written {
-        assert_text_stays_on_the_canvas_and_apart(&std::fs::read_to_string(path).expect("plot"), &path.display().to_string());
+        assert_text_stays_on_the_canvas_and_apart(
+            &std::fs::read_to_string(path).expect("plot"),
+            &path.display().to_string(),
+        );
     }
     assert!(written.iter().all(|path| path.exists()));
     assert!(plots.path().join("over_http-trades.svg").exists());
@@ -126,7 +133,8 @@ fn crowded_report() -> Report {
             row = row.with_json_baseline("json".into(), figures(7.0 + index as f64, 999.0));
             row.goal = Some(Goal { text: "a goal".into(), met: Some(index % 2 == 0) });
             if index == 3 && store == "sqlite" {
-                row.error = Some("the database went away while the workload was running, and this message is long".into());
+                row.error =
+                    Some("the database went away while the workload was running, and this message is long".into());
             }
             if index == 5 && store == "memory" {
                 row.not_measured = Some("not measured: no /proc/self/status on this system, so nothing to say".into());

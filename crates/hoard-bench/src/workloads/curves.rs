@@ -132,7 +132,9 @@ async fn size_curve(target: &Target, sizes: &Sizes, progress: &Progress) -> Curv
                     .await
             };
             match measured.await {
-                Ok(figures) => point.json_baseline = Some(micros_per_save(Duration::from_secs_f64(figures.elapsed_s), saves)),
+                Ok(figures) => {
+                    point.json_baseline = Some(micros_per_save(Duration::from_secs_f64(figures.elapsed_s), saves))
+                }
                 Err(error) => note_error(&mut curve, format!("JSON backend at {kib} KiB"), error),
             }
         }

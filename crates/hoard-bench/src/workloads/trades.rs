@@ -17,8 +17,8 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::baseline::{BASELINE_CLIENTS, BaselineOp, LatencyFrom};
 use crate::json_baseline::JsonOp;
-use crate::profile::stored_profile_text;
 use crate::latency::Figures;
+use crate::profile::stored_profile_text;
 use crate::progress::Progress;
 use crate::report::{Goal, WorkloadResult};
 use crate::target::Target;

@@ -76,7 +76,7 @@ pub fn encode_superseded(
     policy: &HistoryPolicy,
 ) -> StoredPayload {
     let Some(text) = text else { return StoredPayload::Deleted };
-    let keyframe = version % policy.keyframe_interval_versions.max(1) == 0;
+    let keyframe = version.is_multiple_of(policy.keyframe_interval_versions.max(1));
     match successor_text {
         Some(successor) if !keyframe => encode_against(text, successor),
         _ => StoredPayload::Full(text.to_string()),
@@ -105,9 +105,9 @@ pub fn rebuild_text(
             })?;
             let rebuilt = delta::apply(bytes, successor.as_bytes())
                 .map_err(|error| StoreError::corrupt(format!("history row {version} of {id}: {error}")))?;
-            String::from_utf8(rebuilt)
-                .map(Some)
-                .map_err(|_| StoreError::corrupt(format!("history row {version} of {id} rebuilds text that is not UTF-8")))
+            String::from_utf8(rebuilt).map(Some).map_err(|_| {
+                StoreError::corrupt(format!("history row {version} of {id} rebuilds text that is not UTF-8"))
+            })
         }
     }
 }
@@ -126,7 +126,11 @@ pub fn payload_text_bytes(id: &DocId, version: u64, payload: &StoredPayload) -> 
 /// key) from the text of the version just above the highest (`top_text`: the document's value,
 /// or a keyframe's). Walks down only as far as it must: from the highest row, each delta applied
 /// to the text above it.
-pub fn rebuild_lowest(id: &DocId, rows: &[(u64, StoredPayload)], top_text: Option<&str>) -> Result<Option<String>, StoreError> {
+pub fn rebuild_lowest(
+    id: &DocId,
+    rows: &[(u64, StoredPayload)],
+    top_text: Option<&str>,
+) -> Result<Option<String>, StoreError> {
     let mut above: Option<String> = top_text.map(str::to_string);
     for (version, payload) in rows.iter().rev() {
         above = rebuild_text(id, *version, payload, above.as_deref())?;
@@ -214,7 +218,8 @@ pub fn plan_prune(
             StoredPayload::Full(_) | StoredPayload::Deleted => 0,
         };
         let depth = if depth > keyframe_depth_max {
-            let whole = text.ok_or_else(|| StoreError::corrupt(format!("history row {version} of {id} lost its text")))?;
+            let whole =
+                text.ok_or_else(|| StoreError::corrupt(format!("history row {version} of {id} lost its text")))?;
             new_payload = Some(StoredPayload::Full(whole.to_string()));
             0
         } else {

@@ -139,7 +139,10 @@ impl HistoryPolicy {
         let tiers_in_order = 0 <= self.keep_every_version_ms
             && self.keep_every_version_ms <= self.keep_hourly_ms
             && self.keep_hourly_ms <= self.retention_ms;
-        if !tiers_in_order || self.hourly_bucket_ms < 1 || self.daily_bucket_ms < 1 || self.keyframe_interval_versions < 1
+        if !tiers_in_order
+            || self.hourly_bucket_ms < 1
+            || self.daily_bucket_ms < 1
+            || self.keyframe_interval_versions < 1
         {
             return Err(InvalidInput::Malformed { what: "history policy", expected: EXPECTED });
         }
@@ -158,7 +161,8 @@ impl HistoryPolicy {
         if age_superseded_ms >= self.retention_ms {
             return false;
         }
-        let bucket_ms = if age_superseded_ms < self.keep_hourly_ms { self.hourly_bucket_ms } else { self.daily_bucket_ms };
+        let bucket_ms =
+            if age_superseded_ms < self.keep_hourly_ms { self.hourly_bucket_ms } else { self.daily_bucket_ms };
         written_at_ms.div_euclid(bucket_ms) != successor_written_at_ms.div_euclid(bucket_ms)
     }
 }

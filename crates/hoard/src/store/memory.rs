@@ -187,16 +187,7 @@ impl Store for MemoryStore {
     }
 
     async fn prune_history(&self) -> Result<u64, StoreError> {
-        let mut pruned_total = 0;
-        let mut after = None;
-        loop {
-            let page = self.prune_history_page(after, usize::MAX).await?;
-            pruned_total += page.pruned;
-            match page.next_after {
-                Some(next) => after = Some(next),
-                None => return Ok(pruned_total),
-            }
-        }
+        super::prune_every_page(self).await
     }
 
     async fn prune_history_page(&self, after: Option<DocId>, rows_max: usize) -> Result<PrunedPage, StoreError> {

@@ -169,6 +169,20 @@ pub async fn force_release(store: &dyn Store, id: &DocId) -> Result<Result<Optio
     }
 }
 
+/// `Store::prune_history` for a store that pages: every page, from the first key to the last.
+pub(crate) async fn prune_every_page(store: &dyn Store) -> Result<u64, StoreError> {
+    let mut pruned_total = 0u64;
+    let mut after = None;
+    loop {
+        let page = store.prune_history_page(after, usize::MAX).await?;
+        pruned_total = pruned_total.saturating_add(page.pruned);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(pruned_total),
+        }
+    }
+}
+
 /// How far back `resolve_unknown_commit` looks in a key's history for the commit.
 pub const RESOLVE_HISTORY_VERSIONS_MAX: usize = 1_000;
 

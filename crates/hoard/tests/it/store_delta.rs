@@ -9,7 +9,10 @@ use proptest::prelude::*;
 fn edited_pair() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
     (
         prop::collection::vec(prop::sample::select(b"{}[]\":,abcdefghij0123456789 x".to_vec()), 0..3_000),
-        prop::collection::vec((any::<prop::sample::Index>(), 0usize..40, prop::collection::vec(any::<u8>(), 0..40)), 0..6),
+        prop::collection::vec(
+            (any::<prop::sample::Index>(), 0usize..40, prop::collection::vec(any::<u8>(), 0..40)),
+            0..6,
+        ),
     )
         .prop_map(|(base, splices)| {
             let mut target = base.clone();
@@ -67,7 +70,11 @@ proptest! {
 fn a_few_changed_fields_of_an_8_kib_profile_make_a_delta_of_a_few_dozen_bytes() {
     let items: Vec<String> =
         (0..40).map(|n| format!(r#""item-{n:03}":{{"kind":"sword","level":{},"durability":97}}"#, n % 10)).collect();
-    let base = format!(r#"{{"coins":1000,"gems":250,"level":42,"items":{{{}}},"journal":"{}"}}"#, items.join(","), "y".repeat(5_000));
+    let base = format!(
+        r#"{{"coins":1000,"gems":250,"level":42,"items":{{{}}},"journal":"{}"}}"#,
+        items.join(","),
+        "y".repeat(5_000)
+    );
     let target = base.replacen(r#""coins":1000"#, r#""coins":995"#, 1).replacen(r#""level":7"#, r#""level":8"#, 1);
     assert_ne!(target, base);
     let delta = encode(target.as_bytes(), base.as_bytes());

@@ -74,7 +74,8 @@ fn edit_strategy() -> impl Strategy<Value = Edit> {
 }
 
 fn starting_value() -> Value {
-    let items: Vec<Value> = (0..30).map(|n| json!({"id": format!("item-{n:03}"), "level": n % 7, "tags": ["fire", "frost"]})).collect();
+    let items: Vec<Value> =
+        (0..30).map(|n| json!({"id": format!("item-{n:03}"), "level": n % 7, "tags": ["fire", "frost"]})).collect();
     json!({"coins": 100, "gems": 5, "name": "player", "items": items, "journal": "j".repeat(2_000)})
 }
 
@@ -86,7 +87,12 @@ struct Expected {
 }
 
 /// Applies `edit` to the model's current value; returns the write to commit (or `None` for a pause).
-fn next_write(id: &DocId, current: &mut Option<Value>, attributes: &mut Map<String, Value>, edit: &Edit) -> Option<Write> {
+fn next_write(
+    id: &DocId,
+    current: &mut Option<Value>,
+    attributes: &mut Map<String, Value>,
+    edit: &Edit,
+) -> Option<Write> {
     let write = Write::new(id.clone());
     if let Edit::Pause = edit {
         return None;
@@ -126,7 +132,12 @@ fn next_write(id: &DocId, current: &mut Option<Value>, attributes: &mut Map<Stri
     Some(write.value(ValueOp::Put(value.clone())).attributes(attributes.clone()))
 }
 
-async fn play(store: &SharedStore, id: &DocId, edits: &[Edit], model: &mut BTreeMap<u64, Expected>) -> Result<(), TestCaseError> {
+async fn play(
+    store: &SharedStore,
+    id: &DocId,
+    edits: &[Edit],
+    model: &mut BTreeMap<u64, Expected>,
+) -> Result<(), TestCaseError> {
     let (mut current, mut attributes) = match model.last_key_value() {
         Some((_, last)) => (last.value.clone(), last.attributes.clone()),
         None => (None, Map::new()),
@@ -159,9 +170,14 @@ async fn check_every_listed_version(
         .await
         .map_err(|e| TestCaseError::fail(e.to_string()))?;
     listed.reverse();
-    prop_assert_eq!(listed.last().map(|info| info.version), model.keys().last().copied(), "the latest version is listed");
+    prop_assert_eq!(
+        listed.last().map(|info| info.version),
+        model.keys().last().copied(),
+        "the latest version is listed"
+    );
     for info in &listed {
-        let want = model.get(&info.version).ok_or_else(|| TestCaseError::fail(format!("unknown version {}", info.version)))?;
+        let want =
+            model.get(&info.version).ok_or_else(|| TestCaseError::fail(format!("unknown version {}", info.version)))?;
         let record = store
             .get_version(id, info.version)
             .await
@@ -191,13 +207,19 @@ async fn run_case(store: SharedStore, id: DocId, before: Vec<Edit>, after: Vec<E
         .iter()
         .enumerate()
         .filter(|(index, info)| {
-            listed.get(index + 1).is_none_or(|next| info.written_at_ms.div_euclid(BUCKET_MS) != next.written_at_ms.div_euclid(BUCKET_MS))
+            listed
+                .get(index + 1)
+                .is_none_or(|next| info.written_at_ms.div_euclid(BUCKET_MS) != next.written_at_ms.div_euclid(BUCKET_MS))
         })
         .map(|(_, info)| info.version)
         .collect();
     store.prune_history().await.map_err(|e| TestCaseError::fail(e.to_string()))?;
     let kept = check_every_listed_version(&store, &id, &model).await?;
-    prop_assert_eq!(kept.iter().map(|info| info.version).collect::<Vec<_>>(), survivors.clone(), "pruning keeps the last of each bucket");
+    prop_assert_eq!(
+        kept.iter().map(|info| info.version).collect::<Vec<_>>(),
+        survivors.clone(),
+        "pruning keeps the last of each bucket"
+    );
     model.retain(|version, _| survivors.contains(version));
     // Edits after pruning build on the re-encoded chain.
     play(&store, &id, &after, &mut model).await?;

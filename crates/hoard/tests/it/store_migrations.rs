@@ -162,7 +162,11 @@ async fn a_sqlite_file_of_schema_1_opens_and_reads_back_identically_history_incl
     let id = doc("players", "veteran");
     let history = old_history();
     write_old_sqlite_file(&path, &id, &history);
-    let options = SqliteOptions { path: path.clone(), history_policy: HistoryPolicy::keep_latest_only(), ..SqliteOptions::default() };
+    let options = SqliteOptions {
+        path: path.clone(),
+        history_policy: HistoryPolicy::keep_latest_only(),
+        ..SqliteOptions::default()
+    };
     let store = SqliteStore::open(options).await.expect("open the old file");
     assert_eq!(store.schema_version().await.expect("schema version"), SQLITE_SCHEMA_VERSION);
     assert_eq!(SQLITE_SCHEMA_VERSION, 2);

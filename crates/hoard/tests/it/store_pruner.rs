@@ -41,7 +41,17 @@ async fn retention_keeps_every_version_then_the_last_of_each_hour_then_of_each_d
     // Day 0: four versions in hour 0, two in hour 5; day 1: three in hour 2. Then, 32 days
     // later, three versions ten minutes apart.
     let mut now_ms = 0i64;
-    for at_ms in [0, 10, 20, 30, 5 * HOUR_MS, 5 * HOUR_MS + 10, DAY_MS + 2 * HOUR_MS, DAY_MS + 2 * HOUR_MS + 5, DAY_MS + 2 * HOUR_MS + 9] {
+    for at_ms in [
+        0,
+        10,
+        20,
+        30,
+        5 * HOUR_MS,
+        5 * HOUR_MS + 10,
+        DAY_MS + 2 * HOUR_MS,
+        DAY_MS + 2 * HOUR_MS + 5,
+        DAY_MS + 2 * HOUR_MS + 9,
+    ] {
         tokio::time::advance(Duration::from_millis((at_ms - now_ms) as u64)).await;
         now_ms = at_ms;
         commit_ok(&*store, vec![Write::put(id.clone(), json!({"at": at_ms}))]).await;
@@ -230,7 +240,10 @@ async fn an_engine_prunes_its_stores_history_in_the_background() {
     tokio::time::sleep(Duration::from_millis(2_000)).await;
     assert_eq!(versions(&*store, &id).await, vec![4], "pruned without `hoard prune`");
     engine.shutdown(Duration::from_secs(1)).await;
-    let bad = EngineConfig { history_pruning: HistoryPruneOptions { interval_ms: 1, rows_per_pass: 0 }, ..EngineConfig::default() };
+    let bad = EngineConfig {
+        history_pruning: HistoryPruneOptions { interval_ms: 1, rows_per_pass: 0 },
+        ..EngineConfig::default()
+    };
     let shared: SharedStore = store.clone();
     assert!(Engine::open(shared, bad).await.is_err(), "a pass of zero rows is refused at open");
 }
@@ -240,7 +253,8 @@ async fn a_history_policy_with_tiers_out_of_order_is_refused_when_a_store_opens(
     let folder = tempfile::tempdir().expect("temporary folder");
     let path = folder.path().join("refused.sqlite3");
     let policy = HistoryPolicy { keep_every_version_ms: DAY_MS, keep_hourly_ms: HOUR_MS, ..HistoryPolicy::default() };
-    let options = hoard::store::sqlite::SqliteOptions { path: path.clone(), history_policy: policy, ..Default::default() };
+    let options =
+        hoard::store::sqlite::SqliteOptions { path: path.clone(), history_policy: policy, ..Default::default() };
     match hoard::store::sqlite::SqliteStore::open(options).await {
         Err(StoreError::InvalidInput(error)) => assert!(error.to_string().contains("keep_every_version_ms"), "{error}"),
         other => panic!("expected InvalidInput, got {other:?}"),

@@ -340,10 +340,8 @@ async fn batch_transaction(
         // A row that does not parse fails the whole batch: nothing is written over it.
         let store: &str = row.try_get("store").map_err(before_commit("read the batch's keys"))?;
         let key: &str = row.try_get("key").map_err(before_commit("read the batch's keys"))?;
-        let parse_value = DocId::parse(store, key)
-            .ok()
-            .and_then(|id| ids.get(&id).copied())
-            .is_none_or(|reads| reads.value);
+        let parse_value =
+            DocId::parse(store, key).ok().and_then(|id| ids.get(&id).copied()).is_none_or(|reads| reads.value);
         let (mut doc, text) = document_from_row_with_text(row, parse_value)
             .map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
         let has_value: bool = row.try_get("has_value").map_err(before_commit("read the batch's keys"))?;

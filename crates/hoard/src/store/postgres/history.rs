@@ -14,7 +14,9 @@ use std::collections::BTreeMap;
 use deadpool_postgres::Pool;
 use tokio_postgres::{IsolationLevel, Row};
 
-use super::rows::{VERSION_INFO_COLUMNS, counter_from_db, counter_to_db, parse_metadata, parse_value, version_info_from_row};
+use super::rows::{
+    VERSION_INFO_COLUMNS, counter_from_db, counter_to_db, parse_metadata, parse_value, version_info_from_row,
+};
 use super::unavailable;
 use crate::store::history::{RowMeta, StoredPayload, doomed_rows, plan_prune, rebuild_lowest};
 use crate::store::limits::{HistoryPolicy, Limits};
@@ -167,7 +169,9 @@ pub async fn prune_history_page(
     let mut cursor = after;
     loop {
         let examined = usize::try_from(done.rows_examined).unwrap_or(usize::MAX);
-        let budget = i64::try_from(rows_max.saturating_sub(examined)).unwrap_or(i64::MAX).clamp(1, PRUNE_HISTORY_ROWS_PER_TRANSACTION);
+        let budget = i64::try_from(rows_max.saturating_sub(examined))
+            .unwrap_or(i64::MAX)
+            .clamp(1, PRUNE_HISTORY_ROWS_PER_TRANSACTION);
         let (pruned, rows_examined, next) = prune_transaction(pool, cursor.as_ref(), budget, policy).await?;
         done.pruned += pruned;
         done.rows_examined += rows_examined;
@@ -206,7 +210,10 @@ async fn prune_transaction(
         let store: &str = row.try_get("store").map_err(prune)?;
         let key: &str = row.try_get("key").map_err(prune)?;
         let rows: i64 = row.try_get("rows").map_err(prune)?;
-        ids.push(DocId::parse(store, key).map_err(|error| StoreError::corrupt(format!("history key {store}/{key}: {error}")))?);
+        ids.push(
+            DocId::parse(store, key)
+                .map_err(|error| StoreError::corrupt(format!("history key {store}/{key}: {error}")))?,
+        );
         counted_rows += rows;
         if counted_rows >= budget {
             break;
@@ -218,8 +225,12 @@ async fn prune_transaction(
     }
     let stores: Vec<&str> = ids.iter().map(|id| id.store.as_str()).collect();
     let keys: Vec<&str> = ids.iter().map(|id| id.key.as_str()).collect();
-    let transaction = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await.map_err(prune)?;
-    let now_row = transaction.query_one("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint", &[]).await.map_err(prune)?;
+    let transaction =
+        client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await.map_err(prune)?;
+    let now_row = transaction
+        .query_one("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint", &[])
+        .await
+        .map_err(prune)?;
     let now_ms: i64 = now_row.try_get(0).map_err(prune)?;
     let documents = transaction
         .query(
@@ -234,7 +245,8 @@ async fn prune_transaction(
     for row in &documents {
         let store: &str = row.try_get("store").map_err(prune)?;
         let key: &str = row.try_get("key").map_err(prune)?;
-        let id = DocId::parse(store, key).map_err(|error| StoreError::corrupt(format!("docs key {store}/{key}: {error}")))?;
+        let id = DocId::parse(store, key)
+            .map_err(|error| StoreError::corrupt(format!("docs key {store}/{key}: {error}")))?;
         current.insert(id, (row.try_get("version").map_err(prune)?, row.try_get("updated_at_ms").map_err(prune)?));
     }
     let metas = transaction
@@ -250,19 +262,31 @@ async fn prune_transaction(
     for row in &metas {
         let store: &str = row.try_get("store").map_err(prune)?;
         let key: &str = row.try_get("key").map_err(prune)?;
-        let id = DocId::parse(store, key).map_err(|error| StoreError::corrupt(format!("history key {store}/{key}: {error}")))?;
+        let id = DocId::parse(store, key)
+            .map_err(|error| StoreError::corrupt(format!("history key {store}/{key}: {error}")))?;
         let version = counter_from_db(row.try_get("version").map_err(prune)?, "version", &id.to_string())?;
-        rows_by_key.entry(id).or_default().push(RowMeta { version, written_at_ms: row.try_get("written_at_ms").map_err(prune)? });
+        rows_by_key
+            .entry(id)
+            .or_default()
+            .push(RowMeta { version, written_at_ms: row.try_get("written_at_ms").map_err(prune)? });
     }
     let rows_examined = metas.len() as u64;
     let mut delete = (Vec::<String>::new(), Vec::<String>::new(), Vec::<i64>::new());
-    let mut rewrite = (Vec::<String>::new(), Vec::<String>::new(), Vec::<i64>::new(), Vec::<Option<String>>::new(), Vec::<Option<Vec<u8>>>::new());
+    let mut rewrite = (
+        Vec::<String>::new(),
+        Vec::<String>::new(),
+        Vec::<i64>::new(),
+        Vec::<Option<String>>::new(),
+        Vec::<Option<Vec<u8>>>::new(),
+    );
     for (id, rows) in &rows_by_key {
         let Some((current_version, current_written_at_ms)) = current.get(id).copied() else {
             return Err(StoreError::corrupt(format!("{id} has history rows but no document")));
         };
         if rows.last().is_some_and(|row| counter_to_db(row.version) >= current_version) {
-            return Err(StoreError::corrupt(format!("{id} has a history row at or above its current version {current_version}")));
+            return Err(StoreError::corrupt(format!(
+                "{id} has a history row at or above its current version {current_version}"
+            )));
         }
         let doomed = doomed_rows(rows, current_written_at_ms, now_ms, policy);
         if !doomed.iter().any(|gone| *gone) {

@@ -34,7 +34,9 @@ use crate::store::types::{
     VersionInfo, VersionQuery, VersionRecord,
 };
 use crate::store::validate::{validate_doc_id, validate_notification};
-use crate::store::{GroupCommitStats, InvalidInput, NOTIFICATION_CHANNEL_CAPACITY, PrunedPage, Store, StoreError, Subscription};
+use crate::store::{
+    GroupCommitStats, InvalidInput, NOTIFICATION_CHANNEL_CAPACITY, PrunedPage, Store, StoreError, Subscription,
+};
 
 /// Longest schema name: PostgreSQL identifiers (and NOTIFY channel names) are at most 63 bytes,
 /// and the channel is `hoard_` followed by the schema.
@@ -373,16 +375,7 @@ impl Store for PostgresStore {
     }
 
     async fn prune_history(&self) -> Result<u64, StoreError> {
-        let mut pruned_total = 0u64;
-        let mut after = None;
-        loop {
-            let page = self.prune_history_page(after, usize::MAX).await?;
-            pruned_total = pruned_total.saturating_add(page.pruned);
-            match page.next_after {
-                Some(next) => after = Some(next),
-                None => return Ok(pruned_total),
-            }
-        }
+        crate::store::prune_every_page(self).await
     }
 
     async fn prune_history_page(&self, after: Option<DocId>, rows_max: usize) -> Result<PrunedPage, StoreError> {

@@ -124,7 +124,11 @@ pub fn parse_value(text: &str, id: &DocId) -> Result<Value, StoreError> {
 }
 
 /// Parses stored attributes and user ids.
-pub fn parse_metadata(attributes: &str, user_ids: &str, id: &DocId) -> Result<(Map<String, Value>, Vec<String>), StoreError> {
+pub fn parse_metadata(
+    attributes: &str,
+    user_ids: &str,
+    id: &DocId,
+) -> Result<(Map<String, Value>, Vec<String>), StoreError> {
     let label = id.to_string();
     Ok((parse_json(attributes, "attributes", &label)?, parse_json(user_ids, "user ids", &label)?))
 }
@@ -200,9 +204,9 @@ impl HistoryColumns {
         payload: StoredPayload,
     ) -> Result<(), StoreError> {
         let id = &superseded.id;
-        let commit_id = superseded
-            .last_commit_id
-            .ok_or_else(|| corrupt(&id.to_string(), "commit id", format!("missing for version {}", superseded.version)))?;
+        let commit_id = superseded.last_commit_id.ok_or_else(|| {
+            corrupt(&id.to_string(), "commit id", format!("missing for version {}", superseded.version))
+        })?;
         self.stores.push(id.store.as_str().to_string());
         self.keys.push(id.key.as_str().to_string());
         self.versions.push(counter_to_db(superseded.version));

@@ -105,7 +105,11 @@ pub(crate) fn list_versions(
         .collect()
 }
 
-fn payload_from_row(id: &DocId, row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Result<(u64, StoredPayload), StoreError>> {
+fn payload_from_row(
+    id: &DocId,
+    row: &rusqlite::Row<'_>,
+    first: usize,
+) -> rusqlite::Result<Result<(u64, StoredPayload), StoreError>> {
     let version: i64 = row.get(first)?;
     let deleted: bool = row.get(first + 1)?;
     let value: Option<String> = row.get(first + 2)?;
@@ -116,7 +120,11 @@ fn payload_from_row(id: &DocId, row: &rusqlite::Row<'_>, first: usize) -> rusqli
 
 /// Reads one version with its contents: the document itself for the current version, else its
 /// history row, rebuilt through the deltas above it.
-pub(crate) fn read_version(connection: &Connection, id: &DocId, version: u64) -> Result<Option<VersionRecord>, StoreError> {
+pub(crate) fn read_version(
+    connection: &Connection,
+    id: &DocId,
+    version: u64,
+) -> Result<Option<VersionRecord>, StoreError> {
     let Ok(wanted) = i64::try_from(version) else { return Ok(None) };
     let document = connection
         .prepare_cached(
@@ -305,7 +313,9 @@ fn prune_key(
         return Err(StoreError::corrupt(format!("{id} has history rows but no document")));
     };
     if rows.last().is_some_and(|row| i64::try_from(row.version).unwrap_or(i64::MAX) >= current_version) {
-        return Err(StoreError::corrupt(format!("{id} has a history row at or above its current version {current_version}")));
+        return Err(StoreError::corrupt(format!(
+            "{id} has a history row at or above its current version {current_version}"
+        )));
     }
     let doomed = doomed_rows(rows, current_written_at_ms, now_ms, policy);
     if !doomed.iter().any(|gone| *gone) {
@@ -317,7 +327,9 @@ fn prune_key(
         .query_row(params![id.store.as_str(), id.key.as_str()], |row| row.get(0))
         .map_err(sql_error("reading a key to prune"))?;
     let payloads: Vec<(u64, StoredPayload)> = connection
-        .prepare_cached("SELECT version, deleted, value, delta FROM history WHERE store = ?1 AND key = ?2 ORDER BY version")
+        .prepare_cached(
+            "SELECT version, deleted, value, delta FROM history WHERE store = ?1 AND key = ?2 ORDER BY version",
+        )
         .map_err(sql_error("preparing a prune read"))?
         .query_map(params![id.store.as_str(), id.key.as_str()], |row| payload_from_row(id, row, 0))
         .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
@@ -335,7 +347,9 @@ fn prune_key(
         let (value, delta) = payload.into_columns();
         connection
             .prepare_cached("UPDATE history SET value = ?4, delta = ?5 WHERE store = ?1 AND key = ?2 AND version = ?3")
-            .and_then(|mut statement| statement.execute(params![id.store.as_str(), id.key.as_str(), version, value, delta]))
+            .and_then(|mut statement| {
+                statement.execute(params![id.store.as_str(), id.key.as_str(), version, value, delta])
+            })
             .map_err(sql_error("re-encoding history"))?;
     }
     let mut pruned = 0;

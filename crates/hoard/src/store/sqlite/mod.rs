@@ -320,26 +320,17 @@ impl Store for SqliteStore {
     async fn list_versions(&self, id: &DocId, query: &VersionQuery) -> Result<Vec<VersionInfo>, StoreError> {
         validate_doc_id(id, &self.limits)?;
         let (id, query, limits) = (id.clone(), query.clone(), self.limits.clone());
-        self.reads.read(move |connection| reads::list_versions(connection, &id, &query, &limits)).await
+        self.reads.read(move |connection| history::list_versions(connection, &id, &query, &limits)).await
     }
 
     async fn get_version(&self, id: &DocId, version: u64) -> Result<Option<VersionRecord>, StoreError> {
         validate_doc_id(id, &self.limits)?;
         let id = id.clone();
-        self.reads.read(move |connection| reads::get_version(connection, &id, version)).await
+        self.reads.read(move |connection| history::read_version(connection, &id, version)).await
     }
 
     async fn prune_history(&self) -> Result<u64, StoreError> {
-        let mut pruned_total = 0u64;
-        let mut after = None;
-        loop {
-            let page = self.prune_history_page(after, usize::MAX).await?;
-            pruned_total += page.pruned;
-            match page.next_after {
-                Some(next) => after = Some(next),
-                None => return Ok(pruned_total),
-            }
-        }
+        crate::store::prune_every_page(self).await
     }
 
     async fn prune_history_page(&self, after: Option<DocId>, rows_max: usize) -> Result<PrunedPage, StoreError> {

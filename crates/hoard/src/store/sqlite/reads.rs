@@ -1,5 +1,5 @@
 //! The read side: a small pool of read-only connections used from `spawn_blocking`, and the read
-//! queries (documents, key listings, history, holder leases).
+//! queries (documents, key listings, holder leases; history's are in `history`).
 //!
 //! Invariant: reads never go through the writer thread and never take the write lock: in WAL
 //! mode each read runs in its own read transaction and sees one committed snapshot (a multi-key
@@ -16,10 +16,7 @@ use super::connection::{ConnectionSettings, open_read_connection};
 use super::rows::{read_document, sql_error};
 use crate::store::StoreError;
 use crate::store::limits::Limits;
-use crate::store::types::{
-    DocId, Document, HolderId, HolderLease, Key, KeyPage, ListQuery, StoreName, VersionInfo, VersionQuery,
-    VersionRecord,
-};
+use crate::store::types::{DocId, Document, HolderId, HolderLease, Key, KeyPage, ListQuery, StoreName};
 
 /// Read-only connections, opened lazily up to the permit count and reused.
 #[derive(Debug)]
@@ -151,23 +148,6 @@ pub(crate) fn list_keys(
         .collect::<Result<Vec<Key>, StoreError>>()?;
     let next_after = if more { keys.last().cloned() } else { None };
     Ok(KeyPage { keys, next_after })
-}
-
-pub(crate) fn list_versions(
-    connection: &Connection,
-    id: &DocId,
-    query: &VersionQuery,
-    limits: &Limits,
-) -> Result<Vec<VersionInfo>, StoreError> {
-    super::history::list_versions(connection, id, query, limits)
-}
-
-pub(crate) fn get_version(
-    connection: &Connection,
-    id: &DocId,
-    version: u64,
-) -> Result<Option<VersionRecord>, StoreError> {
-    super::history::read_version(connection, id, version)
 }
 
 pub(crate) fn holder_lease(connection: &Connection, holder: &HolderId) -> Result<Option<HolderLease>, StoreError> {

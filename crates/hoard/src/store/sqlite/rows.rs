@@ -24,7 +24,11 @@ pub(crate) fn to_json_text<T: serde::Serialize>(what: &str, value: &T) -> Result
     serde_json::to_string(value).map_err(|error| StoreError::corrupt(format!("cannot encode {what} as JSON: {error}")))
 }
 
-pub(crate) fn from_json_text<T: serde::de::DeserializeOwned>(what: &str, id: &DocId, text: &str) -> Result<T, StoreError> {
+pub(crate) fn from_json_text<T: serde::de::DeserializeOwned>(
+    what: &str,
+    id: &DocId,
+    text: &str,
+) -> Result<T, StoreError> {
     serde_json::from_str(text)
         .map_err(|error| StoreError::corrupt(format!("stored {what} of {id} is not valid: {error}")))
 }

@@ -290,7 +290,9 @@ fn run_in_savepoint(
         return (answer, false);
     }
     let answer = match request {
-        WriteRequest::Commit { encoded, reply } => Answer::Commit(reply, write_commit(connection, &encoded, now_ms, context)),
+        WriteRequest::Commit { encoded, reply } => {
+            Answer::Commit(reply, write_commit(connection, &encoded, now_ms, context))
+        }
         WriteRequest::RenewHolder { holder, ttl_ms, reply } => {
             Answer::Holder(reply, renew_holder(connection, holder, ttl_ms, now_ms))
         }
@@ -300,7 +302,10 @@ fn run_in_savepoint(
         }
         WriteRequest::PruneHistoryPage { after, rows_max, reply } => {
             let rows_max = rows_max.clamp(1, PRUNE_HISTORY_ROWS_PER_TRANSACTION);
-            Answer::Prune(reply, prune_history_page(connection, after.as_ref(), rows_max, now_ms, &context.history_policy))
+            Answer::Prune(
+                reply,
+                prune_history_page(connection, after.as_ref(), rows_max, now_ms, &context.history_policy),
+            )
         }
     };
     if connection.is_autocommit() {
@@ -374,7 +379,10 @@ fn write_commit(
                     attributes: to_json_text("attributes", &superseded.attributes)?,
                     user_ids: to_json_text("user ids", &superseded.user_ids)?,
                     commit_id: superseded.last_commit_id.ok_or_else(|| {
-                        StoreError::corrupt(format!("{} has version {} but no commit id", superseded.id, superseded.version))
+                        StoreError::corrupt(format!(
+                            "{} has version {} but no commit id",
+                            superseded.id, superseded.version
+                        ))
                     })?,
                     payload: encode_superseded(
                         superseded.version,

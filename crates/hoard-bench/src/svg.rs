@@ -260,6 +260,15 @@ fn bar_panel(canvas: &mut Canvas, title: &str, rows: &[Row], log_scale: bool, re
         }
     };
     let top = canvas.height;
+    let bottom = top + ROW_HEIGHT * rows.len() as f64;
+    if let Some((value, _)) = reference {
+        // Drawn first, so bars and their values lie over it.
+        let x = bars_left + length_of(value);
+        let _ = writeln!(
+            canvas.body,
+            r#"<line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{bottom:.1}" stroke="{COLOR_TEXT}" stroke-dasharray="4 3"/>"#
+        );
+    }
     for (index, row) in rows.iter().enumerate() {
         let row_top = top + ROW_HEIGHT * index as f64;
         let baseline = row_top + ROW_HEIGHT / 2.0 + LABEL_FONT * 0.35;
@@ -276,14 +285,9 @@ fn bar_panel(canvas: &mut Canvas, title: &str, rows: &[Row], log_scale: bool, re
             &row.value_text,
         );
     }
-    let bottom = top + ROW_HEIGHT * rows.len() as f64;
     canvas.line(bars_left, top, bars_left, bottom, COLOR_MUTED, 1.0);
     if let Some((value, label)) = reference {
         let x = bars_left + length_of(value);
-        let _ = writeln!(
-            canvas.body,
-            r#"<line x1="{x:.1}" y1="{top:.1}" x2="{x:.1}" y2="{bottom:.1}" stroke="{COLOR_TEXT}" stroke-dasharray="4 3"/>"#
-        );
         canvas.height = bottom + LABEL_FONT * 1.3;
         canvas.text(x, canvas.height, VALUE_FONT, "middle", "normal", COLOR_MUTED, label);
     } else {
@@ -423,7 +427,13 @@ fn curve_panel(canvas: &mut Canvas, curve: &Curve) {
         canvas.height += GAP;
         return;
     }
-    let ticks: Vec<f64> = (0..=4).map(|step| maximum * 1.15 * f64::from(step) / 4.0).collect();
+    // Round ticks (1, 2 or 5 times a power of ten) up to just above the largest value.
+    let raw_step = maximum * 1.1 / 4.0;
+    let power = 10f64.powf(raw_step.log10().floor());
+    let tick_step = power * [1.0, 2.0, 5.0, 10.0].into_iter().find(|m| m * power >= raw_step).unwrap_or(10.0);
+    let top_tick = (maximum * 1.1 / tick_step).ceil().max(1.0) * tick_step;
+    let ticks: Vec<f64> =
+        (0..).map(|n| f64::from(n) * tick_step).take_while(|tick| *tick <= top_tick * 1.000_001).collect();
     let tick_width = ticks.iter().map(|tick| text_width(&format_value(*tick), VALUE_FONT)).fold(0.0, f64::max);
     let plot_left = MARGIN + tick_width + GAP;
     // Room on both sides for the first and last point's labels.
@@ -440,7 +450,7 @@ fn curve_panel(canvas: &mut Canvas, curve: &Curve) {
     let inner_left = plot_left + label_room;
     let plot_top = canvas.height + VALUE_FONT;
     let plot_bottom = plot_top + CURVE_PLOT_HEIGHT;
-    let y_of = |value: f64| plot_bottom - value / (maximum * 1.15) * CURVE_PLOT_HEIGHT;
+    let y_of = |value: f64| plot_bottom - value / top_tick * CURVE_PLOT_HEIGHT;
     let step = if curve.points.len() > 1 { (plot_right - inner_left) / (curve.points.len() - 1) as f64 } else { 0.0 };
     let x_of = |index: usize| inner_left + step * index as f64;
     for tick in &ticks {
@@ -499,6 +509,7 @@ fn curve_panel(canvas: &mut Canvas, curve: &Curve) {
             let baseline = baseline.clamp(plot_top, plot_bottom - GAP / 2.0);
             canvas.text(x, baseline, VALUE_FONT, "middle", "bold", color, &format_value(*value));
         }
+        let x_label = if point.x.fract() == 0.0 { format!("{:.0}", point.x) } else { format_value(point.x) };
         canvas.text(
             x,
             plot_bottom + VALUE_FONT * 1.5,
@@ -506,7 +517,7 @@ fn curve_panel(canvas: &mut Canvas, curve: &Curve) {
             "middle",
             "normal",
             COLOR_TEXT,
-            &format_value(point.x),
+            &x_label,
         );
     }
     canvas.height = plot_bottom + VALUE_FONT * 1.5 + LABEL_FONT * 1.5;

@@ -510,15 +510,7 @@ fn curve_panel(canvas: &mut Canvas, curve: &Curve) {
             canvas.text(x, baseline, VALUE_FONT, "middle", "bold", color, &format_value(*value));
         }
         let x_label = if point.x.fract() == 0.0 { format!("{:.0}", point.x) } else { format_value(point.x) };
-        canvas.text(
-            x,
-            plot_bottom + VALUE_FONT * 1.5,
-            VALUE_FONT,
-            "middle",
-            "normal",
-            COLOR_TEXT,
-            &x_label,
-        );
+        canvas.text(x, plot_bottom + VALUE_FONT * 1.5, VALUE_FONT, "middle", "normal", COLOR_TEXT, &x_label);
     }
     canvas.height = plot_bottom + VALUE_FONT * 1.5 + LABEL_FONT * 1.5;
     canvas.text(
@@ -552,8 +544,12 @@ pub fn write_plots(report: &Report, folder: &Path) -> std::io::Result<Vec<PathBu
         std::fs::write(&path, workload_plot(workload, &results))?;
         written.push(path);
     }
-    let mut names: Vec<&str> = report.curves.iter().map(|curve| curve.name.as_str()).collect();
-    names.dedup();
+    let mut names: Vec<&str> = Vec::new();
+    for curve in &report.curves {
+        if !names.contains(&curve.name.as_str()) {
+            names.push(&curve.name);
+        }
+    }
     for name in names {
         let curves: Vec<&Curve> = report.curves.iter().filter(|curve| curve.name == name).collect();
         let path = folder.join(format!("{name}.svg"));

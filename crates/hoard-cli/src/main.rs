@@ -147,7 +147,9 @@ enum Command {
         #[arg(long)]
         write_internal_store: bool,
     },
-    /// Remove history the retention policy no longer keeps (30 days; all of the last 24 hours).
+    /// Remove history the retention policy no longer keeps now (every version for an hour, the
+    /// last of each hour for a day, of each day for 30 days); engines and `hoard serve` also prune
+    /// in the background.
     Prune,
     /// Measure hoard beside plain-SQL baselines on this machine (table, --json, SVG plots).
     Bench(bench::BenchArgs),

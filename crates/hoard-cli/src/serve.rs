@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use hoard::store::pruner::{HistoryPruneOptions, HistoryPruner};
 use hoard::store::{StoreOptions, open_store};
 use hoard_server::config;
 
@@ -202,6 +203,8 @@ pub async fn run(db: &str, args: ServeArgs) -> Result<()> {
     }
     let options = StoreOptions { postgres_schema: settings.postgres_schema.clone(), ..StoreOptions::default() };
     let store = open_store(&db, options).await.with_context(|| format!("opening {db}"))?;
+    // Prunes history past retention while the server runs (stopped when dropped at the end).
+    let _history_pruner = HistoryPruner::start(store.clone(), HistoryPruneOptions::default());
     let listen = settings.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;

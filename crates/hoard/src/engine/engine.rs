@@ -83,6 +83,8 @@ pub(crate) struct EngineShared {
     /// Woken when any key is announced released, so waiting acquirers retry at once.
     pub released: Notify,
     pub tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Prunes the store's history while the engine lives (`store::pruner`).
+    pub _history_pruner: crate::store::pruner::HistoryPruner,
     /// While set, the process lease is not renewed (a paused server, for tests and the simulator).
     pub renewal_suspended: AtomicBool,
     pub save_slots: Semaphore,
@@ -267,7 +269,9 @@ impl Engine {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
         }
         renewed.map_err(OpenError::Store)?;
+        let history_pruner = crate::store::pruner::HistoryPruner::start(store.clone(), config.history_pruning.clone());
         let shared = Arc::new(EngineShared {
+            _history_pruner: history_pruner,
             save_slots: Semaphore::new(config.concurrent_saves_max),
             store,
             config,

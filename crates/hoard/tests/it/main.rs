@@ -17,6 +17,10 @@ macro_rules! conformance_backends {
     };
 }
 mod store_conformance;
+mod store_delta;
 mod store_faults;
+mod store_history;
+mod store_migrations;
 mod store_model;
+mod store_pruner;
 mod tidy;

@@ -789,7 +789,7 @@ pub fn suite_config() -> TestConfig {
 }
 
 pub fn zero_retention_config() -> TestConfig {
-    TestConfig { limits: Limits::default(), history_policy: HistoryPolicy { keep_all_ms: 0, retention_ms: 0 } }
+    TestConfig { limits: Limits::default(), history_policy: HistoryPolicy::keep_latest_only() }
 }
 
 /// Puts, metadata-only new versions (which copy the value into history) and

@@ -12,11 +12,14 @@ use super::{quote_identifier, unavailable};
 use crate::store::StoreError;
 
 /// The migrations, in order; `schema_version` records which have been applied.
-pub const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/0001_init.sql")), (2, include_str!("migrations/0002_lz4_values.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_lz4_values.sql")),
+    (3, include_str!("migrations/0003_history_deltas.sql")),
+];
 
 /// The schema version this build of hoard writes and reads.
-pub const SCHEMA_VERSION_LATEST: i64 = 2;
+pub const SCHEMA_VERSION_LATEST: i64 = 3;
 
 /// Creates the schema if missing and applies every migration it lacks. Returns the schema
 /// version now in force.

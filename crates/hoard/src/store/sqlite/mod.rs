@@ -13,11 +13,13 @@
 //! `must_exist`, so is a missing or empty one.
 //!
 //! Files: `identify` (what a file is), `connection` (pragmas, error texts), `schema` +
-//! `schema_v1.sql` (migrations), `rows` (row encoding), `writer` (group commit), `reads` (read
-//! pool and queries), `notifications` (poller), `clock`.
+//! `schema_v*.sql` (migrations), `rows` (docs rows), `history` (superseded versions: deltas,
+//! rebuilds, pruning), `writer` (group commit), `reads` (read pool and queries), `notifications`
+//! (poller), `clock`.
 
 mod clock;
 mod connection;
+mod history;
 mod identify;
 mod notifications;
 mod reads;
@@ -43,7 +45,7 @@ use crate::store::types::{
     VersionInfo, VersionQuery, VersionRecord,
 };
 use crate::store::validate::{validate_doc_id, validate_notification};
-use crate::store::{GroupCommitStats, NOTIFICATION_CHANNEL_CAPACITY, Store, StoreError, Subscription};
+use crate::store::{GroupCommitStats, NOTIFICATION_CHANNEL_CAPACITY, PrunedPage, Store, StoreError, Subscription};
 
 pub(crate) use self::connection::describe_error;
 pub use self::identify::HOARD_SQLITE_APPLICATION_ID;
@@ -198,6 +200,7 @@ impl SqliteStore {
     /// refused with `StoreError::WrongDatabase` and left as it was. Must be called inside a tokio
     /// runtime.
     pub async fn open(options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        options.history_policy.check()?;
         let settings = ConnectionSettings {
             busy_timeout_ms: options.busy_timeout_ms,
             synchronous: options.synchronous,
@@ -352,26 +355,41 @@ impl Store for SqliteStore {
     async fn list_versions(&self, id: &DocId, query: &VersionQuery) -> Result<Vec<VersionInfo>, StoreError> {
         validate_doc_id(id, &self.limits)?;
         let (id, query, limits) = (id.clone(), query.clone(), self.limits.clone());
-        self.reads.read(move |connection| reads::list_versions(connection, &id, &query, &limits)).await
+        self.reads.read(move |connection| history::list_versions(connection, &id, &query, &limits)).await
     }
 
     async fn get_version(&self, id: &DocId, version: u64) -> Result<Option<VersionRecord>, StoreError> {
         validate_doc_id(id, &self.limits)?;
         let id = id.clone();
-        self.reads.read(move |connection| reads::get_version(connection, &id, version)).await
+        self.reads.read(move |connection| history::read_version(connection, &id, version)).await
     }
 
     async fn prune_history(&self) -> Result<u64, StoreError> {
-        // Page by page, each in its own (group-committed) transaction, so a large history never
-        // holds the write lock for long; see `writer::prune_history_page` for the rule.
-        let mut pruned_total = 0u64;
-        let mut after = None;
+        crate::store::prune_every_page(self).await
+    }
+
+    async fn prune_history_page(&self, after: Option<DocId>, rows_max: usize) -> Result<PrunedPage, StoreError> {
+        // Transaction by transaction (each at most `PRUNE_HISTORY_ROWS_PER_TRANSACTION` rows, in
+        // the writer's group commit), so a large history never holds the write lock for long; see
+        // `history::prune_history_page` for the rule.
+        let mut cursor = after.map(|id| (id.store.as_str().to_string(), id.key.as_str().to_string()));
+        let mut done = PrunedPage::default();
         loop {
-            let page = self.write(|reply| WriteRequest::PruneHistoryPage { after, reply }).await?;
-            pruned_total += page.pruned;
-            match page.next_after {
-                Some(cursor) => after = Some(cursor),
-                None => return Ok(pruned_total),
+            let remaining = usize::try_from(done.rows_examined).map_or(0, |examined| rows_max.saturating_sub(examined));
+            let (after, rows_max) = (cursor.clone(), remaining.max(1));
+            let page = self.write(|reply| WriteRequest::PruneHistoryPage { after, rows_max, reply }).await?;
+            done.pruned += page.pruned;
+            done.rows_examined += page.rows_examined;
+            cursor = page.next_after;
+            let Some((store, key)) = &cursor else {
+                done.next_after = None;
+                return Ok(done);
+            };
+            if usize::try_from(done.rows_examined).unwrap_or(usize::MAX) >= rows_max || page.rows_examined == 0 {
+                let id = DocId::parse(store, key)
+                    .map_err(|error| StoreError::corrupt(format!("history key {store}/{key}: {error}")))?;
+                done.next_after = Some(id);
+                return Ok(done);
             }
         }
     }

@@ -178,7 +178,9 @@ fn a_connection_past_the_connection_limit_gets_a_clear_error_and_the_server_reco
         &[
             ("HOARD_API_KEYS", keys.as_str()),
             ("HOARD_CONNECTIONS_MAX", limit.as_str()),
-            ("HOARD_HEADER_READ_TIMEOUT_MS", "2000"),
+            // Long enough that the tricklers are still held when the next connection arrives on a
+            // loaded machine, short enough that they are cut within the wait below.
+            ("HOARD_HEADER_READ_TIMEOUT_MS", "15000"),
         ],
     );
     let mut tricklers: Vec<Trickler> = (0..CONNECTIONS_MAX - 1).map(|_| Trickler::open(served.address)).collect();
@@ -189,6 +191,11 @@ fn a_connection_past_the_connection_limit_gets_a_clear_error_and_the_server_reco
     {
         std::thread::sleep(Duration::from_millis(20));
     }
+    assert_eq!(
+        metric(served.address, "hoard_http_connections_open"),
+        Some(CONNECTIONS_MAX as f64),
+        "the server holds the tricklers and the metrics request"
+    );
     tricklers.push(Trickler::open(served.address));
     let refused = http_request(served.address, "/healthz", None).expect("an answer, not a hang or a reset");
     assert_eq!(refused.0, 503, "past the limit of {CONNECTIONS_MAX} connections: {}", refused.1);

@@ -157,6 +157,7 @@ impl KeyEntry {
             stores,
             rate_per_second: self.rate_per_second.unwrap_or(RATE_PER_SECOND_DEFAULT).max(1),
             rate_burst: self.rate_burst.unwrap_or(RATE_BURST_DEFAULT).max(1),
+            holder_tag: None,
         })
     }
 }

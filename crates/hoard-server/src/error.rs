@@ -10,9 +10,10 @@ use hoard::store::StoreError;
 use serde::Serialize;
 
 use crate::metrics;
+use crate::wire::CurrentDocument;
 
 /// An error answer. Every handler returns `Result<_, ApiError>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: StatusCode,
     /// A stable, machine-readable code (documented in the OpenAPI document).
@@ -20,6 +21,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (rate limits, unavailable store).
     pub retry_after_s: Option<u64>,
+    /// The key's stored state, on `stale` (409): what the write was not based on.
+    pub current: Option<Box<CurrentDocument>>,
 }
 
 /// The JSON body of every error.
@@ -27,11 +30,27 @@ pub struct ApiError {
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
+    /// With `stale` only: the key's stored document. Adopt it (rebase your unsaved changes onto
+    /// its value) and write again with its `version` as `base_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<CurrentDocument>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), retry_after_s: None }
+        ApiError { status, code, message: message.into(), retry_after_s: None, current: None }
+    }
+
+    /// 409 `stale`: the write was based on `base_version`, but the key is at `current.version`
+    /// (a trade, grant or other change the client has not adopted). Nothing was written.
+    pub fn stale(base_version: u64, current: CurrentDocument) -> ApiError {
+        metrics::count(metrics::CONFLICTS, "stale");
+        let message = format!(
+            "{}/{} is at version {}, not the base_version {base_version} this write was based on; nothing was written; \
+             adopt `current` (rebase your unsaved changes onto its value) and write again with base_version {}",
+            current.store, current.key, current.version, current.version
+        );
+        ApiError { current: Some(Box::new(current)), ..ApiError::conflict("stale", message) }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -137,7 +156,7 @@ impl From<hoard::store::InvalidInput> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.code.to_string(), message: self.message };
+        let body = ErrorBody { error: self.code.to_string(), message: self.message, current: self.current.map(|c| *c) };
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(seconds) = self.retry_after_s {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));

@@ -7,7 +7,10 @@ pub mod api_keys;
 pub mod documents;
 pub mod health;
 pub mod raw;
+pub mod receipts;
+pub mod session_writes;
 pub mod sessions;
+pub mod trades;
 pub mod updates;
 pub mod value;
 

@@ -1,12 +1,12 @@
 //! Holders and sessions for game servers in any language: register a holder (one per game-server
 //! process, with a process lease to renew), start a session (acquire the key with the wait /
-//! steal / fail policy), save, end, read, commit several sessions at once, and the handoff
-//! requests a holder must answer, pushed over a WebSocket or polled.
+//! steal / fail policy), and the handoff requests a holder must answer, pushed over a WebSocket
+//! or polled. The fenced writes of a session (save, end, commit) are `routes::session_writes`.
 //!
 //! Invariants:
 //! - Same semantics as the engine: start acquires with `Condition::LeaseFree` (stealing with
-//!   `Lease{holder seen, epoch seen}`), and every save is `Condition::Lease{holder, epoch}` of
-//!   the token, so a fenced-out token can never write (409 `fenced_out`).
+//!   `Lease{holder seen, epoch seen}`), and every write of a session is fenced by its token's
+//!   `Condition::Lease{holder, epoch}` (`fence`), so a fenced-out token can never write.
 //! - The service keeps no session state: a token is valid exactly while the store says so.
 //! - A handoff request is a notification (`hoard.handoff.<holder>`, as the engine sends) plus a
 //!   message in the holder's event inbox, so a holder that was not connected finds it by polling.
@@ -18,16 +18,12 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hoard::engine::{
-    AcquireAttempt, TOPIC_HANDOFF_PREFIX, acquire_once, announces_release, handoff_notification, released_notification,
-};
+use hoard::engine::{AcquireAttempt, TOPIC_HANDOFF_PREFIX, acquire_once, announces_release, handoff_notification};
 use hoard::store::{
-    Commit, CommitOutcome, Condition, ConflictKind, DocId, HolderId, InboxMessage, LeaseOp, Notification, Store,
-    StoreName, Write, get as read_doc,
+    Commit, Condition, DocId, HolderId, InboxMessage, LeaseOp, Notification, Store, StoreName, Write, get as read_doc,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -38,7 +34,6 @@ use super::path_error;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
-use crate::idempotency;
 use crate::metrics;
 use crate::state::AppState;
 use crate::wire::SessionToken;
@@ -61,10 +56,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/holders/{holder}/release", post(release_holder))
         .route("/v1/holders/{holder}/events", get(holder_events))
         .route("/v1/sessions/start", post(start))
-        .route("/v1/sessions/save", post(save))
-        .route("/v1/sessions/end", post(end))
-        .route("/v1/sessions/read", post(read))
-        .route("/v1/sessions/commit", post(commit_many))
+        .merge(super::session_writes::routes())
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -314,6 +306,10 @@ pub struct StartAnswer {
     pub inbox: Vec<InboxMessage>,
     /// True when the key was taken from another holder.
     pub stole: bool,
+    /// When the key was first written, by the store's clock (0: new player).
+    pub created_at_ms: i64,
+    /// When its value last changed, by the store's clock.
+    pub updated_at_ms: i64,
 }
 
 async fn wait_for_release(id: &DocId, released: &mut tokio::sync::broadcast::Receiver<Notification>) {
@@ -435,6 +431,8 @@ pub async fn start(
         user_ids: document.user_ids,
         inbox: document.inbox,
         stole,
+        created_at_ms: document.created_at_ms,
+        updated_at_ms: document.updated_at_ms,
     }))
 }
 
@@ -455,176 +453,4 @@ pub fn fenced_out(id: &DocId) -> ApiError {
             "the session token of {id} no longer holds the key (taken by another session or released); nothing was written; end the player's session"
         ),
     )
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SaveBody {
-    pub token: SessionToken,
-    /// The whole new value.
-    #[schema(value_type = Object)]
-    pub value: Value,
-    /// Inbox messages applied by this value: removed in the same commit.
-    pub ack_inbox_through: Option<u64>,
-    #[schema(value_type = Option<Object>)]
-    pub attributes: Option<Map<String, Value>>,
-    pub user_ids: Option<Vec<String>>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SaveAnswer {
-    pub version: u64,
-    /// Highest inbox sequence still waiting (0: none): more messages arrived when non-zero.
-    pub inbox_last_waiting_seq: u64,
-}
-
-fn save_write(id: DocId, fence: Condition, save: &SaveBody) -> Write {
-    let mut write = Write::put(id, save.value.clone()).when(fence);
-    write.attributes = save.attributes.clone();
-    write.user_ids = save.user_ids.clone();
-    write.inbox_ack_through = save.ack_inbox_through;
-    write
-}
-
-/// Saves the session's value, fenced by its token.
-#[utoipa::path(post, path = "/v1/sessions/save", tag = "sessions", security(("api_key" = [])), request_body = SaveBody,
-    responses((status = 200, body = SaveAnswer), (status = 409, body = ErrorBody, description = "fenced_out"),
-        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn save(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-    body: ApiJson<SaveBody>,
-) -> Result<Json<SaveAnswer>, ApiError> {
-    let (id, fence_condition) = fence(&principal, &body.value.token, &state)?;
-    let write = save_write(id.clone(), fence_condition, &body.value);
-    match state.store.commit(Commit::single(write)).await? {
-        CommitOutcome::Committed { applied, .. } => {
-            metrics::count(metrics::SAVES, "saved");
-            let applied = applied.first().ok_or_else(|| ApiError::internal("commit applied no write"))?;
-            Ok(Json(SaveAnswer { version: applied.version, inbox_last_waiting_seq: applied.inbox_last_waiting_seq }))
-        }
-        CommitOutcome::Conflict(conflict) if conflict.kind == ConflictKind::LeaseMismatch => Err(fenced_out(&id)),
-        CommitOutcome::Conflict(conflict) => {
-            metrics::count(metrics::CONFLICTS, "save");
-            Err(ApiError::conflict("conflict", format!("{:?} on {}", conflict.kind, conflict.id)))
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EndBody {
-    pub token: SessionToken,
-    /// The final value; absent: end without saving again.
-    #[schema(value_type = Option<Object>)]
-    pub value: Option<Value>,
-    pub ack_inbox_through: Option<u64>,
-}
-
-/// Ends the session: the final save (if a value is given) and the release, in one fenced commit.
-#[utoipa::path(post, path = "/v1/sessions/end", tag = "sessions", security(("api_key" = [])), request_body = EndBody,
-    responses((status = 200, description = "ended"), (status = 409, body = ErrorBody, description = "fenced_out"),
-        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn end(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-    body: ApiJson<EndBody>,
-) -> Result<Json<Value>, ApiError> {
-    let (id, fence_condition) = fence(&principal, &body.value.token, &state)?;
-    let mut write = Write::new(id.clone()).when(fence_condition).lease(LeaseOp::Release);
-    if let Some(value) = &body.value.value {
-        write = write.value(hoard::store::ValueOp::Put(value.clone()));
-    }
-    write.inbox_ack_through = body.value.ack_inbox_through;
-    match state.store.commit(Commit::single(write)).await? {
-        CommitOutcome::Committed { applied, .. } => {
-            metrics::session_ended();
-            // Best effort: a waiting starter also polls.
-            let _ = state.store.notify(released_notification(&id)).await;
-            Ok(Json(json!({ "ended": true, "version": applied.first().map(|a| a.version) })))
-        }
-        CommitOutcome::Conflict(conflict) if conflict.kind == ConflictKind::LeaseMismatch => Err(fenced_out(&id)),
-        CommitOutcome::Conflict(conflict) => {
-            Err(ApiError::conflict("conflict", format!("{:?} on {}", conflict.kind, conflict.id)))
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReadBody {
-    pub token: SessionToken,
-}
-
-/// Reads the session's stored document and whether the token still holds the key.
-#[utoipa::path(post, path = "/v1/sessions/read", tag = "sessions", security(("api_key" = [])), request_body = ReadBody,
-    responses((status = 200, description = "the document and `held`"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn read(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-    body: ApiJson<ReadBody>,
-) -> Result<Json<Value>, ApiError> {
-    let (id, _) = fence(&principal, &body.value.token, &state)?;
-    let document = read_doc(&*state.store, &id).await?;
-    let held = document.lease.holder.as_ref().map(HolderId::as_str) == Some(body.value.token.holder.as_str())
-        && document.lease.epoch == body.value.token.epoch;
-    Ok(Json(json!({ "held": held, "document": document })))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CommitManyBody {
-    /// Saves of several sessions, applied all or none.
-    pub saves: Vec<SaveBody>,
-}
-
-/// Saves several sessions in one atomic, fenced commit (all or none). Takes an
-/// `Idempotency-Key` header.
-#[utoipa::path(post, path = "/v1/sessions/commit", tag = "sessions", security(("api_key" = [])), request_body = CommitManyBody,
-    params(("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, description = "versions, in the order of `saves`"), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn commit_many(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-    headers: HeaderMap,
-    body: ApiJson<CommitManyBody>,
-) -> Result<Json<Value>, ApiError> {
-    let store = &*state.store;
-    let idem = idempotency::from_headers(&headers, &principal, "commit", &body.digest, store.limits())?;
-    let mut writes = Vec::with_capacity(body.value.saves.len() + 1);
-    for save in &body.value.saves {
-        let (id, fence_condition) = fence(&principal, &save.token, &state)?;
-        writes.push(save_write(id, fence_condition, save));
-    }
-    if writes.is_empty() {
-        return Err(ApiError::bad_request("give at least one save"));
-    }
-    if let Some(first) = idempotency::replay(store, idem.as_ref()).await? {
-        return Ok(Json(first));
-    }
-    let ids: Vec<DocId> = writes.iter().map(|w| w.id.clone()).collect();
-    // Versions are known only after the commit; the stored answer names the commit instead.
-    let commit = Commit::new(writes);
-    let response = json!({ "committed": true, "commit_id": commit.id.to_string(), "keys": ids });
-    let mut commit = commit;
-    if let Some(idem) = &idem {
-        commit.writes.push(idempotency::record_write(idem, &response));
-    }
-    match store.commit(commit).await? {
-        CommitOutcome::Committed { .. } => {
-            metrics::count(metrics::SAVES, "multi");
-            Ok(Json(response))
-        }
-        CommitOutcome::Conflict(conflict) if idempotency::lost_the_race(idem.as_ref(), &conflict) => {
-            let first = idempotency::replay(store, idem.as_ref()).await?;
-            first.map(Json).ok_or_else(|| ApiError::internal("idempotency record vanished"))
-        }
-        CommitOutcome::Conflict(conflict) if conflict.kind == ConflictKind::LeaseMismatch => {
-            Err(fenced_out(&conflict.id))
-        }
-        CommitOutcome::Conflict(conflict) => {
-            Err(ApiError::conflict("conflict", format!("{:?} on {}", conflict.kind, conflict.id)))
-        }
-    }
 }

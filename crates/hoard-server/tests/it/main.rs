@@ -15,6 +15,9 @@ mod config_file;
 mod http_api_keys;
 mod http_auth;
 mod http_bad_input;
+mod http_depth;
+mod http_fencing;
+mod http_scoping;
 mod http_sessions;
 mod openapi_drift;
 /// Over the remote store, the suite runs in front of the memory backend: what it checks here is the

@@ -20,6 +20,8 @@ pub enum InvalidInput {
     TooMany { what: &'static str, count: usize, count_max: usize },
     #[error("value is not valid JSON: {reason}")]
     NotJson { reason: String },
+    #[error("{what} is nested {depth} deep, over the limit of {depth_max} (arrays and objects inside one another)")]
+    TooDeep { what: &'static str, depth: usize, depth_max: usize },
     #[error("value holds a number JSON cannot represent (NaN or infinity)")]
     NotFinite,
     #[error("commit has no writes; give at least one")]

@@ -231,8 +231,11 @@ pub fn resolve(overrides: Overrides, file: FileConfig) -> Result<Settings, Strin
             .or(file.concurrent_requests_max)
             .unwrap_or(defaults.concurrent_requests_max),
     };
-    if limits.request_timeout_ms <= START_WAIT_MS_MAX {
-        return Err(format!("request_timeout_ms must be over {START_WAIT_MS_MAX} (the longest session-start wait)"));
+    let longest_wait_ms = START_WAIT_MS_MAX.max(crate::routes::events::LONG_POLL_WAIT_MS_MAX);
+    if limits.request_timeout_ms <= longest_wait_ms {
+        return Err(format!(
+            "request_timeout_ms must be over {longest_wait_ms} (the longest session-start wait or long-poll)"
+        ));
     }
     let api_keys_refresh_interval_ms = overrides
         .api_keys_refresh_interval_ms

@@ -28,6 +28,9 @@ pub const IDEMPOTENT_REPLAYS: &str = "hoard_idempotent_replays_total";
 pub const STORE_ERRORS: &str = "hoard_store_errors_total";
 pub const UNAUTHORIZED: &str = "hoard_unauthorized_total";
 pub const RATE_LIMITED: &str = "hoard_rate_limited_total";
+pub const BEST_EFFORT_FAILURES: &str = "hoard_best_effort_failures_total";
+pub const QUARANTINED: &str = "hoard_quarantined_total";
+pub const LONG_POLLS: &str = "hoard_long_polls_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -45,6 +48,13 @@ pub fn install() -> Option<PrometheusHandle> {
 
 pub fn count(name: &'static str, outcome: &'static str) {
     metrics::counter!(name, "outcome" => outcome).increment(1);
+}
+
+/// A best-effort step gave up (a notification, an event acknowledgement, a quarantine record):
+/// nothing correct depends on it, so it is counted and logged, not answered as an error.
+pub fn gave_up(what: &'static str, error: &dyn std::fmt::Display) {
+    metrics::counter!(BEST_EFFORT_FAILURES, "what" => what).increment(1);
+    tracing::warn!(what, %error, "a best-effort step failed");
 }
 
 pub fn store_error(kind: &'static str) {

@@ -8,7 +8,9 @@
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, documents, health, raw, receipts, session_writes, sessions, trades, updates, value};
+use crate::routes::{
+    api_keys, batch, documents, events, health, raw, receipts, session_writes, sessions, trades, updates, value,
+};
 
 struct BearerKey;
 
@@ -37,8 +39,9 @@ impl Modify for BearerKey {
         documents::list_keys, documents::read_key, documents::list_versions, documents::read_version,
         documents::rollback, documents::release,
         api_keys::list_api_keys, api_keys::create_api_key, api_keys::revoke_api_key,
-        sessions::register_holder, sessions::renew_holder, sessions::release_holder, sessions::holder_events,
+        sessions::register_holder, sessions::renew_holder, sessions::release_holder, events::holder_events,
         sessions::start, session_writes::save, session_writes::end, session_writes::read, session_writes::commit_many,
+        batch::sync, batch::start_many, batch::end_many,
         trades::trade, receipts::receipt, value::send_message,
         updates::update,
         raw::info, raw::now, raw::commit, raw::get_many, raw::list, raw::versions, raw::version, raw::prune,

@@ -4,7 +4,9 @@
 //! parse every path part with the store's own checked constructors, so bad names are 400s.
 
 pub mod api_keys;
+pub mod batch;
 pub mod documents;
+pub mod events;
 pub mod health;
 pub mod raw;
 pub mod receipts;

@@ -1,7 +1,9 @@
 //! Holders and sessions for game servers in any language: register a holder (one per game-server
 //! process, with a process lease to renew), start a session (acquire the key with the wait /
-//! steal / fail policy), and the handoff requests a holder must answer, pushed over a WebSocket
-//! or polled. The fenced writes of a session (save, end, commit) are `routes::session_writes`.
+//! steal / fail policy), and ask a holder to hand a key over.
+//! The fenced writes of a session (save, end, commit) are `routes::session_writes`, the holder's
+//! events (handoff requests, inbox arrivals; polled, long-polled or pushed) `routes::events`,
+//! the batched calls (sync, start and end many) `routes::batch`.
 //!
 //! Invariants:
 //! - Same semantics as the engine: start acquires with `Condition::LeaseFree` (stealing with
@@ -14,16 +16,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hoard::engine::{AcquireAttempt, TOPIC_HANDOFF_PREFIX, acquire_once, announces_release, handoff_notification};
+use hoard::engine::{AcquireAttempt, acquire_once, announces_release, handoff_notification};
 use hoard::store::{
-    Commit, Condition, DocId, HolderId, InboxMessage, LeaseOp, Notification, Store, StoreName, Write, get as read_doc,
+    Commit, Condition, DocId, HolderId, InboxMessage, LeaseOp, Notification, Store, Write, get as read_doc,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -54,9 +53,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/holders", post(register_holder))
         .route("/v1/holders/{holder}/renew", post(renew_holder))
         .route("/v1/holders/{holder}/release", post(release_holder))
-        .route("/v1/holders/{holder}/events", get(holder_events))
+        .route("/v1/holders/{holder}/events", get(super::events::holder_events))
         .route("/v1/sessions/start", post(start))
         .merge(super::session_writes::routes())
+        .merge(super::batch::routes())
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -67,7 +67,7 @@ pub struct RegisterBody {
     pub label: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct HolderAnswer {
     pub holder: String,
     pub expires_at_ms: i64,
@@ -76,7 +76,7 @@ pub struct HolderAnswer {
     pub renew_every_ms: u64,
 }
 
-fn holder_answer(state: &AppState, lease: hoard::store::HolderLease) -> HolderAnswer {
+pub fn holder_answer(state: &AppState, lease: hoard::store::HolderLease) -> HolderAnswer {
     HolderAnswer {
         holder: lease.holder.to_string(),
         expires_at_ms: lease.expires_at_ms,
@@ -85,7 +85,7 @@ fn holder_answer(state: &AppState, lease: hoard::store::HolderLease) -> HolderAn
     }
 }
 
-fn parse_holder(text: &str) -> Result<HolderId, ApiError> {
+pub fn parse_holder(text: &str) -> Result<HolderId, ApiError> {
     HolderId::new(text).map_err(|e| ApiError::bad_request(format!("holder: {e}")))
 }
 
@@ -151,119 +151,6 @@ pub async fn release_holder(
     Ok(Json(json!({ "released": true })))
 }
 
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct EventsParams {
-    /// `1`: answer at once with pending handoff requests (JSON) instead of a WebSocket.
-    pub poll: Option<u8>,
-}
-
-/// A request to save and end the session of a key at once, because another server starts it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct HandoffRequest {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub store: String,
-    pub key: String,
-}
-
-fn events_id(holder: &HolderId) -> Result<DocId, ApiError> {
-    let store = StoreName::new(HOLDER_EVENTS_STORE).map_err(ApiError::internal)?;
-    let key = hoard::store::Key::new(holder.as_str()).map_err(ApiError::internal)?;
-    Ok(DocId::new(store, key))
-}
-
-fn handoff(id: &DocId) -> HandoffRequest {
-    HandoffRequest { kind: "handoff".into(), store: id.store.to_string(), key: id.key.to_string() }
-}
-
-/// Handoff requests waiting in the holder's event inbox for keys it still holds; the inbox is
-/// acknowledged through what was read (a request is delivered once by polling; an unanswered
-/// one ends in a steal after the starter's wait, exactly as a lost notification does).
-async fn pending_requests(store: &dyn Store, holder: &HolderId) -> Result<Vec<HandoffRequest>, ApiError> {
-    let events = events_id(holder)?;
-    let document = read_doc(store, &events).await?;
-    let Some(last) = document.inbox.last().map(|m| m.seq) else { return Ok(Vec::new()) };
-    let ids: Vec<DocId> =
-        document.inbox.iter().filter_map(|m: &InboxMessage| serde_json::from_value(m.body.clone()).ok()).collect();
-    let mut requests = Vec::new();
-    if !ids.is_empty() {
-        for document in store.get_many(&ids).await? {
-            if document.lease.holder.as_ref() == Some(holder) && !requests.contains(&handoff(&document.id)) {
-                requests.push(handoff(&document.id));
-            }
-        }
-    }
-    // Best effort: an unacknowledged request is only delivered again.
-    let _ = store.commit(Commit::single(Write::new(events).ack_inbox_through(last))).await;
-    Ok(requests)
-}
-
-/// Handoff requests for this holder: a WebSocket that pushes `{"type":"handoff","store","key"}`
-/// messages (pending ones first), or with `?poll=1` the pending ones as JSON.
-#[utoipa::path(get, path = "/v1/holders/{holder}/events", tag = "sessions", security(("api_key" = [])),
-    params(("holder" = String, Path), EventsParams),
-    responses((status = 101, description = "WebSocket of handoff requests"), (status = 200, description = "pending handoff requests (poll)"),
-        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn holder_events(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<EventsParams>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
-    let Path(holder) = path.map_err(path_error)?;
-    let Query(params) = query.map_err(super::query_error)?;
-    principal.may_hold()?;
-    let holder = parse_holder(&holder)?;
-    principal.owns_holder(&holder)?;
-    if params.poll == Some(1) {
-        let requests = pending_requests(&*state.store, &holder).await?;
-        return Ok(Json(json!({ "requests": requests })).into_response());
-    }
-    match upgrade {
-        Ok(upgrade) => Ok(upgrade.on_upgrade(move |socket| push_events(state, holder, socket))),
-        Err(_) => Err(ApiError::bad_request("connect with a WebSocket upgrade, or add ?poll=1 to poll")),
-    }
-}
-
-async fn push_events(state: Arc<AppState>, holder: HolderId, mut socket: WebSocket) {
-    let topic = format!("{TOPIC_HANDOFF_PREFIX}{holder}");
-    let mut notifications = state.store.subscribe();
-    let mut closing = state.closing.subscribe();
-    if let Ok(requests) = pending_requests(&*state.store, &holder).await {
-        for request in requests {
-            let Ok(text) = serde_json::to_string(&request) else { continue };
-            if socket.send(Message::Text(text.into())).await.is_err() {
-                return;
-            }
-        }
-    }
-    loop {
-        tokio::select! {
-            received = notifications.recv() => match received {
-                Ok(notification) if notification.topic == topic => {
-                    let Ok(id) = serde_json::from_str::<DocId>(&notification.payload) else { continue };
-                    let Ok(text) = serde_json::to_string(&handoff(&id)) else { continue };
-                    if socket.send(Message::Text(text.into())).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
-            },
-            incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
-            },
-            _ = closing.changed() => {
-                let _ = socket.send(Message::Close(None)).await;
-                return;
-            }
-        }
-    }
-}
-
 /// What to do when another holder has the key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -279,7 +166,7 @@ pub enum StartPolicy {
     FailFast,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartBody {
     pub store: String,
@@ -291,7 +178,7 @@ pub struct StartBody {
     pub wait_ms: Option<u64>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct StartAnswer {
     pub token: SessionToken,
     /// The stored value (`null`: new player).
@@ -330,7 +217,7 @@ async fn wait_for_release(id: &DocId, released: &mut tokio::sync::broadcast::Rec
 async fn request_handoff(store: &dyn Store, holder: &HolderId, id: &DocId) {
     metrics::count(metrics::HANDOFFS_REQUESTED, "requested");
     // Both best effort: an unanswered request ends in a steal after the wait.
-    if let Ok(events) = events_id(holder) {
+    if let Ok(events) = super::events::events_id(holder) {
         let body = serde_json::to_value(id).unwrap_or(Value::Null);
         let _ = store.commit(Commit::single(Write::new(events).push_message(body))).await;
     }
@@ -348,22 +235,42 @@ pub async fn start(
     body: ApiJson<StartBody>,
 ) -> Result<Json<StartAnswer>, ApiError> {
     let body = body.value;
+    let (id, holder) = check_start(&state, &principal, &body)?;
+    check_holder_live(&*state.store, &holder).await?;
+    start_key(&state, body, holder, id).await.map(Json)
+}
+
+/// The key and holder of a start, after checking the caller may use them.
+pub fn check_start(state: &AppState, principal: &Principal, body: &StartBody) -> Result<(DocId, HolderId), ApiError> {
     principal.may_play(&body.store)?;
-    let store = &*state.store;
-    let id = super::doc_id(&body.store, &body.key, store.limits())?;
+    let id = super::doc_id(&body.store, &body.key, state.store.limits())?;
     let holder = parse_holder(&body.holder)?;
     principal.owns_holder(&holder)?;
-    let wait_ms = body.wait_ms.unwrap_or(START_WAIT_MS_DEFAULT).min(crate::config::START_WAIT_MS_MAX);
+    Ok((id, holder))
+}
+
+/// Refuses a holder whose process lease expired or was released (409 `holder_expired`).
+pub async fn check_holder_live(store: &dyn Store, holder: &HolderId) -> Result<(), ApiError> {
     let now_ms = store.now_ms().await?;
-    match store.holder_lease(&holder).await? {
-        Some(lease) if lease.expires_at_ms > now_ms => {}
-        _ => {
-            return Err(ApiError::conflict(
-                "holder_expired",
-                "this holder's lease expired or was released; register a new holder",
-            ));
-        }
+    match store.holder_lease(holder).await? {
+        Some(lease) if lease.expires_at_ms > now_ms => Ok(()),
+        _ => Err(ApiError::conflict(
+            "holder_expired",
+            "this holder's lease expired or was released; register a new holder",
+        )),
     }
+}
+
+/// Starts one key for a live holder: acquires it (following the policy, asking a live holder to
+/// hand over), then reads it. `start` and `start_many` both run this.
+pub async fn start_key(
+    state: &AppState,
+    body: StartBody,
+    holder: HolderId,
+    id: DocId,
+) -> Result<StartAnswer, ApiError> {
+    let store = &*state.store;
+    let wait_ms = body.wait_ms.unwrap_or(START_WAIT_MS_DEFAULT).min(crate::config::START_WAIT_MS_MAX);
     let mut released = store.subscribe();
     let started = tokio::time::Instant::now();
     let mut condition = Condition::LeaseFree;
@@ -423,7 +330,7 @@ pub async fn start(
         }
     };
     metrics::session_started();
-    Ok(Json(StartAnswer {
+    Ok(StartAnswer {
         token,
         value: document.value,
         version: document.version,
@@ -433,7 +340,7 @@ pub async fn start(
         stole,
         created_at_ms: document.created_at_ms,
         updated_at_ms: document.updated_at_ms,
-    }))
+    })
 }
 
 /// The token's key and fence, after checking the caller may use it.

@@ -80,8 +80,11 @@ pub async fn send_message(
     match store.commit(Commit::new(writes)).await {
         Ok(CommitOutcome::Committed { applied, .. }) => {
             metrics::count(metrics::MESSAGES, "sent");
-            let payload = serde_json::to_string(&id).unwrap_or_default();
-            let _ = store.notify(Notification { topic: TOPIC_INBOX.to_string(), payload }).await;
+            let payload = serde_json::to_string(&id).map_err(ApiError::internal)?;
+            if let Err(error) = store.notify(Notification { topic: TOPIC_INBOX.to_string(), payload }).await {
+                metrics::gave_up("notifying a message", &error);
+            }
+            super::events::announce_inbox_arrival(store, &id).await;
             let seq = applied.first().and_then(|a| a.inbox_seqs.first().copied());
             Ok(Json(json!({ "message_id": message_id, "seq": seq })))
         }

@@ -15,6 +15,7 @@ mod config_file;
 mod http_api_keys;
 mod http_auth;
 mod http_bad_input;
+mod http_batch;
 mod http_depth;
 mod http_fencing;
 mod http_scoping;

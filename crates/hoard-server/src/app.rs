@@ -3,6 +3,8 @@
 //! Invariants:
 //! - Every route runs under a timeout, a body-size limit and a concurrency limit, and every
 //!   error answer is JSON (`ErrorBody`), including the ones tower and axum make themselves.
+//! - An answer that met an unreadable key leaves its quarantine record behind
+//!   (`routes::quarantine::record`).
 //! - Request bodies may be gzipped (`Content-Encoding: gzip`, as Roblox's HttpService sends
 //!   them); the routes' body limits apply to the decompressed bytes, read as a stream, so a small
 //!   compressed body cannot expand past them. Answers are gzipped when the request accepts it.
@@ -48,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(authed)
         .route_layer(from_fn(metrics::track))
         .fallback(|| async { ApiError::not_found("no such route; the API is described at /v1/openapi.json") })
+        .layer(from_fn_with_state(state.clone(), routes::quarantine::record))
         .layer(from_fn(json_errors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

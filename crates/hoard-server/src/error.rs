@@ -23,7 +23,14 @@ pub struct ApiError {
     pub retry_after_s: Option<u64>,
     /// The key's stored state, on `stale` (409): what the write was not based on.
     pub current: Option<Box<CurrentDocument>>,
+    /// On `quarantined` (409): the unreadable key, recorded in `hoard.quarantine` once the answer
+    /// leaves (`routes::quarantine::record`).
+    pub unreadable: Option<Box<hoard::store::Unreadable>>,
 }
+
+/// Put on an answer whose request met an unreadable key, for the quarantine recorder.
+#[derive(Clone, Debug)]
+pub struct MetUnreadable(pub Box<hoard::store::Unreadable>);
 
 /// The JSON body of every error.
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
@@ -38,7 +45,7 @@ pub struct ErrorBody {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), retry_after_s: None, current: None }
+        ApiError { status, code, message: message.into(), retry_after_s: None, current: None, unreadable: None }
     }
 
     /// 409 `stale`: the write was based on `base_version`, but the key is at `current.version`
@@ -138,6 +145,16 @@ impl ApiError {
                 metrics::store_error("corrupt");
                 ApiError::internal(format!("corrupt stored data: {message}"))
             }
+            StoreError::Unreadable(unreadable) => {
+                metrics::store_error("unreadable");
+                tracing::error!(key = %unreadable.id, field = unreadable.field, reason = %unreadable.reason, "unreadable stored data; quarantined");
+                let message = format!(
+                    "the stored {} of {} cannot be read ({}); it is quarantined for an operator: \
+                     GET /v1/stores/{}/keys/{}/raw shows it, POST .../repair replaces it",
+                    unreadable.field, unreadable.id, unreadable.reason, unreadable.id.store, unreadable.id.key
+                );
+                ApiError { unreadable: Some(unreadable), ..ApiError::conflict("quarantined", message) }
+            }
         }
     }
 }
@@ -158,6 +175,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = ErrorBody { error: self.code.to_string(), message: self.message, current: self.current.map(|c| *c) };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(unreadable) = self.unreadable {
+            response.extensions_mut().insert(MetUnreadable(unreadable));
+        }
         if let Some(seconds) = self.retry_after_s {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

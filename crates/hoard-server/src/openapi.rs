@@ -9,7 +9,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    api_keys, batch, documents, events, health, raw, receipts, session_writes, sessions, trades, updates, value,
+    api_keys, batch, documents, events, health, quarantine, raw, receipts, session_writes, sessions, trades, updates,
+    value,
 };
 
 struct BearerKey;
@@ -37,7 +38,7 @@ impl Modify for BearerKey {
     paths(
         health::healthz, health::readyz, health::metrics, health::openapi,
         documents::list_keys, documents::read_key, documents::list_versions, documents::read_version,
-        documents::rollback, documents::release,
+        documents::rollback, documents::release, quarantine::read_raw, quarantine::repair,
         api_keys::list_api_keys, api_keys::create_api_key, api_keys::revoke_api_key,
         sessions::register_holder, sessions::renew_holder, sessions::release_holder, events::holder_events,
         sessions::start, session_writes::save, session_writes::end, session_writes::read, session_writes::commit_many,

@@ -8,6 +8,7 @@ pub mod batch;
 pub mod documents;
 pub mod events;
 pub mod health;
+pub mod quarantine;
 pub mod raw;
 pub mod receipts;
 pub mod session_writes;

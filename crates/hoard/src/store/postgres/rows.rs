@@ -31,8 +31,9 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, name: &str, i
     row.try_get(name).map_err(|error| corrupt(id, name, error))
 }
 
-fn parse_json<T: DeserializeOwned>(text: &str, what: &str, id: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|error| corrupt(id, what, error))
+/// Parses a stored JSON field of key `id` at `version`; text its reader refuses is `Unreadable`.
+fn parse_json<T: DeserializeOwned>(text: &str, what: &'static str, id: &DocId, version: u64) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|error| StoreError::unreadable(id, version, what, error, text))
 }
 
 /// Serializes to JSON text. Serializing the store's types cannot fail (string map keys, no NaN in
@@ -64,14 +65,16 @@ pub fn document_from_row(row: &Row) -> Result<Document, StoreError> {
     let store = StoreName::new(store_text).map_err(|error| corrupt(&label, "store name", error))?;
     let key = Key::new(key_text).map_err(|error| corrupt(&label, "key", error))?;
     let id = DocId::new(store, key);
+    let version = counter_from_db(column(row, "version", &label)?, "version", &label)?;
     let value_text: Option<String> = column(row, "value", &label)?;
-    let value: Option<Value> = value_text.as_deref().map(|text| parse_json(text, "value", &label)).transpose()?;
+    let value: Option<Value> =
+        value_text.as_deref().map(|text| parse_json(text, "value", &id, version)).transpose()?;
     let attributes_text: String = column(row, "attributes", &label)?;
-    let attributes: Map<String, Value> = parse_json(&attributes_text, "attributes", &label)?;
+    let attributes: Map<String, Value> = parse_json(&attributes_text, "attributes", &id, version)?;
     let user_ids_text: String = column(row, "user_ids", &label)?;
-    let user_ids: Vec<String> = parse_json(&user_ids_text, "user ids", &label)?;
+    let user_ids: Vec<String> = parse_json(&user_ids_text, "user ids", &id, version)?;
     let inbox_text: String = column(row, "inbox", &label)?;
-    let inbox: Vec<InboxMessage> = parse_json(&inbox_text, "inbox", &label)?;
+    let inbox: Vec<InboxMessage> = parse_json(&inbox_text, "inbox", &id, version)?;
     let holder_text: Option<String> = column(row, "lease_holder", &label)?;
     let holder = holder_text.map(HolderId::new).transpose().map_err(|error| corrupt(&label, "lease holder", error))?;
     let last_commit_text: Option<String> = column(row, "last_commit_id", &label)?;
@@ -79,7 +82,7 @@ pub fn document_from_row(row: &Row) -> Result<Document, StoreError> {
     Ok(Document {
         id,
         value,
-        version: counter_from_db(column(row, "version", &label)?, "version", &label)?,
+        version,
         created_at_ms: column(row, "created_at_ms", &label)?,
         updated_at_ms: column(row, "updated_at_ms", &label)?,
         attributes,
@@ -115,11 +118,12 @@ pub fn version_record_from_row(row: &Row, id: &DocId) -> Result<VersionRecord, S
     let value_text: Option<String> = column(row, "value", &label)?;
     let attributes_text: String = column(row, "attributes", &label)?;
     let user_ids_text: String = column(row, "user_ids", &label)?;
+    let version = info.version;
     Ok(VersionRecord {
+        value: value_text.as_deref().map(|text| parse_json(text, "history value", id, version)).transpose()?,
+        attributes: parse_json(&attributes_text, "history attributes", id, version)?,
+        user_ids: parse_json(&user_ids_text, "history user ids", id, version)?,
         info,
-        value: value_text.as_deref().map(|text| parse_json(text, "value", &label)).transpose()?,
-        attributes: parse_json(&attributes_text, "attributes", &label)?,
-        user_ids: parse_json(&user_ids_text, "user ids", &label)?,
     })
 }
 

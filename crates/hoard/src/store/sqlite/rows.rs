@@ -24,9 +24,13 @@ fn to_json_text<T: serde::Serialize>(what: &str, value: &T) -> Result<String, St
     serde_json::to_string(value).map_err(|error| StoreError::corrupt(format!("cannot encode {what} as JSON: {error}")))
 }
 
-fn from_json_text<T: serde::de::DeserializeOwned>(what: &str, id: &DocId, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text)
-        .map_err(|error| StoreError::corrupt(format!("stored {what} of {id} is not valid: {error}")))
+fn from_json_text<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    id: &DocId,
+    version: u64,
+    text: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|error| StoreError::unreadable(id, version, what, error, text))
 }
 
 pub(crate) fn counter_to_sql(what: &str, counter: u64) -> Result<i64, StoreError> {
@@ -85,12 +89,13 @@ impl DocRow {
     }
 
     pub(crate) fn decode(self, id: DocId, limits: &Limits) -> Result<Document, StoreError> {
+        let version = counter_from_sql("version", &id, self.version)?;
         let value = match &self.value {
-            Some(text) => Some(from_json_text::<Value>("value", &id, text)?),
+            Some(text) => Some(from_json_text::<Value>("value", &id, version, text)?),
             None => None,
         };
-        let attributes: Map<String, Value> = from_json_text("attributes", &id, &self.attributes)?;
-        let user_ids: Vec<String> = from_json_text("user ids", &id, &self.user_ids)?;
+        let attributes: Map<String, Value> = from_json_text("attributes", &id, version, &self.attributes)?;
+        let user_ids: Vec<String> = from_json_text("user ids", &id, version, &self.user_ids)?;
         let holder = match self.lease_holder {
             Some(text) => Some(
                 HolderId::with_limits(text, limits)
@@ -98,13 +103,13 @@ impl DocRow {
             ),
             None => None,
         };
-        let inbox: Vec<InboxMessage> = from_json_text("inbox", &id, &self.inbox)?;
+        let inbox: Vec<InboxMessage> = from_json_text("inbox", &id, version, &self.inbox)?;
         let last_commit_id = match &self.last_commit_id {
             Some(text) => Some(commit_id_from_sql(&id, text)?),
             None => None,
         };
         Ok(Document {
-            version: counter_from_sql("version", &id, self.version)?,
+            version,
             lease: LeaseState { holder, epoch: counter_from_sql("lease epoch", &id, self.lease_epoch)? },
             inbox_next_seq: counter_from_sql("inbox sequence", &id, self.inbox_next_seq)?,
             created_at_ms: self.created_at_ms,
@@ -328,13 +333,15 @@ pub(crate) fn read_version(
     let Some((info, value, attributes, user_ids)) = row else {
         return Ok(None);
     };
+    let info = info.decode(id)?;
+    let version = info.version;
     Ok(Some(VersionRecord {
-        info: info.decode(id)?,
         value: match value {
-            Some(text) => Some(from_json_text("history value", id, &text)?),
+            Some(text) => Some(from_json_text("history value", id, version, &text)?),
             None => None,
         },
-        attributes: from_json_text("history attributes", id, &attributes)?,
-        user_ids: from_json_text("history user ids", id, &user_ids)?,
+        attributes: from_json_text("history attributes", id, version, &attributes)?,
+        user_ids: from_json_text("history user ids", id, version, &user_ids)?,
+        info,
     }))
 }

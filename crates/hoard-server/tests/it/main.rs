@@ -18,6 +18,7 @@ mod http_bad_input;
 mod http_batch;
 mod http_depth;
 mod http_fencing;
+mod http_property;
 mod http_quarantine;
 mod http_scoping;
 mod http_sessions;

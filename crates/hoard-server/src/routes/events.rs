@@ -1,5 +1,6 @@
 //! A holder's events: handoff requests (another server starts a key this holder has: save and
-//! end it now) and inbox arrivals (a message came for a key it holds). They are read by
+//! end it now), inbox arrivals (a message came for a key it holds) and steals (another server
+//! took a key from it: stop playing it, write nothing). They are read by
 //! polling (`?poll=1`), by long-polling (`?wait_ms=N`: the only push a Roblox server can
 //! receive), by a WebSocket, or inside `sync`.
 //!
@@ -66,23 +67,33 @@ pub struct HandoffRequest {
     pub key: String,
 }
 
-/// A message arrived in the inbox of a key this holder holds.
+/// A key an event is about.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct InboxArrival {
+pub struct KeyName {
     pub store: String,
     pub key: String,
+}
+
+impl KeyName {
+    fn of(id: &DocId) -> KeyName {
+        KeyName { store: id.store.to_string(), key: id.key.to_string() }
+    }
 }
 
 /// The answer of a poll or long-poll of a holder's events.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HolderEvents {
+    /// Save and end these keys now: another server starts them.
     pub requests: Vec<HandoffRequest>,
-    pub inbox: Vec<InboxArrival>,
+    /// Messages arrived for these keys (still held): fetch them (start, read or sync).
+    pub inbox: Vec<KeyName>,
+    /// These keys were taken by force: their sessions are over; write nothing more.
+    pub stolen: Vec<KeyName>,
 }
 
 impl HolderEvents {
     pub fn is_empty(&self) -> bool {
-        self.requests.is_empty() && self.inbox.is_empty()
+        self.requests.is_empty() && self.inbox.is_empty() && self.stolen.is_empty()
     }
 }
 
@@ -92,6 +103,7 @@ impl HolderEvents {
 #[serde(untagged)]
 enum EventBody {
     Inbox { inbox: DocId },
+    Stolen { stolen: DocId },
     Handoff(DocId),
 }
 
@@ -117,16 +129,18 @@ pub async fn take_pending(store: &dyn Store, holder: &HolderId) -> Result<Holder
     let Some(last) = document.inbox.last().map(|m| m.seq) else { return Ok(HolderEvents::default()) };
     let mut handoffs = Vec::new();
     let mut arrivals = Vec::new();
+    let mut stolen = Vec::new();
     for message in &document.inbox {
         match serde_json::from_value::<EventBody>(message.body.clone()) {
             Ok(EventBody::Handoff(id)) if !handoffs.contains(&id) => handoffs.push(id),
             Ok(EventBody::Inbox { inbox }) if !arrivals.contains(&inbox) => arrivals.push(inbox),
+            Ok(EventBody::Stolen { stolen: id }) if !stolen.contains(&id) => stolen.push(id),
             Ok(_) => {}
             Err(error) => metrics::gave_up("reading a holder event", &error),
         }
     }
     let mut events = HolderEvents::default();
-    let ids: Vec<DocId> = handoffs.iter().chain(&arrivals).cloned().collect();
+    let ids: Vec<DocId> = handoffs.iter().chain(&arrivals).chain(&stolen).cloned().collect();
     if !ids.is_empty() {
         let held: Vec<DocId> = store
             .get_many(&ids)
@@ -136,11 +150,9 @@ pub async fn take_pending(store: &dyn Store, holder: &HolderId) -> Result<Holder
             .map(|document| document.id)
             .collect();
         events.requests = handoffs.iter().filter(|id| held.contains(id)).map(handoff).collect();
-        events.inbox = arrivals
-            .iter()
-            .filter(|id| held.contains(id))
-            .map(|id| InboxArrival { store: id.store.to_string(), key: id.key.to_string() })
-            .collect();
+        events.inbox = arrivals.iter().filter(|id| held.contains(id)).map(KeyName::of).collect();
+        // A key taken back since (this holder started it again) is not stolen any more.
+        events.stolen = stolen.iter().filter(|id| !held.contains(id)).map(KeyName::of).collect();
     }
     // Best effort: an unacknowledged event is only delivered again.
     if let Err(error) = store.commit(Commit::single(Write::new(events_doc).ack_inbox_through(last))).await {
@@ -170,6 +182,22 @@ pub async fn announce_inbox_arrival(store: &dyn Store, id: &DocId) {
     let wake = Notification { topic: holder_topic(holder.as_str()), payload: String::new() };
     if let Err(error) = store.notify(wake).await {
         metrics::gave_up("notifying an inbox arrival", &error);
+    }
+}
+
+/// Tells `old_holder` that a start took `id` from it by force: an event in its event inbox and a
+/// wake-up of its long-polls, so a game server that cannot hold a WebSocket stops playing the
+/// key within a round trip. Best effort: its next write is fenced out anyway (G1).
+pub async fn announce_stolen(store: &dyn Store, old_holder: &HolderId, id: &DocId) {
+    let Ok(events_doc) = events_id(old_holder) else { return };
+    let body = serde_json::json!({ "stolen": id });
+    if let Err(error) = store.commit(Commit::single(Write::new(events_doc).push_message(body))).await {
+        metrics::gave_up("recording a steal", &error);
+        return;
+    }
+    let wake = Notification { topic: holder_topic(old_holder.as_str()), payload: String::new() };
+    if let Err(error) = store.notify(wake).await {
+        metrics::gave_up("notifying a steal", &error);
     }
 }
 

@@ -318,6 +318,9 @@ pub async fn start_key(
     let Some(epoch) = epoch else {
         return Err(ApiError::conflict("locked", "the key kept changing hands; retry"));
     };
+    if stole && let Condition::Lease { holder: old_holder, .. } = &condition {
+        super::events::announce_stolen(store, old_holder, &id).await;
+    }
     let token = SessionToken::new(&holder, epoch, &id);
     let document = match read_doc(store, &id).await {
         Ok(document) => document,

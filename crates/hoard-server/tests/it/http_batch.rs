@@ -141,7 +141,7 @@ async fn the_events_long_poll_answers_at_once_when_something_is_pending_and_prom
     assert_eq!((status, answer["inbox"].clone()), (200, json!([{"store": "players", "key": "lea"}])), "{answer}");
     // Delivered once: an empty poll waits (here a short one, to its end).
     let (status, empty) = client.get(&format!("/v1/holders/{holder}/events?wait_ms=50"), GAME_SECRET).await;
-    assert_eq!((status, empty), (200, json!({"requests": [], "inbox": []})));
+    assert_eq!((status, empty), (200, json!({"requests": [], "inbox": [], "stolen": []})));
     // Arriving while the poll waits: answered on the arrival.
     let poll = {
         let (client, events) = (client.clone(), events.clone());
@@ -312,4 +312,37 @@ async fn a_gzipped_body_is_limited_by_its_decompressed_size_and_changes_nothing(
     let answer: Value = response.json().await.expect("json");
     assert_eq!(answer["error"], "body_too_large", "{answer}");
     assert_eq!(read_document(&client, "players", "bombed").await["version"], 0, "nothing saved");
+}
+
+#[tokio::test]
+async fn a_steal_tells_the_old_holder_through_its_long_poll_and_its_sync() {
+    let server = start_memory().await;
+    let client = Client::new(&server.url);
+    let old = register_holder(&client, "old").await;
+    let victim = start_player(&client, &old, "max").await;
+    let poll = {
+        let (client, events) = (client.clone(), format!("/v1/holders/{old}/events?wait_ms={LONG_WAIT_MS}"));
+        tokio::spawn(async move { client.get(&events, GAME_SECRET).await })
+    };
+    let thief = register_holder(&client, "thief").await;
+    let steal = json!({"store": "players", "key": "max", "holder": thief, "policy": "steal_now"});
+    let (status, stolen) = client.post("/v1/sessions/start", GAME_SECRET, &steal).await;
+    assert_eq!((status, stolen["stole"].clone()), (200, json!(true)), "{stolen}");
+    let (status, answer) = tokio::time::timeout(ANSWERS_AT_ONCE_WITHIN, poll).await.expect("prompt").expect("poll");
+    assert_eq!(status, 200);
+    assert_eq!(answer["stolen"], json!([{"store": "players", "key": "max"}]), "{answer}");
+    // Delivered once; the old holder's sync says the same of the session itself.
+    let (_, empty) = client.get(&format!("/v1/holders/{old}/events?poll=1"), GAME_SECRET).await;
+    assert_eq!(empty["stolen"], json!([]));
+    let check = json!({"sessions": [{"token": victim["token"], "base_version": 0}]});
+    let (_, synced) = sync(&client, &old, &check).await;
+    assert_eq!(synced["sessions"][0]["outcome"], "fenced_out", "{synced}");
+    // A handed-over key is no steal.
+    let handed = start_player(&client, &thief, "ned").await;
+    let (status, _) =
+        client.post("/v1/sessions/end", GAME_SECRET, &json!({"token": handed["token"], "base_version": 0})).await;
+    assert_eq!(status, 200);
+    let _ = start_player(&client, &old, "ned").await;
+    let (_, none) = client.get(&format!("/v1/holders/{thief}/events?poll=1"), GAME_SECRET).await;
+    assert_eq!(none["stolen"], json!([]), "{none}");
 }

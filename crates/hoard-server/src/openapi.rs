@@ -9,8 +9,8 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    api_keys, batch, documents, events, health, quarantine, raw, receipts, session_writes, sessions, trades, updates,
-    value,
+    api_keys, batch, documents, events, health, quarantine, raw, receipts, session_writes, sessions, sync, trades,
+    updates, value,
 };
 
 struct BearerKey;
@@ -42,7 +42,7 @@ impl Modify for BearerKey {
         api_keys::list_api_keys, api_keys::create_api_key, api_keys::revoke_api_key,
         sessions::register_holder, sessions::renew_holder, sessions::release_holder, events::holder_events,
         sessions::start, session_writes::save, session_writes::end, session_writes::read, session_writes::commit_many,
-        batch::sync, batch::start_many, batch::end_many,
+        sync::sync, batch::start_many, batch::end_many,
         trades::trade, receipts::receipt, value::send_message,
         updates::update,
         raw::info, raw::now, raw::commit, raw::get_many, raw::list, raw::versions, raw::version, raw::prune,

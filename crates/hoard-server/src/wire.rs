@@ -91,6 +91,11 @@ impl PartyState {
     }
 }
 
+/// For `skip_serializing_if`: flags such as `replayed` appear only when true.
+pub fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 /// Query of `GET /v1/stores/{store}/keys`.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]

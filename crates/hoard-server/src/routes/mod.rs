@@ -13,6 +13,7 @@ pub mod raw;
 pub mod receipts;
 pub mod session_writes;
 pub mod sessions;
+pub mod sync;
 pub mod trades;
 pub mod updates;
 pub mod value;

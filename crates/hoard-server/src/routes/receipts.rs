@@ -25,7 +25,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::sessions::{fence, fenced_out};
+use super::sessions::{fence, fenced_out, holds};
 use super::value::{Settled, commit_settling_unknown};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
@@ -144,9 +144,7 @@ pub async fn receipt(
             (Some(sent), Some(base)) => (Some(sent.clone()), base),
             (_, base) => {
                 let document = get(store, &id).await?;
-                if let Condition::Lease { holder, epoch } = &lease
-                    && (document.lease.holder.as_ref() != Some(holder) || document.lease.epoch != *epoch)
-                {
+                if !holds(&document, &lease) {
                     return Err(fenced_out(&id));
                 }
                 match base {

@@ -28,12 +28,12 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 use utoipa::ToSchema;
 
-use super::sessions::{fence, fenced_out};
+use super::sessions::{fence, fenced_out, holds};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
 use crate::state::AppState;
-use crate::wire::{CurrentDocument, SessionToken};
+use crate::wire::{CurrentDocument, SessionToken, is_false};
 use crate::{idempotency, metrics};
 
 pub fn routes() -> Router<Arc<AppState>> {
@@ -42,10 +42,6 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/sessions/end", post(end))
         .route("/v1/sessions/read", post(read))
         .route("/v1/sessions/commit", post(commit_many))
-}
-
-fn is_false(value: &bool) -> bool {
-    !*value
 }
 
 #[derive(Clone, Debug, Deserialize, ToSchema)]
@@ -115,15 +111,6 @@ fn save_write(id: DocId, lease: Condition, save: &SaveBody) -> Write {
     write.user_ids = save.user_ids.clone();
     write.inbox_ack_through = save.ack_inbox_through;
     write
-}
-
-fn holds(document: &Document, lease: &Condition) -> bool {
-    match lease {
-        Condition::Lease { holder, epoch } => {
-            document.lease.holder.as_ref() == Some(holder) && document.lease.epoch == *epoch
-        }
-        _ => false,
-    }
 }
 
 /// No message the write acknowledged is still waiting.

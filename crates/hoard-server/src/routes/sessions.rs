@@ -355,6 +355,12 @@ pub fn fence(principal: &Principal, token: &SessionToken, state: &AppState) -> R
     Ok((id, Condition::Lease { holder, epoch: token.epoch }))
 }
 
+/// Whether the key's lease is still the token's fence (`fence`): holder and epoch.
+pub fn holds(document: &hoard::store::Document, lease: &Condition) -> bool {
+    matches!(lease, Condition::Lease { holder, epoch }
+        if document.lease.holder.as_ref() == Some(holder) && document.lease.epoch == *epoch)
+}
+
 pub fn fenced_out(id: &DocId) -> ApiError {
     metrics::count(metrics::FENCED_OUT, "fenced_out");
     ApiError::conflict(

@@ -30,12 +30,12 @@ use hoard::engine::trade::{
     Holdings, TRADE_RECORD_STORE, Trade, TradeError, TradeLeg, TradeOutcome, already, apply_legs_to_holdings,
     check_shape, log_id, record_for,
 };
-use hoard::store::{Condition, ConflictKind, DocId, Document, Key, Store, StoreName, Write, get};
+use hoard::store::{Condition, ConflictKind, DocId, Key, Store, StoreName, Write, get};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
 
-use super::sessions::{fence, fenced_out};
+use super::sessions::{fence, fenced_out, holds};
 use super::value::{Settled, commit_settling_unknown};
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
@@ -265,11 +265,6 @@ fn trade_commit(
         writes.push(Write::put(log_id(id, &trade.id).map_err(trade_error)?, entry).when(Condition::Absent));
     }
     Ok((writes, parties))
-}
-
-fn holds(document: &Document, lease: &Condition) -> bool {
-    matches!(lease, Condition::Lease { holder, epoch }
-        if document.lease.holder.as_ref() == Some(holder) && document.lease.epoch == *epoch)
 }
 
 /// A trade among sessions: items (by unique id) and currencies move between the parties' values

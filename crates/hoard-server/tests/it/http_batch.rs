@@ -5,8 +5,9 @@
 use std::io::{Read, Write as _};
 use std::time::Duration;
 
-use hoard_server::routes::batch::{END_MANY_MAX, START_MANY_MAX, SYNC_SESSIONS_MAX};
+use hoard_server::routes::batch::{END_MANY_MAX, START_MANY_MAX};
 use hoard_server::routes::events::LONG_POLL_WAIT_MS_MAX;
+use hoard_server::routes::sync::SYNC_SESSIONS_MAX;
 use serde_json::{Value, json};
 
 use crate::support::{

@@ -15,6 +15,9 @@
 //! - Only events of keys the holder still holds are answered.
 //! - Inbox arrivals are edge-triggered (one event per message sent), never "keys with waiting
 //!   messages": a message the game never acknowledges must not make every poll answer at once.
+//! - Inbox arrivals and steals are recorded only for holders registered over HTTP (their event
+//!   document holds a value, written at registration): an engine holder never reads this inbox,
+//!   and events for it would only pile up. Handoff requests go to every holder, as the engine's.
 //! - Every wait is bounded (`LONG_POLL_WAIT_MS_MAX`) and re-reads the event inbox every
 //!   `LONG_POLL_RECHECK_INTERVAL_MS`, so a lost notification delays an answer by at most that.
 
@@ -161,6 +164,31 @@ pub async fn take_pending(store: &dyn Store, holder: &HolderId) -> Result<Holder
     Ok(events)
 }
 
+/// Marks a holder as registered over HTTP: its event document gets a value (who registered it,
+/// when by the store's clock), so only such holders are sent inbox arrivals and steals.
+pub async fn mark_http_holder(store: &dyn Store, holder: &HolderId, key_name: &str) -> Result<(), ApiError> {
+    let marker = serde_json::json!({ "registered_by": key_name, "registered_at_ms": store.now_ms().await? });
+    match store.commit(Commit::single(Write::put(events_id(holder)?, marker))).await? {
+        hoard::store::CommitOutcome::Committed { .. } => Ok(()),
+        hoard::store::CommitOutcome::Conflict(conflict) => {
+            Err(ApiError::internal(format!("marking a new holder conflicted: {conflict}")))
+        }
+    }
+}
+
+/// Whether `holder` was registered over HTTP (reads its event document).
+async fn is_http_holder(store: &dyn Store, holder: &HolderId, what: &'static str) -> Option<DocId> {
+    let events_doc = events_id(holder).ok()?;
+    match read_doc(store, &events_doc).await {
+        Ok(document) if document.value.is_some() => Some(events_doc),
+        Ok(_) => None,
+        Err(error) => {
+            metrics::gave_up(what, &error);
+            None
+        }
+    }
+}
+
 /// Records that a message arrived for `id`, if a holder has it: an event for that holder and a
 /// notification that wakes its long-polls. Best effort (the message itself is durable in the
 /// key's inbox); the caller has committed the message first.
@@ -173,7 +201,7 @@ pub async fn announce_inbox_arrival(store: &dyn Store, id: &DocId) {
         }
     };
     let Some(holder) = holder else { return };
-    let Ok(events_doc) = events_id(&holder) else { return };
+    let Some(events_doc) = is_http_holder(store, &holder, "reading a holder's events").await else { return };
     let body = serde_json::json!({ "inbox": id });
     if let Err(error) = store.commit(Commit::single(Write::new(events_doc).push_message(body))).await {
         metrics::gave_up("recording an inbox arrival", &error);
@@ -189,7 +217,7 @@ pub async fn announce_inbox_arrival(store: &dyn Store, id: &DocId) {
 /// wake-up of its long-polls, so a game server that cannot hold a WebSocket stops playing the
 /// key within a round trip. Best effort: its next write is fenced out anyway (G1).
 pub async fn announce_stolen(store: &dyn Store, old_holder: &HolderId, id: &DocId) {
-    let Ok(events_doc) = events_id(old_holder) else { return };
+    let Some(events_doc) = is_http_holder(store, old_holder, "reading a holder's events").await else { return };
     let body = serde_json::json!({ "stolen": id });
     if let Err(error) = store.commit(Commit::single(Write::new(events_doc).push_message(body))).await {
         metrics::gave_up("recording a steal", &error);

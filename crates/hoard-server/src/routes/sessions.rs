@@ -108,6 +108,7 @@ pub async fn register_holder(
         .collect();
     let holder = HolderId::generate(&format!("{}{label}", principal.holder_prefix()));
     let lease = state.store.renew_holder(&holder, state.config.lease_ttl_ms).await?;
+    super::events::mark_http_holder(&*state.store, &holder, &principal.name).await?;
     Ok(Json(holder_answer(&state, lease)))
 }
 

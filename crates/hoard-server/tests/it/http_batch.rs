@@ -347,3 +347,31 @@ async fn a_steal_tells_the_old_holder_through_its_long_poll_and_its_sync() {
     let (_, none) = client.get(&format!("/v1/holders/{thief}/events?poll=1"), GAME_SECRET).await;
     assert_eq!(none["stolen"], json!([]), "{none}");
 }
+
+#[tokio::test]
+async fn inbox_arrivals_and_steals_are_recorded_only_for_holders_registered_over_http() {
+    use hoard::store::{Commit, DocId, HolderId, LeaseOp, Write};
+    let store: hoard::store::SharedStore = std::sync::Arc::new(hoard::store::memory::MemoryStore::new());
+    let server = crate::support::start(store.clone()).await;
+    let client = Client::new(&server.url);
+    // An engine (the library, or RemoteStore) holds this key: it never reads the event inbox.
+    let engine = HolderId::generate("rust-engine");
+    store.renew_holder(&engine, 15_000).await.expect("renew");
+    let id = DocId::parse("players", "oli").expect("id");
+    let acquire = Write::new(id.clone()).lease(LeaseOp::Acquire(engine.clone()));
+    store.commit(Commit::single(acquire)).await.expect("acquire");
+    let (status, _) = client.post("/v1/stores/players/keys/oli/messages", GAME_SECRET, &json!({"body": 1})).await;
+    assert_eq!(status, 200);
+    let thief = register_holder(&client, "thief").await;
+    let steal = json!({"store": "players", "key": "oli", "holder": thief, "policy": "steal_now"});
+    let (status, _) = client.post("/v1/sessions/start", GAME_SECRET, &steal).await;
+    assert_eq!(status, 200);
+    let events = DocId::parse("hoard.holder_events", engine.as_str()).expect("id");
+    let document = hoard::store::get(&*store, &events).await.expect("read");
+    assert!(document.inbox.is_empty(), "nothing piles up for an engine holder: {:?}", document.inbox);
+    // The holder registered over HTTP is told of an arrival on the key it now holds.
+    let (status, _) = client.post("/v1/stores/players/keys/oli/messages", GAME_SECRET, &json!({"body": 2})).await;
+    assert_eq!(status, 200);
+    let (_, polled) = client.get(&format!("/v1/holders/{thief}/events?poll=1"), GAME_SECRET).await;
+    assert_eq!(polled["inbox"], json!([{"store": "players", "key": "oli"}]), "{polled}");
+}

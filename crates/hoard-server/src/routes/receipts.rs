@@ -10,6 +10,8 @@
 //!   alone it applies to the saved value only if that is still the base. Either way a stale
 //!   base refuses (`stale`, with the current document) and nothing changes. With neither, the
 //!   grant applies to the saved value, re-read when a save lands in between.
+//! - The purchase record is read again before a refusal (a precondition that fails) is answered:
+//!   a concurrent duplicate may have granted meanwhile, and then the answer is `already_granted`.
 //! - Every answer (granted, already granted, or an `Idempotency-Key` replay) carries the
 //!   buyer's value and version (`party`), which the client adopts; a replay reads them fresh.
 
@@ -144,21 +146,36 @@ pub async fn receipt(
             (Some(sent), Some(base)) => (Some(sent.clone()), base),
             (_, base) => {
                 let document = get(store, &id).await?;
-                if !holds(&document, &lease) {
-                    return Err(fenced_out(&id));
+                let refused = if !holds(&document, &lease) {
+                    Some(fenced_out(&id))
+                } else {
+                    base.filter(|base| *base != document.version)
+                        .map(|base| ApiError::stale(base, CurrentDocument::of(document.clone())))
+                };
+                if let Some(refused) = refused {
+                    // A concurrent duplicate may have granted meanwhile: the record decides.
+                    return match read_receipt(store, &record_doc).await? {
+                        Some(first) => replayed_receipt(store, &first, &attempted, &id).await,
+                        None => Err(refused),
+                    };
                 }
-                match base {
-                    Some(base) if base != document.version => {
-                        return Err(ApiError::stale(base, CurrentDocument::of(document)));
-                    }
-                    _ => (document.value, document.version),
-                }
+                (document.value, document.version)
             }
         };
         let next = if grant.is_empty() {
             base_value.unwrap_or(Value::Null)
         } else {
-            crate::ops::apply(base_value.as_ref(), &grant).map_err(grant_error)?
+            match crate::ops::apply(base_value.as_ref(), &grant) {
+                Ok(next) => next,
+                // A duplicate of this purchase may have granted since the record was looked up
+                // (its `add_item` is there now): the record decides before a refusal.
+                Err(refusal) => {
+                    return match read_receipt(store, &record_doc).await? {
+                        Some(first) => replayed_receipt(store, &first, &attempted, &id).await,
+                        None => Err(grant_error(refusal)),
+                    };
+                }
+            }
         };
         let condition = Condition::All(vec![lease.clone(), Condition::Version(version)]);
         let party = PartyState::new(&id, Some(next.clone()), version.saturating_add(1));

@@ -16,7 +16,9 @@
 //!   values on `Lease + Version(read)`, re-read when a save lands in between.
 //! - Every answer (committed, or a replay by trade id or `Idempotency-Key`) carries every
 //!   party's value and version, which the client adopts; a replay reads them fresh.
-//! - A commit whose outcome is unknown is resolved by reading back before anything is answered.
+//! - A commit whose outcome is unknown is resolved by reading back before anything is answered,
+//!   and a refusal (item not held, short balance, a conflict) is answered only after the record
+//!   is read again: a concurrent duplicate of the same trade may have committed meanwhile.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -304,12 +306,25 @@ pub async fn trade(
                 if let Some(((id, _), _)) =
                     checked.fences.iter().zip(&documents).find(|((_, lease), document)| !holds(document, lease))
                 {
-                    return Err(fenced_out(id));
+                    return match read_trade_record(store, &checked.record_doc).await? {
+                        Some(first) => replayed_trade(store, first, &attempted, &checked.ids).await,
+                        None => Err(fenced_out(id)),
+                    };
                 }
                 documents.into_iter().map(|document| (document.value, document.version)).collect()
             }
         };
-        let (mut writes, parties) = trade_commit(&checked, &bases, &record_value)?;
+        let (mut writes, parties) = match trade_commit(&checked, &bases, &record_value) {
+            Ok(commit) => commit,
+            // A duplicate of this very trade may have committed since the record was looked up
+            // and moved the items already: the record decides before a refusal is answered.
+            Err(refusal) => {
+                return match read_trade_record(store, &checked.record_doc).await? {
+                    Some(first) => replayed_trade(store, first, &attempted, &checked.ids).await,
+                    None => Err(refusal),
+                };
+            }
+        };
         // The stored answer holds no values (see `idempotency`); a replay reads them fresh.
         let mut response = json!({ "outcome": "committed", "record": attempted });
         if let Some(idem) = &idem {

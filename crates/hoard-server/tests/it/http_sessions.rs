@@ -174,11 +174,16 @@ async fn a_live_holder_hands_over_on_request_by_polling_and_websocket() {
 
 /// Parties alice and bob with holdings, both held by one holder.
 async fn two_parties(client: &Client) -> (Value, Value) {
+    two_parties_named(client, "alice", "bob").await
+}
+
+/// Parties with holdings, both held by one holder: the first holds `sword-1` and 100 gold.
+async fn two_parties_named(client: &Client, first: &str, second: &str) -> (Value, Value) {
     let h = holder(client, "trader").await;
     let mut tokens = Vec::new();
     for (key, value) in [
-        ("alice", json!({"currencies": {"gold": 100}, "items": {"sword-1": {"dmg": 5}}})),
-        ("bob", json!({"currencies": {"gold": 10}, "items": {}})),
+        (first, json!({"currencies": {"gold": 100}, "items": {"sword-1": {"dmg": 5}}})),
+        (second, json!({"currencies": {"gold": 10}, "items": {}})),
     ] {
         let (status, started) = start_session(client, &h, key, "fail_fast").await;
         assert_eq!(status, 200, "{started}");
@@ -341,4 +346,33 @@ async fn a_trade_and_a_receipt_retried_after_a_client_timeout_apply_once() {
         client.send("POST", "/v1/receipts", Some(GAME_SECRET), Some(&receipt), Some("receipt-key")).await;
     assert_eq!(status, 200, "{retried}");
     assert_eq!((gold(&client, "alice").await, gold(&client, "bob").await), (75, 40), "each applied exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicates_of_a_trade_or_a_receipt_all_answer_its_one_result() {
+    let server = start_memory().await;
+    let client = Client::new(&server.url);
+    for round in 0..5 {
+        let (alice, bob) = two_parties_named(&client, &format!("dup-a-{round}"), &format!("dup-b-{round}")).await;
+        // Without party states, so every duplicate reads the saved values (the racy path).
+        let trade = json!({"trade_id": format!("dup-{round}"), "parties": [alice, bob],
+            "legs": [{"from": 0, "to": 1, "items": ["sword-1"]}]});
+        let receipt = json!({"token": alice, "purchase_id": format!("dup-p-{round}"), "payload": {},
+            "grant": [{"op": "add_item", "path": "/items", "id": format!("gift-{round}"), "value": {}}]});
+        let mut sent = Vec::new();
+        for body in std::iter::repeat_n(("/v1/trades", trade.clone()), 6)
+            .chain(std::iter::repeat_n(("/v1/receipts", receipt.clone()), 6))
+        {
+            let client = client.clone();
+            sent.push(tokio::spawn(async move { (body.0, client.post(body.0, GAME_SECRET, &body.1).await) }));
+        }
+        for answer in sent {
+            let (route, (status, answer)) = answer.await.expect("request");
+            assert_eq!(status, 200, "round {round}: every duplicate of {route} answers the one result: {answer}");
+        }
+        let (_, bob_now) = client.get(&format!("/v1/stores/players/keys/dup-b-{round}"), READ_SECRET).await;
+        assert!(bob_now["value"]["items"].get("sword-1").is_some());
+        let (_, alice_now) = client.get(&format!("/v1/stores/players/keys/dup-a-{round}"), READ_SECRET).await;
+        assert!(alice_now["value"]["items"].get(format!("gift-{round}")).is_some());
+    }
 }

@@ -39,13 +39,15 @@ pub struct ServeArgs {
     /// PostgreSQL only: the schema hoard's tables live in (processes share data within one).
     #[arg(long, env = "HOARD_POSTGRES_SCHEMA")]
     postgres_schema: Option<String>,
-    /// Largest request body on the public routes, in bytes. [default: 5 MiB]
+    /// Largest request body on the public routes, in bytes, after gzip decompression.
+    /// [default: 5 MiB]
     #[arg(long, env = "HOARD_BODY_BYTES_MAX")]
     body_bytes_max: Option<usize>,
     /// Largest request body on the raw store routes (/v1/store/*), in bytes. [default: 16 MiB]
     #[arg(long, env = "HOARD_STORE_BODY_BYTES_MAX")]
     store_body_bytes_max: Option<usize>,
-    /// Every request is answered or cut (408) within this many milliseconds. [default: 30000]
+    /// Every request is answered or cut (408) within this many milliseconds; over 25000, the
+    /// longest long-poll. [default: 30000]
     #[arg(long, env = "HOARD_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
     /// Requests served at once; more wait. [default: 1024]

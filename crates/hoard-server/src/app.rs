@@ -1,8 +1,15 @@
 //! The router (every route with its layers) and the server loop with graceful shutdown.
 //!
-//! Invariant: every route runs under a timeout, a body-size limit and a concurrency limit, and
-//! every error answer is JSON (`ErrorBody`), including the ones tower and axum make themselves;
-//! every connection runs under the connection limit and the header-read timeout (`connections`).
+//! Invariants:
+//! - Every route runs under a timeout, a body-size limit and a concurrency limit, and every
+//!   error answer is JSON (`ErrorBody`), including the ones tower and axum make themselves.
+//! - Every connection runs under the connection limit and the header-read timeout
+//!   (`connections`).
+//! - An answer that met an unreadable key leaves its quarantine record behind
+//!   (`routes::quarantine::record`).
+//! - Request bodies may be gzipped (`Content-Encoding: gzip`, as Roblox's HttpService sends
+//!   them); the routes' body limits apply to the decompressed bytes, read as a stream, so a small
+//!   compressed body cannot expand past them. Answers are gzipped when the request accepts it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +23,8 @@ use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use tokio::net::TcpListener;
 use tower::limit::ConcurrencyLimitLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -42,12 +51,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(authed)
         .route_layer(from_fn(metrics::track))
         .fallback(|| async { ApiError::not_found("no such route; the API is described at /v1/openapi.json") })
+        .layer(from_fn_with_state(state.clone(), routes::quarantine::record))
         .layer(from_fn(json_errors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(limits.request_timeout_ms),
         ))
+        // Inside the wire limit below and outside the routes' own limits (`DefaultBodyLimit`,
+        // applied as the body is read): those count decompressed bytes.
+        .layer(RequestDecompressionLayer::new().gzip(true))
         .layer(RequestBodyLimitLayer::new(limits.store_body_bytes_max))
+        .layer(CompressionLayer::new().gzip(true))
         .layer(ConcurrencyLimitLayer::new(limits.concurrent_requests_max))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

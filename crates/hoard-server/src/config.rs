@@ -173,6 +173,7 @@ impl KeyEntry {
             stores,
             rate_per_second: self.rate_per_second.unwrap_or(RATE_PER_SECOND_DEFAULT).max(1),
             rate_burst: self.rate_burst.unwrap_or(RATE_BURST_DEFAULT).max(1),
+            holder_tag: None,
         })
     }
 }
@@ -253,8 +254,11 @@ pub fn resolve(overrides: Overrides, file: FileConfig) -> Result<Settings, Strin
             .unwrap_or(defaults.header_read_timeout_ms),
         connections_max: overrides.connections_max.or(file.connections_max).unwrap_or(defaults.connections_max),
     };
-    if limits.request_timeout_ms <= START_WAIT_MS_MAX {
-        return Err(format!("request_timeout_ms must be over {START_WAIT_MS_MAX} (the longest session-start wait)"));
+    let longest_wait_ms = START_WAIT_MS_MAX.max(crate::routes::events::LONG_POLL_WAIT_MS_MAX);
+    if limits.request_timeout_ms <= longest_wait_ms {
+        return Err(format!(
+            "request_timeout_ms must be over {longest_wait_ms} (the longest session-start wait or long-poll)"
+        ));
     }
     if limits.header_read_timeout_ms < HEADER_READ_TIMEOUT_MS_MIN {
         return Err(format!("header_read_timeout_ms must be at least {HEADER_READ_TIMEOUT_MS_MIN}"));

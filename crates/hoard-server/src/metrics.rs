@@ -37,6 +37,9 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "hoard_http_connections_refused_total
 pub const HTTP_HEADER_READ_TIMEOUTS: &str = "hoard_http_header_read_timeouts_total";
 /// Failed `accept` calls (e.g. out of file descriptors), by error kind.
 pub const HTTP_ACCEPT_ERRORS: &str = "hoard_http_accept_errors_total";
+pub const BEST_EFFORT_FAILURES: &str = "hoard_best_effort_failures_total";
+pub const QUARANTINED: &str = "hoard_quarantined_total";
+pub const LONG_POLLS: &str = "hoard_long_polls_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -54,6 +57,13 @@ pub fn install() -> Option<PrometheusHandle> {
 
 pub fn count(name: &'static str, outcome: &'static str) {
     metrics::counter!(name, "outcome" => outcome).increment(1);
+}
+
+/// A best-effort step gave up (a notification, an event acknowledgement, a quarantine record):
+/// nothing correct depends on it, so it is counted and logged, not answered as an error.
+pub fn gave_up(what: &'static str, error: &dyn std::fmt::Display) {
+    metrics::counter!(BEST_EFFORT_FAILURES, "what" => what).increment(1);
+    tracing::warn!(what, %error, "a best-effort step failed");
 }
 
 pub fn store_error(kind: &'static str) {

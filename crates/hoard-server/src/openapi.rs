@@ -13,7 +13,10 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{api_keys, documents, health, raw, sessions, updates, value};
+use crate::routes::{
+    api_keys, batch, documents, events, health, quarantine, raw, receipts, session_writes, sessions, sync, trades,
+    updates, value,
+};
 
 struct BearerKey;
 
@@ -103,16 +106,17 @@ impl Modify for SharedAnswers {
     paths(
         health::healthz, health::readyz, health::metrics, health::openapi,
         documents::list_keys, documents::read_key, documents::list_versions, documents::read_version,
-        documents::rollback, documents::release,
+        documents::rollback, documents::release, quarantine::read_raw, quarantine::repair,
         api_keys::list_api_keys, api_keys::create_api_key, api_keys::revoke_api_key,
-        sessions::register_holder, sessions::renew_holder, sessions::release_holder, sessions::holder_events,
-        sessions::start, sessions::save, sessions::end, sessions::read, sessions::commit_many,
-        value::trade, value::receipt, value::send_message,
+        sessions::register_holder, sessions::renew_holder, sessions::release_holder, events::holder_events,
+        sessions::start, session_writes::save, session_writes::end, session_writes::read, session_writes::commit_many,
+        sync::sync, batch::start_many, batch::end_many,
+        trades::trade, receipts::receipt, value::send_message,
         updates::update,
         raw::info, raw::now, raw::commit, raw::get_many, raw::list, raw::versions, raw::version, raw::prune,
         raw::renew_holder, raw::release_holder, raw::read_holder, raw::notify, raw::subscribe,
     ),
-    components(schemas(crate::error::ErrorBody, crate::wire::SessionToken, crate::ops::Op)),
+    components(schemas(crate::error::ErrorBody, crate::wire::SessionToken, crate::wire::CurrentDocument, crate::wire::PartyState, crate::ops::Op)),
     modifiers(&BearerKey, &SharedAnswers),
     tags(
         (name = "operations", description = "health, readiness, metrics, this document"),

@@ -16,6 +16,12 @@ mod database_outage;
 mod http_api_keys;
 mod http_auth;
 mod http_bad_input;
+mod http_batch;
+mod http_depth;
+mod http_fencing;
+mod http_property;
+mod http_quarantine;
+mod http_scoping;
 mod http_sessions;
 mod openapi_drift;
 /// Over the remote store, the suite runs in front of the memory backend: what it checks here is the

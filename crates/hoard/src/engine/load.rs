@@ -197,18 +197,20 @@ async fn release_untouched(shared: &Arc<EngineShared>, id: &DocId, epoch: u64) {
     }
 }
 
+/// The quarantine record of version `version` of `id`: `hoard.quarantine/{store}/{key}/v{version}`
+/// holding `{store, key, version, reason}`. The value itself stays in the key and its history;
+/// the record only points at it. Shared by the engine and `hoard serve`, so operators find every
+/// quarantined key in one place. `None` when the record's key would be over the key limit.
+pub fn quarantine_write(id: &DocId, version: u64, reason: &str, limits: &crate::store::Limits) -> Option<Write> {
+    let store = StoreName::new(QUARANTINE_STORE).ok()?;
+    let key = crate::store::Key::with_limits(format!("{}/{}/v{version}", id.store, id.key), limits).ok()?;
+    let record = json!({ "store": id.store.as_str(), "key": id.key.as_str(), "version": version, "reason": reason });
+    Some(Write::put(DocId::new(store, key), record))
+}
+
 async fn quarantine(shared: &EngineShared, document: &Document, reason: &str) {
-    let Ok(store) = StoreName::new(QUARANTINE_STORE) else { return };
-    let key_text = format!("{}/{}/v{}", document.id.store, document.id.key, document.version);
-    let Ok(key) = crate::store::Key::with_limits(key_text, shared.store.limits()) else { return };
-    let record = json!({
-        "store": document.id.store.as_str(),
-        "key": document.id.key.as_str(),
-        "version": document.version,
-        "reason": reason,
-    });
-    // The value itself stays in the key and its history; the record only points at it.
-    let _ = shared.store.commit(Commit::single(Write::put(DocId::new(store, key), record))).await;
+    let Some(write) = quarantine_write(&document.id, document.version, reason, shared.store.limits()) else { return };
+    let _ = shared.store.commit(Commit::single(write)).await;
 }
 
 #[allow(clippy::too_many_arguments)] // one constructor, every field of a session named at its call sites

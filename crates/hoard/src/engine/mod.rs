@@ -25,7 +25,7 @@ pub use engine::{
 };
 pub use error::{SessionError, StartError};
 pub use inbox::SendError;
-pub use load::{AcquireAttempt, QUARANTINE_STORE, acquire_once, handoff_notification};
+pub use load::{AcquireAttempt, QUARANTINE_STORE, acquire_once, handoff_notification, quarantine_write};
 pub use operator::{OperatorError, Peek};
 pub use receipt::{ReceiptOutcome, ReceiptRecord};
 pub use schema::{FieldChange, ProfileMeta, ProfileSchema};

@@ -33,6 +33,22 @@ pub struct Limits {
     pub notification_topic_bytes_max: usize,
     /// PostgreSQL's NOTIFY payload limit is 8,000 bytes; this stays under it.
     pub notification_payload_bytes_max: usize,
+    /// Nesting depth of a value, an inbox message or a key's attributes (a scalar is 0 deep,
+    /// `[]` and `{}` are 1, `{"a": [1]}` is 2). Set well below what every reader of stored JSON
+    /// accepts, so that whatever is accepted can be read back: serde_json stops at 128 levels
+    /// (every backend's reads, `hoard serve`'s request and answer bodies, `RemoteStore`), and the
+    /// deepest envelope a stored value travels in (a `hoard serve` answer) adds 6.
+    /// (PostgreSQL stores values as text, not `jsonb`; SQLite's JSON functions, which stop at
+    /// 1,000, are not used.)
+    #[serde(default = "json_depth_max_default")]
+    pub json_depth_max: usize,
+}
+
+/// The default of `Limits::json_depth_max`.
+pub const JSON_DEPTH_MAX_DEFAULT: usize = 64;
+
+fn json_depth_max_default() -> usize {
+    JSON_DEPTH_MAX_DEFAULT
 }
 
 pub const KIB: usize = 1024;
@@ -55,6 +71,7 @@ impl Default for Limits {
             page_size_default: 100,
             notification_topic_bytes_max: 256,
             notification_payload_bytes_max: 7_000,
+            json_depth_max: JSON_DEPTH_MAX_DEFAULT,
         }
     }
 }

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-pub use error::{InvalidInput, StoreError};
+pub use error::{InvalidInput, RawText, StoreError, Unreadable};
 pub use limits::{HistoryPolicy, Limits};
 pub use open::{StoreOptions, is_postgres_location, open_store};
 pub use types::*;

@@ -99,10 +99,11 @@ pub async fn get_version(pool: &Pool, id: &DocId, version: u64) -> Result<Option
     let record_of = |row: &Row, text: Option<String>| -> Result<VersionRecord, StoreError> {
         let attributes: String = row.try_get("attributes").map_err(read)?;
         let user_ids: String = row.try_get("user_ids").map_err(read)?;
-        let (attributes, user_ids) = parse_metadata(&attributes, &user_ids, id)?;
+        let info = version_info_from_row(row, id)?;
+        let (attributes, user_ids) = parse_metadata(&attributes, &user_ids, id, info.version)?;
         Ok(VersionRecord {
-            info: version_info_from_row(row, id)?,
-            value: text.map(|text| parse_value(&text, id)).transpose()?,
+            value: text.map(|text| parse_value(&text, id, info.version)).transpose()?,
+            info,
             attributes,
             user_ids,
         })

@@ -3,8 +3,9 @@
 //! Invariant: a value is stored as the exact text `serde_json::to_string` gives and read back with
 //! `serde_json::from_str`, so what a caller wrote is what every later read returns (and
 //! `octet_length(value)` equals `validate::json_bytes`). A placeholder row (version 0, NULL
-//! value, no lease, empty inbox) converts to exactly `Document::absent`. Any column that does not
-//! parse is `StoreError::Corrupt` naming the key, never a panic and never a silently wrong value.
+//! value, no lease, empty inbox) converts to exactly `Document::absent`. A JSON column that does not
+//! parse is `StoreError::Unreadable` naming the key (quarantined, readable raw); any other is
+//! `StoreError::Corrupt` naming the key, never a panic and never a silently wrong value.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -30,8 +31,9 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, name: &str, i
     row.try_get(name).map_err(|error| corrupt(id, name, error))
 }
 
-fn parse_json<T: DeserializeOwned>(text: &str, what: &str, id: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|error| corrupt(id, what, error))
+/// Parses a stored JSON field of key `id` at `version`; text its reader refuses is `Unreadable`.
+fn parse_json<T: DeserializeOwned>(text: &str, what: &'static str, id: &DocId, version: u64) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|error| StoreError::unreadable(id, version, what, error, text))
 }
 
 /// Serializes to JSON text. Serializing the store's types cannot fail (string map keys, no NaN in
@@ -69,17 +71,18 @@ pub fn document_from_row_with_text(row: &Row, parse_value: bool) -> Result<(Docu
     let store = StoreName::new(store_text).map_err(|error| corrupt(&label, "store name", error))?;
     let key = Key::new(key_text).map_err(|error| corrupt(&label, "key", error))?;
     let id = DocId::new(store, key);
+    let version = counter_from_db(column(row, "version", &label)?, "version", &label)?;
     let value_text: Option<String> = column(row, "value", &label)?;
     let value: Option<Value> = match value_text.as_deref() {
-        Some(text) if parse_value => Some(parse_json(text, "value", &label)?),
+        Some(text) if parse_value => Some(parse_json(text, "value", &id, version)?),
         _ => None,
     };
     let attributes_text: String = column(row, "attributes", &label)?;
-    let attributes: Map<String, Value> = parse_json(&attributes_text, "attributes", &label)?;
+    let attributes: Map<String, Value> = parse_json(&attributes_text, "attributes", &id, version)?;
     let user_ids_text: String = column(row, "user_ids", &label)?;
-    let user_ids: Vec<String> = parse_json(&user_ids_text, "user ids", &label)?;
+    let user_ids: Vec<String> = parse_json(&user_ids_text, "user ids", &id, version)?;
     let inbox_text: String = column(row, "inbox", &label)?;
-    let inbox: Vec<InboxMessage> = parse_json(&inbox_text, "inbox", &label)?;
+    let inbox: Vec<InboxMessage> = parse_json(&inbox_text, "inbox", &id, version)?;
     let holder_text: Option<String> = column(row, "lease_holder", &label)?;
     let holder = holder_text.map(HolderId::new).transpose().map_err(|error| corrupt(&label, "lease holder", error))?;
     let last_commit_text: Option<String> = column(row, "last_commit_id", &label)?;
@@ -87,7 +90,7 @@ pub fn document_from_row_with_text(row: &Row, parse_value: bool) -> Result<(Docu
     let document = Document {
         id,
         value,
-        version: counter_from_db(column(row, "version", &label)?, "version", &label)?,
+        version,
         created_at_ms: column(row, "created_at_ms", &label)?,
         updated_at_ms: column(row, "updated_at_ms", &label)?,
         attributes,
@@ -119,8 +122,8 @@ pub fn version_info_from_row(row: &Row, id: &DocId) -> Result<VersionInfo, Store
 }
 
 /// The JSON text of a stored value, parsed.
-pub fn parse_value(text: &str, id: &DocId) -> Result<Value, StoreError> {
-    parse_json(text, "value", &id.to_string())
+pub fn parse_value(text: &str, id: &DocId, version: u64) -> Result<Value, StoreError> {
+    parse_json(text, "value", id, version)
 }
 
 /// Parses stored attributes and user ids.
@@ -128,9 +131,9 @@ pub fn parse_metadata(
     attributes: &str,
     user_ids: &str,
     id: &DocId,
+    version: u64,
 ) -> Result<(Map<String, Value>, Vec<String>), StoreError> {
-    let label = id.to_string();
-    Ok((parse_json(attributes, "attributes", &label)?, parse_json(user_ids, "user ids", &label)?))
+    Ok((parse_json(attributes, "attributes", id, version)?, parse_json(user_ids, "user ids", id, version)?))
 }
 
 /// The final state of changed `docs` rows, one array per column, for one bulk `UPDATE ... FROM

@@ -156,9 +156,9 @@ pub(crate) fn read_version(
         let value_bytes = current_text.as_ref().map_or(0, String::len) as i64;
         return Ok(Some(VersionRecord {
             info: version_info(id, current_version, updated_at_ms, current_text.is_none(), value_bytes, &commit_id)?,
-            value: current_text.map(|text| from_json_text("value", id, &text)).transpose()?,
-            attributes: from_json_text("attributes", id, &attributes)?,
-            user_ids: from_json_text("user ids", id, &user_ids)?,
+            value: current_text.map(|text| from_json_text("value", id, version, &text)).transpose()?,
+            attributes: from_json_text("attributes", id, version, &attributes)?,
+            user_ids: from_json_text("user ids", id, version, &user_ids)?,
         }));
     }
     let row = connection
@@ -216,9 +216,9 @@ pub(crate) fn read_version(
     let text = rebuild_lowest(id, &chain, top_text.as_deref())?;
     Ok(Some(VersionRecord {
         info: version_info(id, wanted, written_at_ms, deleted, value_bytes, &commit_id)?,
-        value: text.map(|text| from_json_text("history value", id, &text)).transpose()?,
-        attributes: from_json_text("history attributes", id, &attributes)?,
-        user_ids: from_json_text("history user ids", id, &user_ids)?,
+        value: text.map(|text| from_json_text("history value", id, version, &text)).transpose()?,
+        attributes: from_json_text("history attributes", id, version, &attributes)?,
+        user_ids: from_json_text("history user ids", id, version, &user_ids)?,
     }))
 }
 

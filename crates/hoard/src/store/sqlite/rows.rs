@@ -25,12 +25,12 @@ pub(crate) fn to_json_text<T: serde::Serialize>(what: &str, value: &T) -> Result
 }
 
 pub(crate) fn from_json_text<T: serde::de::DeserializeOwned>(
-    what: &str,
+    what: &'static str,
     id: &DocId,
+    version: u64,
     text: &str,
 ) -> Result<T, StoreError> {
-    serde_json::from_str(text)
-        .map_err(|error| StoreError::corrupt(format!("stored {what} of {id} is not valid: {error}")))
+    serde_json::from_str(text).map_err(|error| StoreError::unreadable(id, version, what, error, text))
 }
 
 pub(crate) fn counter_to_sql(what: &str, counter: u64) -> Result<i64, StoreError> {
@@ -100,13 +100,14 @@ impl DocRow {
         limits: &Limits,
         parse_value: bool,
     ) -> Result<(Document, Option<String>), StoreError> {
+        let version = counter_from_sql("version", &id, self.version)?;
         let text = self.value.take();
         let value = match &text {
-            Some(text) if parse_value => Some(from_json_text::<Value>("value", &id, text)?),
+            Some(text) if parse_value => Some(from_json_text::<Value>("value", &id, version, text)?),
             _ => None,
         };
-        let attributes: Map<String, Value> = from_json_text("attributes", &id, &self.attributes)?;
-        let user_ids: Vec<String> = from_json_text("user ids", &id, &self.user_ids)?;
+        let attributes: Map<String, Value> = from_json_text("attributes", &id, version, &self.attributes)?;
+        let user_ids: Vec<String> = from_json_text("user ids", &id, version, &self.user_ids)?;
         let holder = match self.lease_holder {
             Some(text) => Some(
                 HolderId::with_limits(text, limits)
@@ -114,13 +115,13 @@ impl DocRow {
             ),
             None => None,
         };
-        let inbox: Vec<InboxMessage> = from_json_text("inbox", &id, &self.inbox)?;
+        let inbox: Vec<InboxMessage> = from_json_text("inbox", &id, version, &self.inbox)?;
         let last_commit_id = match &self.last_commit_id {
             Some(text) => Some(commit_id_from_sql(&id, text)?),
             None => None,
         };
         let document = Document {
-            version: counter_from_sql("version", &id, self.version)?,
+            version,
             lease: LeaseState { holder, epoch: counter_from_sql("lease epoch", &id, self.lease_epoch)? },
             inbox_next_seq: counter_from_sql("inbox sequence", &id, self.inbox_next_seq)?,
             created_at_ms: self.created_at_ms,

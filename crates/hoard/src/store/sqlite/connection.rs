@@ -130,6 +130,31 @@ pub(crate) fn explain_write_refusal(path: &Path) -> Option<String> {
     })
 }
 
+/// How many bytes the full-disk probe writes: more than a file system's last free blocks hold
+/// while a few pages of SQLite's -shm or -wal file may still fit.
+const FULL_DISK_PROBE_BYTES: usize = 64 * 1024;
+
+/// Whether an I/O error of SQLite's was a full disk, found by asking the operating system: writes
+/// and flushes a probe file in the database's folder, then removes it. SQLite reports a full disk
+/// met while sizing its -shm file as a plain I/O error.
+pub(crate) fn explain_io_failure(path: &Path) -> Option<String> {
+    let folder = path.parent().filter(|folder| !folder.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let probe_path = folder.join(format!(".hoard-space-probe-{}", std::process::id()));
+    let written = std::fs::OpenOptions::new().write(true).create_new(true).open(&probe_path).and_then(|mut file| {
+        use std::io::Write as _;
+        file.write_all(&[0u8; FULL_DISK_PROBE_BYTES])?;
+        file.sync_all()
+    });
+    let _ = std::fs::remove_file(&probe_path);
+    match written {
+        Err(error) if error.kind() == std::io::ErrorKind::StorageFull => Some(format!(
+            "the file system holding {} is full: free space there (or move the database), then retry; nothing was applied",
+            folder.display()
+        )),
+        _ => None,
+    }
+}
+
 /// The explanation of a read-only mount under `what` (the file, or the folder it goes in).
 pub(crate) fn read_only_file_system(what: &Path) -> String {
     format!(
@@ -146,7 +171,15 @@ fn open_failure(path: &Path, doing: &str, error: &rusqlite::Error) -> StoreError
         error.sqlite_error_code(),
         Some(rusqlite::ErrorCode::CannotOpen | rusqlite::ErrorCode::ReadOnly | rusqlite::ErrorCode::PermissionDenied)
     );
-    match explain_write_refusal(path).filter(|_| needs_explaining) {
+    let io_failure = matches!(error.sqlite_error_code(), Some(rusqlite::ErrorCode::SystemIoFailure));
+    let explained = if needs_explaining {
+        explain_write_refusal(path)
+    } else if io_failure {
+        explain_io_failure(path)
+    } else {
+        None
+    };
+    match explained {
         Some(reason) => {
             StoreError::unavailable(format!("cannot {doing} the SQLite file {} ({error}): {reason}", path.display()))
         }

@@ -1,10 +1,14 @@
 mod backends;
+mod engine_cancellation;
+mod engine_inbox;
+mod engine_lease;
 mod engine_schema;
 mod engine_sessions;
 mod engine_shared_docs;
 mod engine_timers;
 mod engine_trades;
 mod postgres_backend;
+mod probe_store;
 mod sqlite_backend;
 /// The store conformance suite runs against every backend of the library.
 macro_rules! conformance_backends {

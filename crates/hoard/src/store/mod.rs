@@ -8,11 +8,15 @@
 pub mod apply;
 pub mod encoded;
 pub mod error;
+/// The fault-injecting wrapper: tests and the simulator only (feature `testing`).
+#[cfg(feature = "testing")]
 pub mod fault;
 pub mod limits;
 pub mod memory;
 mod open;
+#[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod types;
 pub mod validate;

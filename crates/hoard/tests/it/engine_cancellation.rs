@@ -45,7 +45,8 @@ async fn a_trade_future_dropped_while_its_commit_is_in_flight_leaves_every_party
     let parties = seed_traders_named(&engine, "drop-trade", 2).await;
     probe.delay_commits(COMMIT_DELAY_MS);
     let trade = simple_trade("dropped-trade", "item-0-0", 10);
-    let gave_up = tokio::time::timeout(Duration::from_millis(10), engine.trade(&[&parties[0], &parties[1]], &trade)).await;
+    let gave_up =
+        tokio::time::timeout(Duration::from_millis(10), engine.trade(&[&parties[0], &parties[1]], &trade)).await;
     assert!(gave_up.is_err(), "the caller gave up while the commit was in flight");
     let_in_flight_work_finish().await;
     probe.delay_commits(0);
@@ -56,7 +57,7 @@ async fn a_trade_future_dropped_while_its_commit_is_in_flight_leaves_every_party
     assert_memory_matches_store(&probe, &parties).await;
     let total: i64 = parties.iter().map(coins).sum();
     assert_eq!(total, 200, "no coin made or lost by the dropped trade");
-    let again = engine.trade(&[&parties[0], &parties[1]], &simple_trade("next-trade", "item-1-0", 5)).await;
+    let again = engine.trade(&[&parties[0], &parties[1]], &simple_trade("next-trade", "item-0-1", 5)).await;
     assert!(again.is_ok(), "a later trade among the same parties commits: {again:?}");
 }
 
@@ -75,7 +76,9 @@ async fn a_transaction_future_dropped_before_its_commit_leaves_every_party_usabl
     assert!(tokio::time::timeout(Duration::from_millis(10), transaction).await.is_err(), "dropped midway");
     probe.delay_reads(0);
     for session in &parties {
-        session.update(|t| t.holdings.currencies.insert("gems".into(), 2)).expect("usable at once: nothing was in flight");
+        session
+            .update(|t| t.holdings.currencies.insert("gems".into(), 2))
+            .expect("usable at once: nothing was in flight");
     }
     assert!(!get(&**probe.inner(), &bank).await.expect("read").exists(), "the dropped transaction wrote nothing");
 }

@@ -6,10 +6,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hoard::engine::{Engine, EngineConfig, HeldPolicy, LoadFailurePolicy, SessionStatus, StartError, StartOptions};
+use hoard::engine::{
+    Engine, EngineConfig, HeldPolicy, LoadFailurePolicy, SessionError, SessionStatus, StartError, StartOptions,
+};
+use hoard::store::SharedStore;
 use hoard::store::fault::{FaultConfig, FaultStore};
 use hoard::store::memory::MemoryStore;
-use hoard::store::SharedStore;
 
 use crate::engine_sessions::players;
 
@@ -56,8 +58,12 @@ async fn a_session_reports_not_active_after_its_local_deadline() {
     assert_eq!(session.status(), SessionStatus::Active);
     let lease = Duration::from_millis(a.config().lease_ttl_ms);
     tokio::time::sleep(lease).await;
-    assert_ne!(session.status(), SessionStatus::Active, "no renewal for a whole lease: the session cannot be sure");
-    assert!(session.update(|p| p.coins += 1).is_err(), "and it refuses new changes");
+    assert_eq!(
+        session.status(),
+        SessionStatus::LeaseLapsed,
+        "no renewal for a whole lease: the session cannot be sure"
+    );
+    assert_eq!(session.update(|p| p.coins += 1), Err(SessionError::LeaseLapsed), "and it refuses new changes");
     faults.fail_next_renewals(0, 0);
     tokio::time::sleep(Duration::from_millis(2 * a.config().lease_renew_interval_ms)).await;
     assert_eq!(session.status(), SessionStatus::Active, "renewed, and nobody took the key: active again");

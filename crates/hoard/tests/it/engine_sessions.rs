@@ -40,6 +40,7 @@ pub fn fast_config(label: &str) -> EngineConfig {
         server_label: label.to_string(),
         lease_ttl_ms: 1_000,
         lease_renew_interval_ms: 200,
+        lease_safety_margin_ms: 100,
         autosave_interval_ms: 60_000,
         handoff_wait_ms: 3_000,
         handoff_poll_interval_ms: 50,
@@ -135,17 +136,21 @@ pub async fn stale_holder_cannot_write_after_expiry_and_take(t: TestStore) {
     let b = engine(&deaf, "b").await;
     let on_a = a.start_session(&players(), "dave").await.expect("start");
     on_a.save_now().await.expect("save");
-    // A pauses: its process lease lapses; B takes the key when it expires, without stealing.
+    // A pauses with a change it has not saved yet; its process lease lapses; B takes the key
+    // when it expires, without stealing.
+    on_a.update(|p| p.coins = -5).expect("A changes its copy");
     a.suspend_lease_renewal(true);
     let wait = StartOptions { held: HeldPolicy::Wait { wait_ms: 10_000 }, on_load_failure: LoadFailurePolicy::Fail };
     let on_b = b.start_session_with(&players(), "dave", wait).await.expect("b takes the expired key");
     assert_eq!(b.counters().steals, 0);
     on_b.update(|p| p.coins = 50).expect("update");
     on_b.save_now().await.expect("save");
-    // A wakes up and tries to write: its fence no longer matches.
+    // A wakes up: its lease is past its local deadline, so it reports so and takes no changes;
+    // and the write of its old change is refused by the fence, whatever any clock says.
     a.suspend_lease_renewal(false);
-    on_a.update(|p| p.coins = -5).expect("A does not know yet");
+    assert_ne!(on_a.status(), SessionStatus::Active, "A does not claim a key it may have lost");
     assert!(matches!(on_a.save_now().await, Err(SessionError::FencedOut)));
+    assert_eq!(on_a.status(), SessionStatus::FencedOut);
     assert_eq!(stored_player(&get(&*t.store, &id("dave")).await.expect("read")).coins, 50);
 }
 

@@ -410,7 +410,13 @@ pub async fn transactions_refuse_bad_parties(t: TestStore) {
     let on_a = seed_traders_named(&a, "x", 1).await;
     let on_b = seed_traders_named(&b, "y", 1).await;
     let foreign = a.transact(&[&on_a[0], &on_b[0]], &[], |_| Ok(())).await;
-    assert!(matches!(foreign, Err(TransactError::NotLive { .. })), "a session of another engine cannot take part");
+    match foreign {
+        Err(TransactError::OnAnotherEngine { id, holder }) => {
+            assert_eq!(&id, on_b[0].id(), "the refusal names the foreign party");
+            assert_eq!(&holder, b.holder(), "and the engine that holds it");
+        }
+        other => panic!("a session of another engine cannot take part, and the refusal says so: {other:?}"),
+    }
     let twice = a.transact(&[&on_a[0], &on_a[0]], &[], |_| Ok(())).await;
     assert!(matches!(twice, Err(TransactError::BadParties { .. })));
     let none: Result<(), _> = a.transact::<Trader, ()>(&[], &[], |_| Ok(())).await;

@@ -3,6 +3,7 @@ mod engine_cancellation;
 mod engine_inbox;
 mod engine_lease;
 mod engine_schema;
+mod engine_schema_rules;
 mod engine_sessions;
 mod engine_shared_docs;
 mod engine_timers;

@@ -95,6 +95,10 @@ struct Parties<P: Profile> {
 impl<P: Profile> Parties<P> {
     /// Takes every party's write turn (in canonical order), then marks all busy or none.
     async fn lock(sessions: Vec<Arc<SessionCore<P>>>) -> Result<Parties<P>, TransactError> {
+        debug_assert!(
+            sessions.windows(2).all(|pair| pair[0].id() < pair[1].id()),
+            "parties are locked in canonical key order, each once"
+        );
         let mut turns = Vec::with_capacity(sessions.len());
         for session in &sessions {
             turns.push(session.write_turn().await);

@@ -108,3 +108,24 @@ async fn a_receipt_future_dropped_while_its_commit_is_in_flight_grants_once_and_
     let gems = player.read(|t| t.holdings.currencies.get("gems").copied().unwrap_or(0));
     assert_eq!(gems, 100, "granted exactly once across the drop and the replay");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_save_future_dropped_midway_still_saves_and_a_later_save_applies_after_it() {
+    let (engine, probe) = engine_with_slow_commits().await;
+    let parties = seed_traders_named(&engine, "drop-save", 1).await;
+    let player = &parties[0];
+    player.update(|t| t.holdings.currencies.insert("coins".into(), 7)).expect("change");
+    probe.delay_commits(COMMIT_DELAY_MS);
+    assert!(tokio::time::timeout(Duration::from_millis(10), player.save_now()).await.is_err(), "dropped midway");
+    player.update(|t| t.holdings.currencies.insert("coins".into(), 8)).expect("change again");
+    probe.delay_commits(0);
+    player.save_now().await.expect("the later save");
+    let document = get(&**probe.inner(), player.id()).await.expect("read");
+    assert_eq!(stored(&document).holdings.currencies["coins"], 8, "the later save is the last one applied");
+    let versions = probe
+        .inner()
+        .list_versions(player.id(), &hoard::store::VersionQuery { before_version: None, limit: 10 })
+        .await
+        .expect("history");
+    assert!(versions.len() >= 3, "the dropped save applied too, before the later one: {} versions", versions.len());
+}

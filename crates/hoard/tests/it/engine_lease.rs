@@ -69,3 +69,56 @@ async fn a_session_reports_not_active_after_its_local_deadline() {
     assert_eq!(session.status(), SessionStatus::Active, "renewed, and nobody took the key: active again");
     session.update(|p| p.coins += 1).expect("changes are taken again");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_lapsed_session_whose_key_was_taken_is_fenced_out_when_the_lease_comes_back() {
+    let (a, faults, inner) = engine_over_faults("a").await;
+    let b = Engine::open(inner.clone(), config("b")).await.expect("open");
+    let lost = a.start_session(&players(), "lost").await.expect("start");
+    let kept = a.start_session(&players(), "kept").await.expect("start");
+    faults.fail_next_renewals(u64::MAX, 0);
+    // Past the store's expiry: B may take a key with `LeaseFree`, without stealing.
+    tokio::time::sleep(Duration::from_millis(a.config().lease_ttl_ms + 500)).await;
+    let taken = b.start_session_with(&players(), "lost", fail_fast()).await.expect("free to take");
+    assert_eq!(b.counters().steals, 0);
+    assert_eq!(lost.status(), SessionStatus::LeaseLapsed);
+    faults.fail_next_renewals(0, 0);
+    tokio::time::sleep(Duration::from_millis(2 * a.config().lease_renew_interval_ms)).await;
+    assert_eq!(lost.status(), SessionStatus::FencedOut, "the sweep after the lapse found the key taken");
+    assert_eq!(kept.status(), SessionStatus::Active, "and this one still held");
+    assert_eq!(a.counters().lease_lapses, 1);
+    assert_eq!(taken.status(), SessionStatus::Active);
+}
+
+#[tokio::test(start_paused = true)]
+async fn still_holds_answers_with_one_read_and_no_write() {
+    let probe = Arc::new(crate::probe_store::ProbeStore::new(Arc::new(MemoryStore::new())));
+    let store: SharedStore = probe.clone();
+    let a = Engine::open(store.clone(), config("a")).await.expect("open");
+    let b = Engine::open(store.clone(), config("b")).await.expect("open");
+    let session = a.start_session(&players(), "checked").await.expect("start");
+    let (reads, commits) = (probe.reads(), probe.commits());
+    assert!(session.still_holds().await.expect("read"), "held at its epoch");
+    assert_eq!(probe.reads(), reads + 1, "one read");
+    assert_eq!(probe.commits(), commits, "no write");
+    let steal = StartOptions { held: HeldPolicy::StealNow, on_load_failure: LoadFailurePolicy::Fail };
+    b.start_session_with(&players(), "checked", steal).await.expect("stolen");
+    assert_eq!(session.status(), SessionStatus::Active, "status alone cannot see a steal");
+    assert!(!session.still_holds().await.expect("read"), "the store names another holder");
+    assert_eq!(session.status(), SessionStatus::FencedOut, "and the session learned it");
+}
+
+#[tokio::test(start_paused = true)]
+async fn still_holds_is_false_during_a_lapse_and_confirms_the_session_after_it() {
+    let (a, faults, _inner) = engine_over_faults("a").await;
+    let session = a.start_session(&players(), "unsure").await.expect("start");
+    a.suspend_lease_renewal(true);
+    tokio::time::sleep(Duration::from_millis(a.config().lease_ttl_ms)).await;
+    assert!(!session.still_holds().await.expect("read"), "held, but the lease cannot vouch for it");
+    assert_eq!(session.status(), SessionStatus::LeaseLapsed);
+    a.suspend_lease_renewal(false);
+    faults.fail_next_renewals(0, 0);
+    tokio::time::sleep(Duration::from_millis(a.config().lease_renew_interval_ms + 100)).await;
+    assert!(session.still_holds().await.expect("read"));
+    assert_eq!(session.status(), SessionStatus::Active);
+}

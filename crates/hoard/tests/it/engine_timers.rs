@@ -167,3 +167,50 @@ async fn keeping_many_clean_sessions_costs_one_renewal_per_interval_not_one_per_
     let stored = get(&**counting.inner(), &id("p9999")).await.expect("read");
     assert_eq!(stored.lease.holder.as_ref(), Some(engine.holder()), "every key is still held");
 }
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_engine_handle_stops_its_renewal_and_its_keys_free_within_the_lease() {
+    let counting = Arc::new(ProbeStore::new(memory()));
+    let store: SharedStore = counting.clone();
+    let b = Engine::open(store.clone(), config("b")).await.expect("open");
+    {
+        let a = Engine::open(store.clone(), config("a")).await.expect("open");
+        a.start_session(&players(), "dropped-holder").await.expect("start");
+    }
+    let renewals = counting.renewals();
+    let lease = Duration::from_millis(EngineConfig::default().lease_ttl_ms);
+    tokio::time::sleep(lease + Duration::from_secs(1)).await;
+    assert_eq!(counting.renewals() - renewals, 3, "only B renews (every 5 s for 16 s), A's tasks are gone");
+    let options = StartOptions { held: HeldPolicy::FailFast, on_load_failure: LoadFailurePolicy::Fail };
+    b.start_session_with(&players(), "dropped-holder", options).await.expect("free once A's lease lapsed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_every_background_task() {
+    let counting = Arc::new(ProbeStore::new(memory()));
+    let store: SharedStore = counting.clone();
+    let engine = Engine::open(store, config("a")).await.expect("open");
+    let session = engine.start_session(&players(), "stopping").await.expect("start");
+    session.update(|p| p.coins = 9).expect("change");
+    let report = engine.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.saved.len(), 1);
+    let (renewals, commits) = (counting.renewals(), counting.commits());
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(counting.renewals(), renewals, "no renewal after shutdown");
+    assert_eq!(counting.commits(), commits, "no autosave or flush after shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_saves_a_session_the_game_began_ending_and_reports_it() {
+    let store = memory();
+    let engine = Engine::open(store.clone(), config("a")).await.expect("open");
+    let session = engine.start_session(&players(), "leaving").await.expect("start");
+    session.update(|p| p.coins = 77).expect("change");
+    let ending = session.end();
+    let report = engine.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.saved, vec![session.id().clone()], "the end in flight is waited for and reported");
+    ending.await.expect("the game's end succeeded too");
+    let document = get(&*store, session.id()).await.expect("read");
+    assert_eq!(document.value.expect("saved")["data"]["coins"], 77);
+    assert_eq!(document.lease.holder, None, "released");
+}

@@ -2,6 +2,7 @@ mod backends;
 mod engine_cancellation;
 mod engine_inbox;
 mod engine_lease;
+mod engine_protocol;
 mod engine_schema;
 mod engine_schema_rules;
 mod engine_sessions;
@@ -10,6 +11,7 @@ mod engine_timers;
 mod engine_trades;
 mod postgres_backend;
 mod probe_store;
+mod retry;
 mod sqlite_backend;
 /// The store conformance suite runs against every backend of the library.
 macro_rules! conformance_backends {

@@ -100,6 +100,7 @@ impl<P: Profile> SessionCore<P> {
         vouched: Option<u64>,
     ) -> bool {
         let mut state = self.lock();
+        debug_assert!(snapshot.revision <= state.revision, "a save never claims a revision memory has not reached");
         state.durable_revision = state.durable_revision.max(snapshot.revision);
         if let Some(through) = snapshot.ack_through {
             state.inbox_durable_through = state.inbox_durable_through.max(through);

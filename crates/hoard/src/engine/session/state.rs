@@ -73,6 +73,10 @@ impl<P> SessionState<P> {
 
 impl<P: Profile> SessionCore<P> {
     pub(crate) fn new(core: &Arc<Core>, new: NewSession<'_, P>) -> Arc<SessionCore<P>> {
+        debug_assert!(
+            (new.epoch > 0) != matches!(new.status, SessionStatus::Errored { .. }),
+            "a session holds a lease (epoch > 0) exactly when it is not errored"
+        );
         let (events, _) = broadcast::channel(SESSION_EVENT_CHANNEL_CAPACITY);
         // A session playing on defaults has no stored document, hence no attributes or user ids.
         let (attributes, user_ids) = match new.document {
@@ -370,6 +374,7 @@ impl<P: Profile> SessionCore<P> {
         {
             let mut state = self.lock();
             debug_assert!(state.in_transaction, "only a locked party adopts a committed result");
+            debug_assert!(revision > state.durable_revision, "a committed transaction is newer than any save");
             state.profile = profile;
             state.revision = state.revision.max(revision);
             state.durable_revision = state.durable_revision.max(revision);

@@ -21,6 +21,10 @@ pub const DEFAULT_DATABASE: &str = "hoard-data/hoard.sqlite3";
 
 #[derive(Debug, Parser)]
 #[command(name = "hoard", version, about = "hoard: a player-data engine for online games", long_about = None)]
+#[cfg_attr(
+    not(feature = "sim"),
+    command(after_help = "`hoard sim` (the simulator) is in builds with the `sim` feature: cargo build --release -p hoard-cli --features sim")
+)]
 struct Cli {
     /// Database: an SQLite file path (created if missing) or a postgres:// URL.
     #[arg(long, global = true, env = "HOARD_DB", default_value = DEFAULT_DATABASE)]

@@ -26,8 +26,8 @@ pub const ENGINE_TASKS_MAX: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the engine's task set is full ({tasks_max} tasks) or closed; the {what} task was not started")]
 pub(crate) struct TaskSetFull {
-    pub what: &'static str,
-    pub tasks_max: usize,
+    what: &'static str,
+    tasks_max: usize,
 }
 
 #[derive(Debug)]

@@ -129,3 +129,36 @@ async fn a_save_future_dropped_midway_still_saves_and_a_later_save_applies_after
         .expect("history");
     assert!(versions.len() >= 3, "the dropped save applied too, before the later one: {} versions", versions.len());
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_start_leaves_the_key_with_its_holder() {
+    let store: SharedStore = Arc::new(MemoryStore::new());
+    let config = |label: &str| EngineConfig { server_label: label.into(), ..EngineConfig::default() };
+    let a = Engine::open(store.clone(), config("a")).await.expect("open");
+    // B's handoff requests are lost, so only its wait can end its start.
+    let deaf: SharedStore = Arc::new(hoard::store::fault::FaultStore::new(
+        store.clone(),
+        hoard::store::fault::FaultConfig { notification_loss: 1.0, ..hoard::store::fault::FaultConfig::none(8) },
+    ));
+    let b = Engine::open(deaf, config("b")).await.expect("open");
+    let on_a = a.start_session(&crate::engine_sessions::players(), "quinn").await.expect("start");
+    on_a.save_now().await.expect("save");
+    let wait = hoard::engine::StartOptions {
+        held: hoard::engine::HeldPolicy::Wait { wait_ms: 1_500 },
+        on_load_failure: hoard::engine::LoadFailurePolicy::Fail,
+    };
+    // The game gives up waiting: dropping the future cancels the start; its load ends by itself.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(200),
+        b.start_session_with(&crate::engine_sessions::players(), "quinn", wait),
+    )
+    .await;
+    assert!(cancelled.is_err(), "still waiting when cancelled");
+    tokio::time::sleep(Duration::from_millis(2_000)).await;
+    assert_eq!(b.counters().load_failures, 1, "the abandoned load ended at its wait");
+    let document = get(&*store, &hoard::store::DocId::parse("players", "quinn").expect("id")).await.expect("read");
+    assert_eq!(document.lease.holder.as_ref(), Some(a.holder()), "the holder keeps its key");
+    on_a.update(|p| p.coins = 12).expect("update");
+    on_a.save_now().await.expect("the holder still saves");
+    assert_eq!(b.counters().sessions_live, 0);
+}

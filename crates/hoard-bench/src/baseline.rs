@@ -60,6 +60,8 @@ pub enum BaselineOp {
     /// A purchase: insert the purchase id (primary key: a second insert fails) and credit the
     /// account, in one transaction.
     Receipt { accounts_table: String, receipts_table: String, accounts: usize },
+    /// What a Nakama-style JSON backend writes (`json_baseline`).
+    Json(crate::json_baseline::JsonOp),
 }
 
 /// Saves in one session cycle (the "five saves").
@@ -82,7 +84,7 @@ pub async fn connect_postgres(url: &str, schema: Option<&str>) -> Result<Client,
     Ok(client)
 }
 
-fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, String> {
+pub(crate) fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, String> {
     let connection = rusqlite::Connection::open(path).map_err(|error| error.to_string())?;
     // The same durability as hoard's SQLite store: WAL, fsync at every commit.
     connection.execute_batch("PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL;").map_err(|error| error.to_string())?;
@@ -90,7 +92,7 @@ fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, String> {
     Ok(connection)
 }
 
-fn setup_error(what: &str) -> impl Fn(String) -> BenchError + '_ {
+pub(crate) fn setup_error(what: &str) -> impl Fn(String) -> BenchError + '_ {
     move |error| BenchError::Setup(format!("baseline {what}: {error}"))
 }
 
@@ -199,28 +201,33 @@ impl BaselineDb {
         }
     }
 
-    /// Runs `total` operations from `BASELINE_CLIENTS` clients; returns their latencies and the
-    /// run's wall time.
+    /// Runs `total` operations from `clients` concurrent clients; returns their latencies and
+    /// the run's wall time.
     pub async fn run(
         &self,
         op: &BaselineOp,
         value: &Arc<String>,
         total: usize,
         from: LatencyFrom,
+        clients: usize,
         progress: &ProgressBar,
     ) -> Result<(LatencyRecorder, Duration), BenchError> {
+        let clients = clients.max(1);
         match self {
             BaselineDb::Sqlite { path } => {
                 let (path, op, value, progress) = (path.clone(), op.clone(), value.clone(), progress.clone());
-                blocking(move || run_sqlite(&path, &op, &value, total, from, &progress))
+                blocking(move || run_sqlite(&path, &op, &value, total, from, clients, &progress))
                     .await
                     .map_err(BenchError::Baseline)
             }
-            BaselineDb::Postgres { url, schema } => run_postgres(url, schema, op, value, total, from, progress).await,
+            BaselineDb::Postgres { url, schema } => {
+                run_postgres(url, schema, op, value, total, from, clients, progress).await
+            }
         }
     }
 
-    /// `run` behind the progress bar `bar` (cleared afterwards), as the run's figures.
+    /// `run` from `BASELINE_CLIENTS` clients behind the progress bar `bar` (cleared afterwards),
+    /// as the run's figures.
     pub async fn measure(
         &self,
         op: &BaselineOp,
@@ -229,13 +236,28 @@ impl BaselineDb {
         from: LatencyFrom,
         bar: ProgressBar,
     ) -> Result<Figures, BenchError> {
-        let (recorder, elapsed) = self.run(op, value, total, from, &bar).await?;
+        self.measure_with_clients(op, value, total, from, BASELINE_CLIENTS, bar).await
+    }
+
+    /// `measure` from `clients` clients (the curve of throughput against clients).
+    pub async fn measure_with_clients(
+        &self,
+        op: &BaselineOp,
+        value: &Arc<String>,
+        total: usize,
+        from: LatencyFrom,
+        clients: usize,
+        bar: ProgressBar,
+    ) -> Result<Figures, BenchError> {
+        let (recorder, elapsed) = self.run(op, value, total, from, clients, &bar).await?;
         bar.finish_and_clear();
         Ok(recorder.figures(elapsed))
     }
 }
 
-async fn blocking<T: Send + 'static>(work: impl FnOnce() -> Result<T, String> + Send + 'static) -> Result<T, String> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
     tokio::task::spawn_blocking(work).await.map_err(|error| format!("baseline thread failed: {error}"))?
 }
 
@@ -247,7 +269,7 @@ fn elapsed_since(from: LatencyFrom, run_started: Instant, operation_started: Ins
 }
 
 /// Two distinct random account indexes, lower first (the lock order).
-fn random_pair(random: &mut ChaCha8Rng, accounts: usize) -> (usize, usize, bool) {
+pub(crate) fn random_pair(random: &mut ChaCha8Rng, accounts: usize) -> (usize, usize, bool) {
     let first = random.random_range(0..accounts);
     let mut second = random.random_range(0..accounts.saturating_sub(1).max(1));
     if second >= first {
@@ -264,13 +286,14 @@ fn run_sqlite(
     value: &str,
     total: usize,
     from: LatencyFrom,
+    clients: usize,
     progress: &ProgressBar,
 ) -> Result<(LatencyRecorder, Duration), String> {
     let connection = Mutex::new(open_sqlite(path)?);
     let next = AtomicUsize::new(0);
     let started = Instant::now();
     let recorders: Vec<LatencyRecorder> = std::thread::scope(|scope| {
-        let workers: Vec<_> = (0..BASELINE_CLIENTS)
+        let workers: Vec<_> = (0..clients)
             .map(|client| {
                 let (connection, next) = (&connection, &next);
                 scope.spawn(move || {
@@ -304,7 +327,19 @@ fn run_sqlite(
     Ok((merged, elapsed))
 }
 
-fn expect_one_row(rows: usize, what: &str) -> Result<(), String> {
+/// Runs one cached statement on SQLite; the rows it changed.
+pub(crate) fn sqlite_execute(
+    connection: &rusqlite::Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<usize, String> {
+    connection
+        .prepare_cached(sql)
+        .and_then(|mut statement| statement.execute(params))
+        .map_err(|error| error.to_string())
+}
+
+pub(crate) fn expect_one_row(rows: usize, what: &str) -> Result<(), String> {
     if rows == 1 { Ok(()) } else { Err(format!("{what}: {rows} rows changed, expected 1")) }
 }
 
@@ -317,6 +352,7 @@ fn sqlite_operation(
 ) -> Result<(), String> {
     let error = |e: rusqlite::Error| e.to_string();
     match op {
+        BaselineOp::Json(op) => crate::json_baseline::sqlite_operation(connection, op, value, index, random),
         BaselineOp::Save { table, release } => {
             let sql = if *release {
                 format!(
@@ -346,22 +382,22 @@ fn sqlite_operation(
                 })
                 .map_err(error)?;
             for _ in 0..CYCLE_SAVES {
-                let rows = connection
-                    .prepare_cached(&format!(
+                let rows = sqlite_execute(
+                    connection,
+                    &format!(
                         "UPDATE {table} SET value = ?3, version = version + 1 WHERE key = ?1 AND lease_epoch = ?2"
-                    ))
-                    .map_err(error)?
-                    .execute(rusqlite::params![key, epoch, value])
-                    .map_err(error)?;
+                    ),
+                    rusqlite::params![key, epoch, value],
+                )?;
                 expect_one_row(rows, "cycle save")?;
             }
-            let rows = connection
-                .prepare_cached(&format!(
+            let rows = sqlite_execute(
+                connection,
+                &format!(
                     "UPDATE {table} SET value = ?3, version = version + 1, lease_holder = NULL WHERE key = ?1 AND lease_epoch = ?2"
-                ))
-                .map_err(error)?
-                .execute(rusqlite::params![key, epoch, value])
-                .map_err(error)?;
+                ),
+                rusqlite::params![key, epoch, value],
+            )?;
             expect_one_row(rows, "cycle release")
         }
         BaselineOp::Transfer { table, accounts } => {
@@ -385,16 +421,16 @@ fn sqlite_operation(
             let account = format!("k{}", random.random_range(0..*accounts));
             let transaction =
                 connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate).map_err(error)?;
-            transaction
-                .prepare_cached(&format!("INSERT INTO {receipts_table} VALUES (?1, ?2)"))
-                .map_err(error)?
-                .execute(rusqlite::params![format!("p{index}"), account])
-                .map_err(error)?;
-            let rows = transaction
-                .prepare_cached(&format!("UPDATE {accounts_table} SET balance = balance + 10 WHERE key = ?1"))
-                .map_err(error)?
-                .execute(rusqlite::params![account])
-                .map_err(error)?;
+            sqlite_execute(
+                &transaction,
+                &format!("INSERT INTO {receipts_table} VALUES (?1, ?2)"),
+                rusqlite::params![format!("p{index}"), account],
+            )?;
+            let rows = sqlite_execute(
+                &transaction,
+                &format!("UPDATE {accounts_table} SET balance = balance + 10 WHERE key = ?1"),
+                rusqlite::params![account],
+            )?;
             expect_one_row(rows, "credit")?;
             transaction.commit().map_err(error)
         }
@@ -410,6 +446,10 @@ struct PostgresStatements {
 
 async fn prepare_postgres(client: &Client, op: &BaselineOp) -> Result<PostgresStatements, tokio_postgres::Error> {
     Ok(match op {
+        BaselineOp::Json(op) => {
+            let (first, second, third) = crate::json_baseline::prepare_postgres(client, op).await?;
+            PostgresStatements { first, second, third }
+        }
         BaselineOp::Save { table, release } => {
             let sql = if *release {
                 format!("UPDATE {table} SET value = $3, version = version + 1, lease_holder = NULL WHERE key = $1 AND lease_epoch = $2")
@@ -466,6 +506,10 @@ async fn postgres_operation(
     let error = |e: tokio_postgres::Error| e.to_string();
     let missing = || "statement not prepared".to_string();
     match op {
+        BaselineOp::Json(op) => {
+            let statements = [Some(&statements.first), statements.second.as_ref(), statements.third.as_ref()];
+            crate::json_baseline::postgres_operation(client, statements, op, value, index, random).await
+        }
         BaselineOp::Save { .. } => {
             let rows =
                 client.execute(&statements.first, &[&format!("k{index}"), &1i64, &value]).await.map_err(error)?;
@@ -508,6 +552,8 @@ async fn postgres_operation(
     }
 }
 
+// The same load as `run_sqlite` (operation, value, count, latency origin, clients) and where.
+#[allow(clippy::too_many_arguments)]
 async fn run_postgres(
     url: &str,
     schema: &str,
@@ -515,11 +561,12 @@ async fn run_postgres(
     value: &Arc<String>,
     total: usize,
     from: LatencyFrom,
+    client_count: usize,
     progress: &ProgressBar,
 ) -> Result<(LatencyRecorder, Duration), BenchError> {
     // Connections are made and statements prepared before the clock starts.
-    let mut clients = Vec::with_capacity(BASELINE_CLIENTS);
-    for _ in 0..BASELINE_CLIENTS {
+    let mut clients = Vec::with_capacity(client_count);
+    for _ in 0..client_count {
         let client = connect_postgres(url, Some(schema)).await?;
         let statements =
             prepare_postgres(&client, op).await.map_err(|e| BenchError::Baseline(format!("prepare: {e}")))?;

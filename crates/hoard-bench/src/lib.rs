@@ -5,11 +5,13 @@
 //! Invariant: nothing here asserts or assumes a speed; a run only measures and reports. Every run
 //! works in its own SQLite file or PostgreSQL schema and removes it afterwards (`target`).
 //!
-//! Modules: `workloads` (one file per workload), `baseline` (the SQL baselines), `target` (opening
+//! Modules: `workloads` (one file per workload), `baseline` (the SQL baselines: the thin integer
+//! floor), `json_baseline` (what a Nakama-style JSON backend writes), `target` (opening
 //! and removing the databases), `profile` (the 8 KiB player), `latency` (HDR percentiles),
 //! `report` (table and JSON), `svg` (plots), `progress` (indicatif on stderr).
 
 pub mod baseline;
+pub mod json_baseline;
 pub mod latency;
 pub mod profile;
 pub mod progress;
@@ -76,6 +78,10 @@ impl BenchSize {
                 crash_lease_ttl_ms: 400,
                 shutdown_sessions: 20,
                 memory_sessions: 50,
+                storage_players: 10,
+                storage_saves_per_player: 3,
+                curve_saves: 16,
+                curve_size_saves: 4,
             },
             BenchSize::Quick => Sizes {
                 autosave_sessions: 2_000,
@@ -92,6 +98,10 @@ impl BenchSize {
                 crash_lease_ttl_ms: 1_000,
                 shutdown_sessions: 2_000,
                 memory_sessions: 10_000,
+                storage_players: 500,
+                storage_saves_per_player: 20,
+                curve_saves: 1_000,
+                curve_size_saves: 200,
             },
             BenchSize::Full => Sizes {
                 autosave_sessions: 10_000,
@@ -108,6 +118,10 @@ impl BenchSize {
                 crash_lease_ttl_ms: 2_000,
                 shutdown_sessions: 10_000,
                 memory_sessions: 100_000,
+                storage_players: 2_000,
+                storage_saves_per_player: 20,
+                curve_saves: 4_000,
+                curve_size_saves: 500,
             },
         }
     }
@@ -136,6 +150,13 @@ pub struct Sizes {
     pub crash_lease_ttl_ms: u64,
     pub shutdown_sessions: usize,
     pub memory_sessions: usize,
+    /// Live sessions of the storage workload, and saves of each.
+    pub storage_players: usize,
+    pub storage_saves_per_player: usize,
+    /// Saves at each point of the clients curve.
+    pub curve_saves: usize,
+    /// Saves at each point of the profile-size curve.
+    pub curve_size_saves: usize,
 }
 
 /// What to run.
@@ -175,8 +196,12 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
     if config.runs("memory") {
         results.extend(workloads::memory::run_all(&targets, &sizes, &progress).await);
     }
+    let mut curves = Vec::new();
     for target in &targets {
         results.extend(workloads::run_target(target, &sizes, &progress, config).await);
+        if config.runs("curves") {
+            curves.extend(workloads::curves::run(target, &sizes, &progress).await);
+        }
     }
     for target in targets {
         target.remove().await?;
@@ -191,6 +216,7 @@ pub async fn run(config: &BenchConfig) -> Result<Report, BenchError> {
         baseline_clients: baseline::BASELINE_CLIENTS,
         machine: report::Machine::this(),
         results,
+        curves,
         total_elapsed_s: started.elapsed().as_secs_f64(),
     })
 }

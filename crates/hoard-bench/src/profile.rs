@@ -100,3 +100,38 @@ pub fn stored_profile_text() -> String {
         .and_then(|value| serde_json::to_string(&value).ok())
         .unwrap_or_default()
 }
+
+/// The benchmark profile padded (by its journal) to about `stored_bytes_target` bytes as stored,
+/// for the curve of cost per save against profile size.
+pub fn profile_of_stored_bytes(stored_bytes_target: usize) -> BenchProfile {
+    let mut profile = unpadded_profile();
+    let unpadded = stored_bytes(&profile);
+    profile.journal = "x".repeat(stored_bytes_target.saturating_sub(unpadded));
+    profile
+}
+
+/// A profile kind whose template is `profile` (every new session of it starts from that value).
+pub fn bench_kind_with(store: &StoreName, profile: BenchProfile) -> ProfileKind<BenchProfile> {
+    ProfileKind::new(store.clone(), ProfileSchema::new(move || profile.clone()))
+}
+
+/// The stored JSON text of `profile`.
+pub fn stored_text_of(profile: &BenchProfile) -> String {
+    let schema = bench_schema();
+    schema
+        .encode(profile, &schema.current_meta())
+        .ok()
+        .and_then(|value| serde_json::to_string(&value).ok())
+        .unwrap_or_default()
+}
+
+/// A typical edit of a few fields: what one play session's autosave carries (a currency, the
+/// experience, one quest's progress and the change counter).
+pub fn typical_edit(profile: &mut BenchProfile, round: usize) {
+    profile.changes += 1;
+    profile.experience += 17;
+    *profile.holdings.currencies.entry("coins".into()).or_insert(0) += 5;
+    if let Some(progress) = profile.quests.get_mut(&format!("quest-{:03}", round % PROFILE_QUESTS)) {
+        *progress += 1;
+    }
+}

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::latency::Figures;
 
 /// The workloads, in report order.
-pub const WORKLOADS: [&str; 11] = [
+pub const WORKLOADS: [&str; 12] = [
+    "storage",
     "autosave_storm",
     "session_cycle",
     "trades",
@@ -49,6 +50,15 @@ pub struct WorkloadResult {
     pub baseline: Option<Figures>,
     /// hoard throughput / baseline throughput.
     pub ratio: Option<f64>,
+    /// What the JSON-backend baseline did (a Nakama-style server writing its JSON profiles);
+    /// empty when the workload has none.
+    #[serde(default)]
+    pub json_baseline_setup: String,
+    #[serde(default)]
+    pub json_baseline: Option<Figures>,
+    /// hoard throughput / JSON-backend baseline throughput.
+    #[serde(default)]
+    pub json_ratio: Option<f64>,
     pub goal: Option<Goal>,
     /// Workload-specific figures (commits per transaction, bytes per session, lease time, ...).
     pub extra: BTreeMap<String, f64>,
@@ -70,6 +80,9 @@ impl WorkloadResult {
             baseline_setup: String::new(),
             baseline: None,
             ratio: None,
+            json_baseline_setup: String::new(),
+            json_baseline: None,
+            json_ratio: None,
             goal: None,
             extra: BTreeMap::new(),
             note: String::new(),
@@ -87,6 +100,54 @@ impl WorkloadResult {
         self.baseline = baseline;
         self
     }
+
+    /// Sets the JSON-backend baseline and its ratio (after `with_figures`).
+    pub fn with_json_baseline(mut self, setup: String, json_baseline: Figures) -> WorkloadResult {
+        self.json_ratio = self
+            .hoard
+            .filter(|_| json_baseline.throughput_per_s > 0.0)
+            .map(|hoard| hoard.throughput_per_s / json_baseline.throughput_per_s);
+        self.json_baseline_setup = setup;
+        self.json_baseline = Some(json_baseline);
+        self
+    }
+}
+
+/// One point of a curve: the x value and each side's y value (`None`: not measured, see the
+/// curve's `errors`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CurvePoint {
+    pub x: f64,
+    pub hoard: Option<f64>,
+    pub json_baseline: Option<f64>,
+}
+
+/// A measured curve, hoard beside the JSON backend.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Curve {
+    /// "throughput_by_clients" or "save_cost_by_profile_size"; its plot is `<name>.svg`.
+    pub name: String,
+    pub store: String,
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub points: Vec<CurvePoint>,
+    /// Why points are missing, if any are.
+    pub errors: Vec<String>,
+}
+
+impl Curve {
+    pub fn new(name: &str, store: &str, title: &str, x_label: &str, y_label: &str) -> Curve {
+        Curve {
+            name: name.to_string(),
+            store: store.to_string(),
+            title: title.to_string(),
+            x_label: x_label.to_string(),
+            y_label: y_label.to_string(),
+            points: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
 }
 
 /// The whole run.
@@ -100,6 +161,9 @@ pub struct Report {
     pub baseline_clients: usize,
     pub machine: Machine,
     pub results: Vec<WorkloadResult>,
+    /// The curves (`workloads::curves`), per store.
+    #[serde(default)]
+    pub curves: Vec<Curve>,
     pub total_elapsed_s: f64,
 }
 
@@ -138,12 +202,14 @@ impl Report {
             "hoard",
             "baseline",
             "ratio",
+            "JSON backend",
+            "vs JSON",
             "hoard p50/p99/max ms",
             "baseline p50/p99/max ms",
             "goal",
             "note",
         ];
-        let mut rows: Vec<[String; 9]> = Vec::new();
+        let mut rows: Vec<[String; 11]> = Vec::new();
         for result in &self.results {
             let goal = match &result.goal {
                 Some(Goal { met: Some(true), .. }) => "met".to_string(),
@@ -161,6 +227,8 @@ impl Report {
                 throughput(result.hoard.as_ref()),
                 throughput(result.baseline.as_ref()),
                 result.ratio.map_or_else(|| "-".into(), |ratio| format!("{ratio:.2}x")),
+                throughput(result.json_baseline.as_ref()),
+                result.json_ratio.map_or_else(|| "-".into(), |ratio| format!("{ratio:.2}x")),
                 latencies(result.hoard.as_ref()),
                 latencies(result.baseline.as_ref()),
                 goal,
@@ -192,9 +260,27 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "\nprofile: {} bytes stored; baselines: {} concurrent clients, one plain SQL transaction per request, same driver and database; {} cores, {} run, {:.0} s",
+            "\nprofile: {} bytes stored; baselines: {} concurrent clients, one plain SQL transaction per request (integers: the floor; JSON backend: what a Nakama-style server writes), same driver and database; {} cores, {} run, {:.0} s",
             self.profile_stored_bytes, self.baseline_clients, self.machine.cores, self.size, self.total_elapsed_s
         );
+        for curve in &self.curves {
+            let _ = writeln!(out, "\n{} on {} ({}: hoard / JSON backend):", curve.title, curve.store, curve.y_label);
+            for point in &curve.points {
+                let side = |value: Option<f64>| value.map_or_else(|| "-".to_string(), |value| format!("{value:.0}"));
+                let _ = writeln!(
+                    out,
+                    "  {} {:>4}: {:>9} / {:>9}",
+                    curve.x_label,
+                    point.x,
+                    side(point.hoard),
+                    side(point.json_baseline)
+                );
+            }
+            for error in &curve.errors {
+                let _ = writeln!(out, "  FAILED: {error}");
+            }
+        }
+        out.push('\n');
         for result in &self.results {
             if let Some(goal) = &result.goal
                 && goal.met.is_some()

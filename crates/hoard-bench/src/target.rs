@@ -144,3 +144,77 @@ async fn open_postgres(url: &str, schema: &str) -> Result<SharedStore, BenchErro
         .map_err(|error| BenchError::Setup(format!("open PostgreSQL at {url} (schema {schema}): {error}")))?;
     Ok(Arc::new(store))
 }
+
+/// What a store holds on disk, by table (each with its indexes and, on PostgreSQL, its TOAST).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoredBytes {
+    /// Every table of hoard's (the baselines' left out), with indexes and TOAST.
+    pub total: u64,
+    pub docs: u64,
+    pub history: u64,
+}
+
+impl Target {
+    /// Measures `StoredBytes`, whatever hoard's schema version (it reads only table names);
+    /// `None` for the memory store.
+    pub async fn stored_bytes(&self) -> Result<Option<StoredBytes>, BenchError> {
+        let error = |what: &str, error: String| BenchError::Setup(format!("measure stored bytes ({what}): {error}"));
+        match &self.place {
+            Place::Memory => Ok(None),
+            Place::SqliteFile { path } => {
+                let path = path.clone();
+                let measured = tokio::task::spawn_blocking(move || -> Result<StoredBytes, String> {
+                    let connection = rusqlite::Connection::open(&path).map_err(|e| e.to_string())?;
+                    connection
+                        .busy_timeout(std::time::Duration::from_secs(10))
+                        .map_err(|e| e.to_string())?;
+                    // Move the WAL into the main file, so the file's size is what the store holds.
+                    connection.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").map_err(|e| e.to_string())?;
+                    let table_bytes = |table: &str| -> Result<u64, String> {
+                        connection
+                            .query_row(
+                                "SELECT coalesce(sum(pgsize), 0) FROM dbstat
+                                 WHERE name = ?1 OR name IN (SELECT name FROM sqlite_schema WHERE type = 'index' AND tbl_name = ?1)",
+                                [table],
+                                |row| row.get::<_, i64>(0),
+                            )
+                            .map(|bytes| bytes as u64)
+                            .map_err(|e| e.to_string())
+                    };
+                    // hoard's tables only (the baselines' share the file).
+                    let total = connection
+                        .query_row("SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name NOT LIKE '%baseline%'", [], |row| {
+                            row.get::<_, i64>(0)
+                        })
+                        .map(|bytes| bytes as u64)
+                        .map_err(|e| e.to_string())?;
+                    Ok(StoredBytes { total, docs: table_bytes("docs")?, history: table_bytes("history")? })
+                })
+                .await
+                .map_err(|e| error("sqlite", e.to_string()))?
+                .map_err(|e| error("sqlite", e))?;
+                Ok(Some(measured))
+            }
+            Place::PostgresSchema { url, schema } => {
+                let client = crate::baseline::connect_postgres(url, None).await?;
+                let row = client
+                    .query_one(
+                        "SELECT coalesce(sum(pg_total_relation_size(c.oid)) FILTER (WHERE c.relkind IN ('r', 'm')), 0)::bigint,
+                                pg_total_relation_size(format('%I.docs', $1::text)::regclass)::bigint,
+                                pg_total_relation_size(format('%I.history', $1::text)::regclass)::bigint
+                         FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                         WHERE n.nspname = $1 AND c.relname NOT LIKE 'baseline%'",
+                        &[schema],
+                    )
+                    .await
+                    .map_err(|e| error("postgres", e.to_string()))?;
+                let bytes = |index: usize| row.try_get::<_, i64>(index).map(|bytes| bytes as u64);
+                Ok(Some(StoredBytes {
+                    total: bytes(0).map_err(|e| error("postgres", e.to_string()))?,
+                    docs: bytes(1).map_err(|e| error("postgres", e.to_string()))?,
+                    history: bytes(2).map_err(|e| error("postgres", e.to_string()))?,
+                }))
+            }
+        }
+    }
+}

@@ -5,7 +5,6 @@
 //! beside it (or in `hoard-data/` by default) and in a fresh schema of the PostgreSQL server,
 //! both removed afterwards. Progress goes to stderr; stdout is only the table or the JSON.
 
-use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -13,6 +12,8 @@ use anyhow::{Context, Result};
 use clap::{Args, ValueEnum};
 use hoard::store::is_postgres_location;
 use hoard_bench::{BenchConfig, BenchSize, TargetSpec};
+
+use crate::output::print_stdout;
 
 /// The PostgreSQL server used when `--db` is not a postgres:// URL.
 pub const DEFAULT_BENCH_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
@@ -86,13 +87,11 @@ pub async fn run(location: &str, args: BenchArgs) -> Result<ExitCode> {
     let report = hoard_bench::run(&config).await.context("the benchmark could not run")?;
     let plots = hoard_bench::svg::write_plots(&report, &args.out)
         .with_context(|| format!("cannot write the plots to {}", args.out.display()))?;
-    let mut stdout = std::io::stdout().lock();
     if args.json {
-        writeln!(stdout, "{}", serde_json::to_string_pretty(&report)?)?;
+        print_stdout(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        write!(stdout, "{}", report.table())?;
         let plots: Vec<String> = plots.iter().map(|path| path.display().to_string()).collect();
-        writeln!(stdout, "plots: {}", plots.join(", "))?;
+        print_stdout(&format!("{}plots: {}\n", report.table(), plots.join(", ")))?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,10 +2,12 @@
 //! (SQLite file or PostgreSQL URL).
 //!
 //! Invariant: the CLI parses, opens a store and prints; every rule (limits, conditions, history)
-//! is the library's, so the CLI can never store what the library would refuse.
+//! is the library's, so the CLI can never store what the library would refuse. Everything it
+//! prints goes through `output`, so a closed pipe ends it quietly instead of in a panic.
 
 mod bench;
 mod operator;
+mod output;
 mod serve;
 #[cfg(feature = "sim")]
 mod sim;
@@ -26,7 +28,10 @@ pub const DEFAULT_DATABASE: &str = "hoard-data/hoard.sqlite3";
     command(after_help = "`hoard sim` (the simulator) is in builds with the `sim` feature: cargo build --release -p hoard-cli --features sim")
 )]
 struct Cli {
-    /// Database: an SQLite file path (created if missing) or a postgres:// URL.
+    /// Database: an SQLite file path or a postgres:// URL. `serve`, `put`, `delete` and
+    /// `increment` create it when missing; every other command needs an existing hoard database
+    /// and refuses, creating nothing. A file that is not a hoard database is always refused
+    /// and left untouched.
     #[arg(long, global = true, env = "HOARD_DB", default_value = DEFAULT_DATABASE)]
     db: String,
 
@@ -47,7 +52,8 @@ enum Command {
     #[cfg(not(feature = "sim"))]
     #[command(hide = true, disable_help_flag = true)]
     Sim(SimLeftOut),
-    /// Open the database (creating it if needed) and print what it is.
+    /// Open an existing database and print what it is (refuses, creating nothing, when there is
+    /// no hoard database at --db).
     Status,
     /// Print a key's document: value, version, times, attributes, user ids, lease and inbox.
     Get {
@@ -79,6 +85,10 @@ enum Command {
         /// is fenced out and can never overwrite this write.
         #[arg(long)]
         force: bool,
+        /// Allow writing one of hoard's internal stores (`hoard.*`: trade records, receipts,
+        /// idempotency records, API keys …), where a hand-made record can forge or break one.
+        #[arg(long)]
+        write_internal_store: bool,
     },
     /// Delete a key's value, leaving a tombstone in its history.
     Delete {
@@ -91,6 +101,9 @@ enum Command {
         /// which is fenced out.
         #[arg(long)]
         force: bool,
+        /// Allow deleting from one of hoard's internal stores (`hoard.*`).
+        #[arg(long)]
+        write_internal_store: bool,
     },
     /// Add an integer to a key holding an integer (absent counts as 0).
     Increment {
@@ -98,6 +111,9 @@ enum Command {
         key: String,
         #[arg(allow_negative_numbers = true)]
         by: i64,
+        /// Allow writing one of hoard's internal stores (`hoard.*`).
+        #[arg(long)]
+        write_internal_store: bool,
     },
     /// List keys holding a value, in byte order.
     List {
@@ -129,11 +145,22 @@ enum Command {
         version: u64,
         #[arg(long)]
         force: bool,
+        /// Allow restoring a key of one of hoard's internal stores (`hoard.*`).
+        #[arg(long)]
+        write_internal_store: bool,
     },
     /// Free a key a session still holds (a stuck session). The holder is fenced out: it can
     /// never write this key again.
-    Release { store: String, key: String },
-    /// Remove history the retention policy no longer keeps (30 days; all of the last 24 hours).
+    Release {
+        store: String,
+        key: String,
+        /// Allow releasing a key of one of hoard's internal stores (`hoard.*`).
+        #[arg(long)]
+        write_internal_store: bool,
+    },
+    /// Remove history the retention policy no longer keeps now (every version for an hour, the
+    /// last of each hour for a day, of each day for 30 days); engines and `hoard serve` also prune
+    /// in the background.
     Prune,
     /// Measure hoard beside plain-SQL baselines on this machine (table, --json, SVG plots).
     Bench(bench::BenchArgs),
@@ -165,7 +192,7 @@ fn main() -> std::process::ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            output::print_stderr(&format!("error: cannot start the async runtime: {error}"));
             return std::process::ExitCode::FAILURE;
         }
     };
@@ -176,8 +203,11 @@ fn main() -> std::process::ExitCode {
     };
     match outcome {
         Ok(code) => code,
+        // The reader of standard output stopped reading (`hoard history … | head`): what the
+        // command did is done, and there is no one left to tell.
+        Err(error) if output::is_standard_output_closed(&error) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            output::print_stderr(&format!("error: {error:#}"));
             std::process::ExitCode::FAILURE
         }
     }

@@ -2,7 +2,12 @@
 //!
 //! Invariant: every write an operator makes is a conditional commit like any other; writes to a
 //! key a session holds are refused unless forced, and a forced write first fences the holder out,
-//! so an operator can never be silently overwritten by (or overwrite) a live session.
+//! so an operator can never be silently overwritten by (or overwrite) a live session. Only `put`,
+//! `delete` and `increment` may create a database; every other command opens an existing hoard
+//! database or refuses, creating nothing. Writes to hoard's internal stores (`hoard.*`: trade
+//! records, receipts, idempotency records, API keys …) need `--write-internal-store`, since a
+//! record made by hand there can forge or break a trade, a grant or a key. A write whose outcome
+//! the store could not tell is read back before anything is reported.
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -11,23 +16,59 @@ use anyhow::{Context, Result, bail};
 use hoard::store::validate::parse_json_value;
 use hoard::store::{
     Commit, CommitOutcome, Condition, DocId, Document, Key, ListQuery, SharedStore, StoreName, StoreOptions, ValueOp,
-    VersionQuery, Write, get, open_store, restore_version,
+    VersionQuery, Write, get, open_store, resolve_unknown_commit, restore_version,
 };
+use hoard_server::auth::INTERNAL_STORE_PREFIX;
 use serde_json::{Value, json};
 
 use crate::Command;
+use crate::output::{print_stderr, print_stdout, redacted_location};
 
 /// Exit code when a condition failed (a conflict): distinct from errors, so scripts can tell.
 const EXIT_CONFLICT: u8 = 3;
 
+/// True for the commands that may create a database (the write commands that add data); every
+/// other command opens an existing hoard database or refuses.
+fn may_create_database(command: &Command) -> bool {
+    matches!(command, Command::Put { .. } | Command::Delete { .. } | Command::Increment { .. })
+}
+
+/// The store and key a command writes, with its `--write-internal-store` flag; `None` for
+/// commands that do not write a key.
+fn written_store(command: &Command) -> Option<(&str, bool)> {
+    match command {
+        Command::Put { store, write_internal_store, .. }
+        | Command::Delete { store, write_internal_store, .. }
+        | Command::Increment { store, write_internal_store, .. }
+        | Command::Restore { store, write_internal_store, .. }
+        | Command::Release { store, write_internal_store, .. } => Some((store.as_str(), *write_internal_store)),
+        _ => None,
+    }
+}
+
+/// Refuses a write to an internal store without `--write-internal-store`, before the database is
+/// even opened.
+fn check_internal_store_write(command: &Command) -> Result<()> {
+    match written_store(command) {
+        Some((store, false)) if store.starts_with(INTERNAL_STORE_PREFIX) => bail!(
+            "{store} is one of hoard's internal stores ({INTERNAL_STORE_PREFIX}*: trade records, receipts, \
+             idempotency records, API keys …); a record made or changed by hand there can forge or break a trade, \
+             a grant or a key, and nothing was written. Pass --write-internal-store if you mean to change it"
+        ),
+        _ => Ok(()),
+    }
+}
+
 pub async fn run(location: &str, command: Command) -> Result<ExitCode> {
-    let store = open_store(location, StoreOptions::default())
+    check_internal_store_write(&command)?;
+    let options = StoreOptions { must_exist: !may_create_database(&command), ..StoreOptions::default() };
+    let store = open_store(location, options)
         .await
-        .with_context(|| format!("cannot open the database at {location}; check the path or URL (--db or HOARD_DB)"))?;
+        .with_context(|| format!("cannot open the database {}", redacted_location(location)))?;
     match command {
         Command::Status => status(&store, location).await,
         Command::Get { store: name, key, version } => read(&store, &doc_id(&name, &key)?, version).await,
-        Command::Put { store: name, key, value, if_version, if_absent, attributes, user_ids, force } => {
+        Command::Put { store: name, key, value, if_version, if_absent, attributes, user_ids, force, .. } => {
             let id = doc_id(&name, &key)?;
             let value = parse_json_value(&read_value_argument(&value)?).context("the value must be JSON")?;
             let mut write = Write::put(id.clone(), value);
@@ -47,11 +88,11 @@ pub async fn run(location: &str, command: Command) -> Result<ExitCode> {
             };
             operator_write(&store, write, condition, force).await
         }
-        Command::Delete { store: name, key, if_version, force } => {
+        Command::Delete { store: name, key, if_version, force, .. } => {
             let write = Write::delete(doc_id(&name, &key)?);
             operator_write(&store, write, if_version.map(Condition::Version), force).await
         }
-        Command::Increment { store: name, key, by } => {
+        Command::Increment { store: name, key, by, .. } => {
             operator_write(&store, Write::new(doc_id(&name, &key)?).value(ValueOp::Increment(by)), None, false).await
         }
         Command::List { store: name, prefix, after, limit } => {
@@ -68,7 +109,7 @@ pub async fn run(location: &str, command: Command) -> Result<ExitCode> {
                 store.list_versions(&doc_id(&name, &key)?, &VersionQuery { before_version: before, limit }).await?;
             print_json(&serde_json::to_value(versions)?)
         }
-        Command::Restore { store: name, key, version, force } => {
+        Command::Restore { store: name, key, version, force, .. } => {
             let id = doc_id(&name, &key)?;
             if force {
                 fence_out_holder(&store, &id).await?;
@@ -76,7 +117,7 @@ pub async fn run(location: &str, command: Command) -> Result<ExitCode> {
             let outcome = restore_version(&*store, &id, version, Condition::LeaseFree).await?;
             report(outcome, "restore refused: a session holds the key; use --force to take it from its holder first")
         }
-        Command::Release { store: name, key } => {
+        Command::Release { store: name, key, .. } => {
             let id = doc_id(&name, &key)?;
             let released = fence_out_holder(&store, &id).await?;
             print_json(&json!({ "released": released }))
@@ -107,9 +148,8 @@ fn read_value_argument(argument: &str) -> Result<String> {
     Ok(text)
 }
 
-#[allow(clippy::print_stdout)]
 fn print_json(value: &Value) -> Result<ExitCode> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    print_stdout(&format!("{}\n", serde_json::to_string_pretty(value)?))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -133,7 +173,7 @@ async fn status(store: &SharedStore, location: &str) -> Result<ExitCode> {
     let now_ms = store.now_ms().await?;
     print_json(&json!({
         "backend": store.backend_name(),
-        "location": location,
+        "location": redacted_location(location),
         "store_clock_ms": now_ms,
         "limits": serde_json::to_value(store.limits())?,
     }))
@@ -176,8 +216,34 @@ async fn operator_write(
         None => Condition::LeaseFree,
     };
     let held_message = "write refused: a session holds the key; use --force to take it from its holder first";
-    let outcome = store.commit(Commit::single(write.when(condition))).await?;
-    report(outcome, held_message)
+    let commit = Commit::single(write.when(condition));
+    // What reading back needs (id, keys, kinds of change), without a copy of the value.
+    let trace = commit.trace();
+    match store.commit(commit).await {
+        Ok(outcome) => report(outcome, held_message),
+        Err(error) if error.may_have_applied() => report_unknown_outcome(store, &trace, &error).await,
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// The store could not tell whether the write applied (its COMMIT failed: a full disk, a lost
+/// connection): read back and say which, with the store's reason.
+async fn report_unknown_outcome(
+    store: &SharedStore,
+    commit: &Commit,
+    error: &hoard::store::StoreError,
+) -> Result<ExitCode> {
+    let applied = resolve_unknown_commit(&**store, commit).await.with_context(|| {
+        format!("{error}; reading back to find out whether the write applied failed too: run `hoard get` to see")
+    })?;
+    match applied {
+        Some(true) => {
+            print_stderr(&format!("the store reported an error after writing ({error}); read back: the write applied"));
+            print_json(&json!({ "committed": true, "commit_id": commit.id.to_string(), "read_back": true }))
+        }
+        Some(false) => bail!("the write was not applied (read back: the key does not have it): {error}"),
+        None => bail!("{error}; whether the write applied cannot be told by reading back: run `hoard get` to see"),
+    }
 }
 
 fn report(outcome: CommitOutcome, held_message: &str) -> Result<ExitCode> {
@@ -189,9 +255,9 @@ fn report(outcome: CommitOutcome, held_message: &str) -> Result<ExitCode> {
         })),
         CommitOutcome::Conflict(conflict) => {
             if conflict.kind == hoard::store::ConflictKind::LeaseHeld {
-                eprintln!("{held_message}");
+                print_stderr(held_message);
             } else {
-                eprintln!("conflict: {conflict}");
+                print_stderr(&format!("conflict: {conflict}"));
             }
             Ok(ExitCode::from(EXIT_CONFLICT))
         }

@@ -11,8 +11,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use hoard::store::pruner::{HistoryPruneOptions, HistoryPruner};
 use hoard::store::{StoreOptions, open_store};
 use hoard_server::config;
+
+use crate::output::{print_stderr, print_stdout};
 
 /// Options of `hoard serve`. Each flag also reads the environment variable named after it; a
 /// flag or variable wins over the `--config` file, which wins over the default.
@@ -23,9 +26,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HOARD_LISTEN")]
     listen: Option<SocketAddr>,
     /// Optional TOML file: listen, db, postgres_schema, body_bytes_max, store_body_bytes_max,
-    /// request_timeout_ms, concurrent_requests_max, lease_ttl_ms, shutdown_deadline_ms,
-    /// api_keys_refresh_interval_ms and [[keys]] (name, scope, stores, sha256 or secret,
-    /// rate_per_second, rate_burst). Unknown fields are refused.
+    /// request_timeout_ms, concurrent_requests_max, header_read_timeout_ms, connections_max,
+    /// lease_ttl_ms, shutdown_deadline_ms, api_keys_refresh_interval_ms and [[keys]] (name, scope,
+    /// stores, sha256 or secret, rate_per_second, rate_burst). Unknown fields are refused.
     #[arg(long, env = "HOARD_CONFIG")]
     config: Option<PathBuf>,
     /// API keys: `name:scope:stores:sha256:HEX` or `name:scope:stores:secret:TEXT`, separated by
@@ -36,18 +39,30 @@ pub struct ServeArgs {
     /// PostgreSQL only: the schema hoard's tables live in (processes share data within one).
     #[arg(long, env = "HOARD_POSTGRES_SCHEMA")]
     postgres_schema: Option<String>,
-    /// Largest request body on the public routes, in bytes. [default: 5 MiB]
+    /// Largest request body on the public routes, in bytes, after gzip decompression.
+    /// [default: 5 MiB]
     #[arg(long, env = "HOARD_BODY_BYTES_MAX")]
     body_bytes_max: Option<usize>,
     /// Largest request body on the raw store routes (/v1/store/*), in bytes. [default: 16 MiB]
     #[arg(long, env = "HOARD_STORE_BODY_BYTES_MAX")]
     store_body_bytes_max: Option<usize>,
-    /// Every request is answered or cut (408) within this many milliseconds. [default: 30000]
+    /// Every request is answered or cut (408) within this many milliseconds; over 25000, the
+    /// longest long-poll. [default: 30000]
     #[arg(long, env = "HOARD_REQUEST_TIMEOUT_MS")]
     request_timeout_ms: Option<u64>,
     /// Requests served at once; more wait. [default: 1024]
     #[arg(long, env = "HOARD_CONCURRENT_REQUESTS_MAX")]
     concurrent_requests_max: Option<usize>,
+    /// A connection must send each request's complete header within this many ms or it is
+    /// closed (slow-header clients); also the longest a keep-alive connection may sit idle
+    /// between requests. At least 100. [default: 10000]
+    #[arg(long, env = "HOARD_HEADER_READ_TIMEOUT_MS")]
+    header_read_timeout_ms: Option<u64>,
+    /// Client connections open at once (WebSockets included); one more is answered 503
+    /// `too_many_connections` with Retry-After and closed. Keep the open-file limit (ulimit -n)
+    /// above it. [default: 4096]
+    #[arg(long, env = "HOARD_CONNECTIONS_MAX")]
+    connections_max: Option<usize>,
     /// A holder (game server) that stops renewing loses its keys after this many ms. [default: 15000]
     #[arg(long, env = "HOARD_LEASE_TTL_MS")]
     lease_ttl_ms: Option<u64>,
@@ -114,6 +129,8 @@ fn overrides(db: &str, args: &ServeArgs) -> config::Overrides {
         store_body_bytes_max: args.store_body_bytes_max,
         request_timeout_ms: args.request_timeout_ms,
         concurrent_requests_max: args.concurrent_requests_max,
+        header_read_timeout_ms: args.header_read_timeout_ms,
+        connections_max: args.connections_max,
         lease_ttl_ms: args.lease_ttl_ms,
         shutdown_deadline_ms: args.shutdown_deadline_ms,
         api_keys_refresh_interval_ms: args.api_keys_refresh_interval_ms,
@@ -145,6 +162,8 @@ fn settings_json(db: &str, settings: &config::Settings) -> serde_json::Value {
         "store_body_bytes_max": service.limits.store_body_bytes_max,
         "request_timeout_ms": service.limits.request_timeout_ms,
         "concurrent_requests_max": service.limits.concurrent_requests_max,
+        "header_read_timeout_ms": service.limits.header_read_timeout_ms,
+        "connections_max": service.limits.connections_max,
         "lease_ttl_ms": service.lease_ttl_ms,
         "shutdown_deadline_ms": settings.shutdown_deadline_ms,
         "api_keys_refresh_interval_ms": service.api_keys_refresh_interval_ms,
@@ -156,11 +175,7 @@ fn settings_json(db: &str, settings: &config::Settings) -> serde_json::Value {
 /// SQLite file; the file's `db` applies only when `--db`/`HOARD_DB` was left at its default).
 pub async fn run(db: &str, args: ServeArgs) -> Result<()> {
     if let Some(secret) = &args.hash_key {
-        #[allow(clippy::print_stdout)]
-        {
-            println!("{}", hoard_server::auth::hash_secret_hex(secret));
-        }
-        return Ok(());
+        return print_stdout(&format!("{}\n", hoard_server::auth::hash_secret_hex(secret)));
     }
     let file = match &args.config {
         Some(path) => config::load_file(path).map_err(anyhow::Error::msg)?,
@@ -169,18 +184,14 @@ pub async fn run(db: &str, args: ServeArgs) -> Result<()> {
     let mut settings = config::resolve(overrides(db, &args), file).map_err(anyhow::Error::msg)?;
     let db = settings.db.clone().unwrap_or_else(|| crate::DEFAULT_DATABASE.to_string());
     if args.check_config {
-        #[allow(clippy::print_stdout)]
-        {
-            println!("{}", serde_json::to_string_pretty(&settings_json(&db, &settings))?);
-        }
-        return Ok(());
+        return print_stdout(&format!("{}\n", serde_json::to_string_pretty(&settings_json(&db, &settings))?));
     }
     init_logs(&args.log_format);
     if settings.service.keys.is_empty() {
         let secret = format!("hoard-dev-{}", uuid::Uuid::new_v4().simple());
-        eprintln!(
+        print_stderr(&format!(
             "no API keys configured (--config, HOARD_API_KEYS): this run's admin key, shown once:\n\n    {secret}\n\nsend it as `Authorization: Bearer {secret}`"
-        );
+        ));
         let entry = config::KeyEntry {
             name: "dev-admin".into(),
             scope: hoard_server::auth::Scope::Admin,
@@ -194,12 +205,14 @@ pub async fn run(db: &str, args: ServeArgs) -> Result<()> {
     }
     let options = StoreOptions { postgres_schema: settings.postgres_schema.clone(), ..StoreOptions::default() };
     let store = open_store(&db, options).await.with_context(|| format!("opening {db}"))?;
+    // Prunes history past retention while the server runs (stopped when dropped at the end).
+    let _history_pruner = HistoryPruner::start(store.clone(), HistoryPruneOptions::default());
     let listen = settings.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
     let keys = settings.service.keys.len();
     tracing::info!(%address, backend = store.backend_name(), keys, "hoard serve listening");
-    eprintln!("hoard serve listening on http://{address} ({} store)", store.backend_name());
+    print_stderr(&format!("hoard serve listening on http://{address} ({} store)", store.backend_name()));
     let deadline = Duration::from_millis(settings.shutdown_deadline_ms);
     let state = hoard_server::AppState::new(store, settings.service);
     hoard_server::serve(listener, state, shutdown_signal(), deadline).await?;

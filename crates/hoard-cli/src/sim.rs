@@ -4,7 +4,7 @@
 //! Invariant: every rule of the world and the audit is `hoard-sim`'s; this file only maps flags
 //! to a `SimConfig` and a report to text and an exit code (non-zero on any violation).
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
@@ -12,6 +12,7 @@ use hoard_sim::{FaultRates, SimConfig, StoreChoice, Strategy, sweep};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::DEFAULT_DATABASE;
+use crate::output::{is_standard_output_closed, print_stderr, print_stdout};
 
 /// Where sim worlds go on SQLite when `--db` was left at the operator's default database.
 pub const SIM_SQLITE_DEFAULT: &str = "hoard-data/sim.sqlite3";
@@ -178,7 +179,7 @@ pub fn run(db: &str, args: &SimArgs) -> ExitCode {
     let config = match config(db, args) {
         Ok(config) => config,
         Err(error) => {
-            eprintln!("error: {error}");
+            print_stderr(&format!("error: {error}"));
             return ExitCode::FAILURE;
         }
     };
@@ -186,13 +187,13 @@ pub fn run(db: &str, args: &SimArgs) -> ExitCode {
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(1, |d| d.as_secs())
     });
     if !args.json {
-        eprintln!(
+        print_stderr(&format!(
             "hoard sim: seed {seed}, {} world(s), strategy {}, {} servers, {} players",
             args.seeds,
             config.strategy.name(),
             config.servers,
             config.players
-        );
+        ));
     }
     let threads = if config.store == StoreChoice::Memory { args.threads } else { 1 };
     let bar = progress_bar(args);
@@ -206,7 +207,6 @@ pub fn run(db: &str, args: &SimArgs) -> ExitCode {
     let report = sweep(&config, seed, args.seeds, threads, &on_world);
     bar.finish_and_clear();
     let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let mut stdout = std::io::stdout().lock();
     let printed = if args.json {
         let seconds = (elapsed_ms as f64 / 1000.0).max(0.001);
         let mut value = serde_json::to_value(&report).unwrap_or_default();
@@ -215,12 +215,21 @@ pub fn run(db: &str, args: &SimArgs) -> ExitCode {
             object.insert("worlds_per_second".into(), (report.worlds as f64 / seconds).into());
             object.insert("ops_per_second".into(), (report.ops as f64 / seconds).into());
         }
-        writeln!(stdout, "{}", serde_json::to_string_pretty(&value).unwrap_or_default())
+        serde_json::to_string_pretty(&value)
+            .map(|text| text + "\n")
+            .map_err(anyhow::Error::from)
+            .and_then(|text| print_stdout(&text))
     } else {
-        write!(stdout, "{}", report.summary(elapsed_ms))
+        print_stdout(&report.summary(elapsed_ms))
     };
-    if printed.is_err() {
-        return ExitCode::FAILURE;
+    match printed {
+        Ok(()) => {}
+        // A closed pipe changes nothing about the audit: the exit code still reports it.
+        Err(error) if is_standard_output_closed(&error) => {}
+        Err(error) => {
+            print_stderr(&format!("error: {error:#}"));
+            return ExitCode::FAILURE;
+        }
     }
     if report.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }

@@ -1,4 +1,15 @@
-//! The `hoard` binary, run as an operator would, on a fresh SQLite file.
+//! The `hoard` binary, run as an operator would: the operator commands on a fresh SQLite file
+//! here; operators' mistakes and failing disks and databases in `operator_input`; hostile HTTP
+//! input against `hoard serve` in `hostile_input`; power loss under a writer in `power_loss`.
+
+#[path = "cli/hostile_input.rs"]
+mod hostile_input;
+#[path = "cli/operator_input.rs"]
+mod operator_input;
+#[path = "cli/power_loss.rs"]
+mod power_loss;
+#[path = "cli/served.rs"]
+mod served;
 
 use std::process::{Command, Output};
 
@@ -137,11 +148,12 @@ fn restore_of_a_held_key_is_refused_unless_forced() {
 }
 
 #[test]
-fn status_creates_the_database_and_reports_the_backend() {
+fn status_reports_the_backend_of_an_existing_database() {
     let db = database();
+    json_of(&hoard(&db, &["put", "players", "alice", "1"]));
     let status = json_of(&hoard(&db, &["status"]));
     assert_eq!(status["backend"], "sqlite");
-    assert!(std::path::Path::new(&db.path).exists());
+    assert_eq!(status["location"], db.path.as_str());
 }
 
 #[test]

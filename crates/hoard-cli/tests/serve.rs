@@ -126,9 +126,9 @@ async fn a_session_started_through_one_process_is_handed_over_through_another_on
     .await;
     assert_eq!(status, 200, "{started}");
     let token_a = started["token"].clone();
-    let (status, _) =
-        call(&a.url, "/v1/sessions/save", GAME, Some(json!({"token": token_a, "value": {"coins": 5}}))).await;
-    assert_eq!(status, 200);
+    let save = json!({"token": token_a, "base_version": started["version"], "value": {"coins": 5}});
+    let (status, saved) = call(&a.url, "/v1/sessions/save", GAME, Some(save)).await;
+    assert_eq!(status, 200, "{saved}");
     // Holder A listens for handoff requests on process A.
     let ws_url = format!("{}/v1/holders/{holder_a}/events", a.url.replace("http://", "ws://"));
     let mut request =
@@ -156,16 +156,16 @@ async fn a_session_started_through_one_process_is_handed_over_through_another_on
     .await
     .expect("the handoff request crosses processes through PostgreSQL");
     assert_eq!(handoff, json!({"type": "handoff", "store": "players", "key": "alice"}));
-    let (status, _) =
-        call(&a.url, "/v1/sessions/end", GAME, Some(json!({"token": token_a, "value": {"coins": 6}}))).await;
-    assert_eq!(status, 200);
+    let end = json!({"token": token_a, "base_version": saved["version"], "value": {"coins": 6}});
+    let (status, ended) = call(&a.url, "/v1/sessions/end", GAME, Some(end)).await;
+    assert_eq!(status, 200, "{ended}");
     let (status, taken) = starter.await.expect("starter");
     assert_eq!(status, 200, "{taken}");
     assert_eq!(taken["stole"], false, "handed over, not stolen");
     assert_eq!(taken["value"], json!({"coins": 6}), "process B sees process A's final save");
     assert!(begun.elapsed() < Duration::from_secs(10), "handed over well before the steal");
-    let (status, fenced) =
-        call(&b.url, "/v1/sessions/save", GAME, Some(json!({"token": token_a, "value": {"coins": 0}}))).await;
+    let stale = json!({"token": token_a, "base_version": ended["version"], "value": {"coins": 0}});
+    let (status, fenced) = call(&b.url, "/v1/sessions/save", GAME, Some(stale)).await;
     assert_eq!((status, fenced["error"].clone()), (409, json!("fenced_out")));
 }
 
@@ -193,7 +193,7 @@ async fn the_python_example_client_drives_a_session_a_trade_and_a_receipt() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "demo failed:\n{stdout}\n{stderr}");
-    assert!(stdout.contains("ok: session, trade and receipt"), "{stdout}");
+    assert!(stdout.contains("ok: sessions, a trade, a receipt, a stale save refused"), "{stdout}");
 }
 
 #[test]
@@ -227,6 +227,8 @@ fn check_config_takes_each_setting_from_the_flag_then_the_environment_then_the_f
     assert_eq!(settings["shutdown_deadline_ms"], 2000, "the file wins over the default");
     assert_eq!(settings["api_keys_refresh_interval_ms"], 3000);
     assert_eq!(settings["request_timeout_ms"], 30000, "the default");
+    assert_eq!(settings["header_read_timeout_ms"], 10000, "the default");
+    assert_eq!(settings["connections_max"], 4096, "the default");
     assert_eq!(settings["db"], "hoard-data/hoard.sqlite3");
     assert_eq!(
         settings["keys"],
@@ -259,6 +261,8 @@ fn serve_help_lists_every_flag_and_its_variable() {
         ("--store-body-bytes-max", Some("HOARD_STORE_BODY_BYTES_MAX")),
         ("--request-timeout-ms", Some("HOARD_REQUEST_TIMEOUT_MS")),
         ("--concurrent-requests-max", Some("HOARD_CONCURRENT_REQUESTS_MAX")),
+        ("--header-read-timeout-ms", Some("HOARD_HEADER_READ_TIMEOUT_MS")),
+        ("--connections-max", Some("HOARD_CONNECTIONS_MAX")),
         ("--lease-ttl-ms", Some("HOARD_LEASE_TTL_MS")),
         ("--shutdown-deadline-ms", Some("HOARD_SHUTDOWN_DEADLINE_MS")),
         ("--api-keys-refresh-interval-ms", Some("HOARD_API_KEYS_REFRESH_INTERVAL_MS")),

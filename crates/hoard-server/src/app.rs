@@ -1,7 +1,15 @@
 //! The router (every route with its layers) and the server loop with graceful shutdown.
 //!
-//! Invariant: every route runs under a timeout, a body-size limit and a concurrency limit, and
-//! every error answer is JSON (`ErrorBody`), including the ones tower and axum make themselves.
+//! Invariants:
+//! - Every route runs under a timeout, a body-size limit and a concurrency limit, and every
+//!   error answer is JSON (`ErrorBody`), including the ones tower and axum make themselves.
+//! - Every connection runs under the connection limit and the header-read timeout
+//!   (`connections`).
+//! - An answer that met an unreadable key leaves its quarantine record behind
+//!   (`routes::quarantine::record`).
+//! - Request bodies may be gzipped (`Content-Encoding: gzip`, as Roblox's HttpService sends
+//!   them); the routes' body limits apply to the decompressed bytes, read as a stream, so a small
+//!   compressed body cannot expand past them. Answers are gzipped when the request accepts it.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,16 +21,17 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{StatusCode, header};
 use axum::middleware::{Next, from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
-use axum::serve::ListenerExt as _;
 use tokio::net::TcpListener;
 use tower::limit::ConcurrencyLimitLayer;
+use tower_http::compression::CompressionLayer;
+use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{auth, metrics, routes};
+use crate::{auth, connections, metrics, routes};
 
 /// Builds the whole service for a state. Tests drive it in-process or on a socket.
 pub fn router(state: Arc<AppState>) -> Router {
@@ -42,12 +51,17 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(authed)
         .route_layer(from_fn(metrics::track))
         .fallback(|| async { ApiError::not_found("no such route; the API is described at /v1/openapi.json") })
+        .layer(from_fn_with_state(state.clone(), routes::quarantine::record))
         .layer(from_fn(json_errors))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_millis(limits.request_timeout_ms),
         ))
+        // Inside the wire limit below and outside the routes' own limits (`DefaultBodyLimit`,
+        // applied as the body is read): those count decompressed bytes.
+        .layer(RequestDecompressionLayer::new().gzip(true))
         .layer(RequestBodyLimitLayer::new(limits.store_body_bytes_max))
+        .layer(CompressionLayer::new().gzip(true))
         .layer(ConcurrencyLimitLayer::new(limits.concurrent_requests_max))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
@@ -97,7 +111,8 @@ async fn json_errors(request: Request, next: Next) -> Response {
 }
 
 /// Serves until `shutdown` completes, then stops taking requests and gives those in flight (and
-/// open WebSockets) up to `deadline` to finish (G9 for the service).
+/// open WebSockets) up to `deadline` to finish (G9 for the service). Connections are accepted by
+/// `connections::run`, under `connections_max` and `header_read_timeout_ms`.
 pub async fn serve(
     listener: TcpListener,
     state: Arc<AppState>,
@@ -113,19 +128,13 @@ pub async fn serve(
     let refresher = crate::runtime_keys::spawn_refresher(&state);
     let (begin_shutdown, shutdown_begun) = tokio::sync::oneshot::channel::<()>();
     let signal_state = state.clone();
-    // Answers are small and each one is awaited by a caller: send them at once rather than let
-    // Nagle's algorithm hold a segment back for the client's delayed ACK.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY on an accepted connection");
-        }
-    });
+    let limits = state.config.limits.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = shutdown_begun.await;
-            })
-            .await
+        connections::run(listener, app, &limits, async move {
+            let _ = shutdown_begun.await;
+        })
+        .await;
+        Ok::<(), std::io::Error>(())
     });
     shutdown.await;
     tracing::info!(deadline_ms = deadline.as_millis() as u64, "shutting down: refusing new requests");

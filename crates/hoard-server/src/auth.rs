@@ -61,6 +61,25 @@ pub struct ApiKey {
     pub stores: Option<BTreeSet<String>>,
     pub rate_per_second: u32,
     pub rate_burst: u32,
+    /// Set for runtime keys: a tag of this key's secret hash that its holder ids carry after the
+    /// name, so a key created later under a revoked key's name can never use (renew, start,
+    /// save through) the revoked key's holders. `None` for configured keys (their secrets may be
+    /// weak, so nothing derived from them is shown; the operator who re-uses a configured name
+    /// owns both keys).
+    pub holder_tag: Option<String>,
+}
+
+/// Hex digits of the holder tag of a runtime key (48 bits: the prefix `{name}.{tag}:` stays
+/// within the 48 characters of a holder label that `HolderId::generate` keeps).
+pub const HOLDER_TAG_HEX_DIGITS: usize = 12;
+
+/// The holder tag of a runtime key, from the SHA-256 of its secret. Runtime secrets are 256
+/// random bits made by the server, so a tag of their hash's hash reveals nothing usable.
+pub fn holder_tag(secret_hash: &[u8; 32]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"hoard holder tag\0");
+    hasher.update(secret_hash);
+    hasher.finalize().iter().take(HOLDER_TAG_HEX_DIGITS / 2).map(|b| format!("{b:02x}")).collect()
 }
 
 /// SHA-256 of a secret: how keys are stored and compared.
@@ -92,6 +111,9 @@ pub struct Principal {
     pub name: String,
     pub scope: Scope,
     pub stores: Option<BTreeSet<String>>,
+    /// `{name}:` for a configured key, `{name}.{holder tag}:` for a runtime key: starts every
+    /// holder id this key registers and every idempotency record it writes.
+    pub holder_prefix: String,
 }
 
 impl Principal {
@@ -191,15 +213,24 @@ impl Principal {
         Ok(())
     }
 
-    /// The prefix of every holder id this key registers: `{key name}:`.
-    pub fn holder_prefix(&self) -> String {
-        format!("{}:", self.name)
+    /// The principal of a key.
+    pub fn of(key: &ApiKey) -> Principal {
+        let holder_prefix = match &key.holder_tag {
+            Some(tag) => format!("{}.{tag}:", key.name),
+            None => format!("{}:", key.name),
+        };
+        Principal { name: key.name.clone(), scope: key.scope, stores: key.stores.clone(), holder_prefix }
     }
 
-    /// A game server may act only through holders it registered (its key name prefixes them).
+    /// The prefix of every holder id this key registers.
+    pub fn holder_prefix(&self) -> &str {
+        &self.holder_prefix
+    }
+
+    /// A game server may act only through holders it registered (its prefix starts them).
     pub fn owns_holder(&self, holder: &HolderId) -> Result<(), ApiError> {
         let owned =
-            matches!(self.scope, Scope::Admin | Scope::Engine) || holder.as_str().starts_with(&self.holder_prefix());
+            matches!(self.scope, Scope::Admin | Scope::Engine) || holder.as_str().starts_with(self.holder_prefix());
         if owned { Ok(()) } else { Err(ApiError::forbidden("this holder was not registered with this key")) }
     }
 }
@@ -346,7 +377,7 @@ pub async fn require_key(State(state): State<Arc<AppState>>, mut request: Reques
         metrics::rate_limited();
         return ApiError::rate_limited(retry_after_s).into_response();
     }
-    let principal = Principal { name: key.name.clone(), scope: key.scope, stores: key.stores.clone() };
+    let principal = Principal::of(&key);
     request.extensions_mut().insert(principal);
     next.run(request).await
 }

@@ -30,8 +30,18 @@ pub const SHUTDOWN_DEADLINE_MS_DEFAULT: u64 = 10_000;
 /// Per-key rate limit (requests per second, sustained) and burst.
 pub const RATE_PER_SECOND_DEFAULT: u32 = 1_000;
 pub const RATE_BURST_DEFAULT: u32 = 2_000;
-/// Connections served at once; past it new requests wait (tower concurrency limit).
+/// Requests served at once; past it new requests wait (tower concurrency limit).
 pub const CONCURRENT_REQUESTS_MAX_DEFAULT: usize = 1_024;
+/// A connection must deliver each request's complete header within this, or it is closed (a
+/// slow-header attack holds a connection, not the server); it is also how long a keep-alive
+/// connection may sit idle between two requests.
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// The shortest header-read timeout accepted.
+pub const HEADER_READ_TIMEOUT_MS_MIN: u64 = 100;
+/// Open client connections (WebSockets included); a connection past it is answered 503
+/// `too_many_connections` with `Retry-After` and closed. The process's open-file limit
+/// (`ulimit -n`) must be above it, plus the store's files and connections.
+pub const CONNECTIONS_MAX_DEFAULT: usize = 4_096;
 /// How often each process re-reads the runtime API keys from the store: a key revoked through
 /// another process stops working here within this (and at once in the revoking process).
 pub const API_KEYS_REFRESH_INTERVAL_MS_DEFAULT: u64 = 5_000;
@@ -45,6 +55,8 @@ pub struct HttpLimits {
     pub store_body_bytes_max: usize,
     pub request_timeout_ms: u64,
     pub concurrent_requests_max: usize,
+    pub header_read_timeout_ms: u64,
+    pub connections_max: usize,
 }
 
 impl Default for HttpLimits {
@@ -54,6 +66,8 @@ impl Default for HttpLimits {
             store_body_bytes_max: STORE_BODY_BYTES_MAX_DEFAULT,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             concurrent_requests_max: CONCURRENT_REQUESTS_MAX_DEFAULT,
+            header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
+            connections_max: CONNECTIONS_MAX_DEFAULT,
         }
     }
 }
@@ -90,6 +104,8 @@ pub struct FileConfig {
     pub store_body_bytes_max: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub concurrent_requests_max: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub connections_max: Option<usize>,
     pub lease_ttl_ms: Option<u64>,
     pub shutdown_deadline_ms: Option<u64>,
     pub api_keys_refresh_interval_ms: Option<u64>,
@@ -157,6 +173,7 @@ impl KeyEntry {
             stores,
             rate_per_second: self.rate_per_second.unwrap_or(RATE_PER_SECOND_DEFAULT).max(1),
             rate_burst: self.rate_burst.unwrap_or(RATE_BURST_DEFAULT).max(1),
+            holder_tag: None,
         })
     }
 }
@@ -187,6 +204,8 @@ pub struct Overrides {
     pub store_body_bytes_max: Option<usize>,
     pub request_timeout_ms: Option<u64>,
     pub concurrent_requests_max: Option<usize>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub connections_max: Option<usize>,
     pub lease_ttl_ms: Option<u64>,
     pub shutdown_deadline_ms: Option<u64>,
     pub api_keys_refresh_interval_ms: Option<u64>,
@@ -229,9 +248,23 @@ pub fn resolve(overrides: Overrides, file: FileConfig) -> Result<Settings, Strin
             .concurrent_requests_max
             .or(file.concurrent_requests_max)
             .unwrap_or(defaults.concurrent_requests_max),
+        header_read_timeout_ms: overrides
+            .header_read_timeout_ms
+            .or(file.header_read_timeout_ms)
+            .unwrap_or(defaults.header_read_timeout_ms),
+        connections_max: overrides.connections_max.or(file.connections_max).unwrap_or(defaults.connections_max),
     };
-    if limits.request_timeout_ms <= START_WAIT_MS_MAX {
-        return Err(format!("request_timeout_ms must be over {START_WAIT_MS_MAX} (the longest session-start wait)"));
+    let longest_wait_ms = START_WAIT_MS_MAX.max(crate::routes::events::LONG_POLL_WAIT_MS_MAX);
+    if limits.request_timeout_ms <= longest_wait_ms {
+        return Err(format!(
+            "request_timeout_ms must be over {longest_wait_ms} (the longest session-start wait or long-poll)"
+        ));
+    }
+    if limits.header_read_timeout_ms < HEADER_READ_TIMEOUT_MS_MIN {
+        return Err(format!("header_read_timeout_ms must be at least {HEADER_READ_TIMEOUT_MS_MIN}"));
+    }
+    if limits.connections_max == 0 {
+        return Err("connections_max must be at least 1".to_string());
     }
     let api_keys_refresh_interval_ms = overrides
         .api_keys_refresh_interval_ms

@@ -10,9 +10,10 @@ use hoard::store::StoreError;
 use serde::Serialize;
 
 use crate::metrics;
+use crate::wire::CurrentDocument;
 
 /// An error answer. Every handler returns `Result<_, ApiError>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: StatusCode,
     /// A stable, machine-readable code (documented in the OpenAPI document).
@@ -20,18 +21,43 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for a `Retry-After` header (rate limits, unavailable store).
     pub retry_after_s: Option<u64>,
+    /// The key's stored state, on `stale` (409): what the write was not based on.
+    pub current: Option<Box<CurrentDocument>>,
+    /// On `quarantined` (409): the unreadable key, recorded in `hoard.quarantine` once the answer
+    /// leaves (`routes::quarantine::record`).
+    pub unreadable: Option<Box<hoard::store::Unreadable>>,
 }
+
+/// Put on an answer whose request met an unreadable key, for the quarantine recorder.
+#[derive(Clone, Debug)]
+pub struct MetUnreadable(pub Box<hoard::store::Unreadable>);
 
 /// The JSON body of every error.
 #[derive(Debug, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ErrorBody {
     pub error: String,
     pub message: String,
+    /// With `stale` only: the key's stored document. Adopt it (rebase your unsaved changes onto
+    /// its value) and write again with its `version` as `base_version`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current: Option<CurrentDocument>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), retry_after_s: None }
+        ApiError { status, code, message: message.into(), retry_after_s: None, current: None, unreadable: None }
+    }
+
+    /// 409 `stale`: the write was based on `base_version`, but the key is at `current.version`
+    /// (a trade, grant or other change the client has not adopted). Nothing was written.
+    pub fn stale(base_version: u64, current: CurrentDocument) -> ApiError {
+        metrics::count(metrics::CONFLICTS, "stale");
+        let message = format!(
+            "{}/{} is at version {}, not the base_version {base_version} this write was based on; nothing was written; \
+             adopt `current` (rebase your unsaved changes onto its value) and write again with base_version {}",
+            current.store, current.key, current.version, current.version
+        );
+        ApiError { current: Some(Box::new(current)), ..ApiError::conflict("stale", message) }
     }
 
     pub fn bad_request(message: impl Into<String>) -> ApiError {
@@ -119,6 +145,21 @@ impl ApiError {
                 metrics::store_error("corrupt");
                 ApiError::internal(format!("corrupt stored data: {message}"))
             }
+            // Only opening a store refuses a database; a store that is serving never answers it.
+            StoreError::WrongDatabase { message } => {
+                metrics::store_error("wrong_database");
+                ApiError::internal(format!("the store refused its database: {message}"))
+            }
+            StoreError::Unreadable(unreadable) => {
+                metrics::store_error("unreadable");
+                tracing::error!(key = %unreadable.id, field = unreadable.field, reason = %unreadable.reason, "unreadable stored data; quarantined");
+                let message = format!(
+                    "the stored {} of {} cannot be read ({}); it is quarantined for an operator: \
+                     GET /v1/stores/{}/keys/{}/raw shows it, POST .../repair replaces it",
+                    unreadable.field, unreadable.id, unreadable.reason, unreadable.id.store, unreadable.id.key
+                );
+                ApiError { unreadable: Some(unreadable), ..ApiError::conflict("quarantined", message) }
+            }
         }
     }
 }
@@ -137,8 +178,11 @@ impl From<hoard::store::InvalidInput> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = ErrorBody { error: self.code.to_string(), message: self.message };
+        let body = ErrorBody { error: self.code.to_string(), message: self.message, current: self.current.map(|c| *c) };
         let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(unreadable) = self.unreadable {
+            response.extensions_mut().insert(MetUnreadable(unreadable));
+        }
         if let Some(seconds) = self.retry_after_s {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }

@@ -1,10 +1,16 @@
 //! Idempotency keys for every route that moves value: the first answer is stored as a record,
 //! written with `Condition::Absent` in the same commit as the change, and returned on replay.
 //!
-//! Invariant: a request and its record commit together or not at all, so a retry — after a
-//! client timeout, a lost answer, or a concurrent duplicate — finds either no record (nothing
-//! applied; it runs) or the record (it applied once; the first answer is returned). The same
-//! key with a different request is refused (422), never applied.
+//! Invariants:
+//! - A request and its record commit together or not at all, so a retry — after a client
+//!   timeout, a lost answer, or a concurrent duplicate — finds either no record (nothing
+//!   applied; it runs) or the record (it applied once; the first answer is returned).
+//! - A record is bound to the API key (its holder prefix, which differs for a key re-created
+//!   under a revoked key's name), the route, the target key and the body: the same
+//!   `Idempotency-Key` with any other request is refused (422), never applied and never answered
+//!   with another request's answer.
+//! - A record holds no profile values (they can be megabytes deep inside an envelope, past the
+//!   store's size and depth limits): routes that answer with values read them again on replay.
 
 use axum::http::HeaderMap;
 use hoard::store::{Condition, Conflict, ConflictKind, DocId, Key, Limits, Store, StoreName, Write, get};
@@ -14,7 +20,8 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::metrics;
 
-/// The named store of idempotency records, keyed `{api key name}/{route}/{Idempotency-Key}`.
+/// The named store of idempotency records, keyed `{holder prefix}{Idempotency-Key}` (one
+/// namespace per API key: the same key on another route is another request, refused).
 pub const IDEMPOTENCY_STORE: &str = "hoard.idempotency";
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
@@ -31,6 +38,7 @@ pub fn from_headers(
     headers: &HeaderMap,
     principal: &Principal,
     route: &str,
+    target: &str,
     digest: &str,
     limits: &Limits,
 ) -> Result<Option<Idempotency>, ApiError> {
@@ -42,9 +50,12 @@ pub fn from_headers(
         )));
     }
     let store = StoreName::with_limits(IDEMPOTENCY_STORE, limits).map_err(ApiError::internal)?;
-    let key = Key::with_limits(format!("{}/{route}/{text}", principal.name), limits)
+    let key = Key::with_limits(format!("{}{text}", principal.holder_prefix()), limits)
         .map_err(|e| ApiError::bad_request(format!("Idempotency-Key: {e}")))?;
-    Ok(Some(Idempotency { id: DocId::new(store, key), fingerprint: format!("{route}:{digest}") }))
+    // The target (`store/key` of a path) is not in the body, so it is named apart; a body
+    // digest is 64 hex digits, so the parts cannot run into one another.
+    let fingerprint = format!("{route}:{digest}:{target}");
+    Ok(Some(Idempotency { id: DocId::new(store, key), fingerprint }))
 }
 
 /// The first answer, when this key was used before (422 when used for another request).
@@ -55,7 +66,7 @@ pub async fn replay(store: &dyn Store, idempotency: Option<&Idempotency>) -> Res
     if record.get("fingerprint").and_then(Value::as_str) != Some(idempotency.fingerprint.as_str()) {
         return Err(ApiError::unprocessable(
             "idempotency_key_reused",
-            "this Idempotency-Key was used for a different request; use a new key for a new request",
+            "this Idempotency-Key was used for a different request (another route, key or body); use a new key for a new request",
         ));
     }
     metrics::count(metrics::IDEMPOTENT_REPLAYS, "replayed");

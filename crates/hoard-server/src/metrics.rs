@@ -28,6 +28,18 @@ pub const IDEMPOTENT_REPLAYS: &str = "hoard_idempotent_replays_total";
 pub const STORE_ERRORS: &str = "hoard_store_errors_total";
 pub const UNAUTHORIZED: &str = "hoard_unauthorized_total";
 pub const RATE_LIMITED: &str = "hoard_rate_limited_total";
+/// Client connections open now (WebSockets included).
+pub const HTTP_CONNECTIONS_OPEN: &str = "hoard_http_connections_open";
+/// Connections answered 503 `too_many_connections` (or dropped, when even the refusals were at
+/// their limit) because `connections_max` were open.
+pub const HTTP_CONNECTIONS_REFUSED: &str = "hoard_http_connections_refused_total";
+/// Connections closed because a request header did not arrive within `header_read_timeout_ms`.
+pub const HTTP_HEADER_READ_TIMEOUTS: &str = "hoard_http_header_read_timeouts_total";
+/// Failed `accept` calls (e.g. out of file descriptors), by error kind.
+pub const HTTP_ACCEPT_ERRORS: &str = "hoard_http_accept_errors_total";
+pub const BEST_EFFORT_FAILURES: &str = "hoard_best_effort_failures_total";
+pub const QUARANTINED: &str = "hoard_quarantined_total";
+pub const LONG_POLLS: &str = "hoard_long_polls_total";
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
@@ -45,6 +57,13 @@ pub fn install() -> Option<PrometheusHandle> {
 
 pub fn count(name: &'static str, outcome: &'static str) {
     metrics::counter!(name, "outcome" => outcome).increment(1);
+}
+
+/// A best-effort step gave up (a notification, an event acknowledgement, a quarantine record):
+/// nothing correct depends on it, so it is counted and logged, not answered as an error.
+pub fn gave_up(what: &'static str, error: &dyn std::fmt::Display) {
+    metrics::counter!(BEST_EFFORT_FAILURES, "what" => what).increment(1);
+    tracing::warn!(what, %error, "a best-effort step failed");
 }
 
 pub fn store_error(kind: &'static str) {

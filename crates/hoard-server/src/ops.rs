@@ -16,6 +16,8 @@
 //! commits the result on `Condition::Version(read version)` and retries on a version conflict,
 //! so concurrent updates from any number of servers never lose one another.
 
+use hoard::store::Limits;
+use hoard::store::validate::{check_depth_of, json_depth};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -213,8 +215,28 @@ fn apply_one(value: &mut Value, op: &Op) -> Result<(), String> {
     }
 }
 
-/// Checks the shape of an update before any value is read.
-pub fn check(ops: &[Op]) -> Result<(), OpError> {
+/// Checks an update against the store's limits before any value is read: its shape, and that
+/// no operation can nest the value past `Limits::json_depth_max` (a path's segments plus the
+/// depth of the value it places), so that nothing is accepted that cannot be read back. The
+/// store checks the resulting value again before it writes it.
+pub fn check(ops: &[Op], limits: &Limits) -> Result<(), OpError> {
+    check_shape(ops)?;
+    for op in ops {
+        let (path, placed) = match op {
+            Op::Set { path, value } => (path, json_depth(value)),
+            Op::AddItem { path, value, .. } => (path, json_depth(value) + 1),
+            Op::Test { path, value } => (path, json_depth(value)),
+            Op::Remove { path } | Op::Increment { path, .. } | Op::RemoveItem { path, .. } => (path, 0),
+        };
+        let segments = tokens(path).map_err(OpError::Invalid)?.len();
+        check_depth_of("the value an operation makes", segments + placed, limits)
+            .map_err(|error| OpError::Invalid(format!("{path}: {error}")))?;
+    }
+    Ok(())
+}
+
+/// Checks the shape of an update (count, paths) before any value is read.
+fn check_shape(ops: &[Op]) -> Result<(), OpError> {
     if ops.is_empty() || ops.len() > OPS_PER_UPDATE_MAX {
         return Err(OpError::Invalid(format!("an update has 1 to {OPS_PER_UPDATE_MAX} operations")));
     }
@@ -234,7 +256,7 @@ pub fn check(ops: &[Op]) -> Result<(), OpError> {
 
 /// Applies every operation to a copy of `value` (`None`: absent, starts as `null`).
 pub fn apply(value: Option<&Value>, ops: &[Op]) -> Result<Value, OpError> {
-    check(ops)?;
+    check_shape(ops)?;
     let mut next = value.cloned().unwrap_or(Value::Null);
     for (index, op) in ops.iter().enumerate() {
         apply_one(&mut next, op).map_err(|reason| OpError::Precondition { index, reason })?;

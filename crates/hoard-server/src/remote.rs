@@ -177,6 +177,8 @@ async fn call<B: Serialize, T: DeserializeOwned>(
             StoreError::unavailable(format!("the server refused this API key: {message}"))
         }
         (_, "store_unavailable" | "shutting_down" | "rate_limited") => StoreError::unavailable(message),
+        // The key's stored data cannot be read behind the server (nothing was applied).
+        (_, "quarantined") => StoreError::corrupt(message),
         // A timeout or server failure during a commit may have left it applied.
         _ => lost(format!("{status}: {message}")),
     })

@@ -26,7 +26,7 @@ use hoard::store::{
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::auth::{ApiKey, KeyRing, RuntimeKey, Scope, hash_secret};
+use crate::auth::{ApiKey, KeyRing, RuntimeKey, Scope, hash_secret, holder_tag};
 use crate::config::{self, RATE_BURST_DEFAULT, RATE_PER_SECOND_DEFAULT};
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -174,6 +174,7 @@ fn decode(document: &Document) -> Option<RuntimeKey> {
         stores: stored.stores.map(|stores| stores.into_iter().collect()),
         rate_per_second: stored.rate_per_second.max(1),
         rate_burst: stored.rate_burst.max(1),
+        holder_tag: Some(holder_tag(&hash)),
     };
     Some(RuntimeKey { key: Arc::new(key), created_at_ms: stored.created_at_ms, created_by: stored.created_by })
 }

@@ -4,8 +4,9 @@
 //! so the server needs no memory of sessions: a token is valid exactly while the store's lease
 //! of that key names that holder at that epoch.
 
-use hoard::store::{DocId, HolderId};
+use hoard::store::{DocId, Document, HolderId, InboxMessage};
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
@@ -36,8 +37,68 @@ impl SessionToken {
     }
 }
 
+/// A key's stored state, as a `stale` answer carries it: the client adopts it (rebasing its
+/// unsaved changes onto `value`) and writes again with `version` as its `base_version`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CurrentDocument {
+    pub store: String,
+    pub key: String,
+    /// `null`: never written, or deleted.
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<Value>,
+    /// The `base_version` of the next write.
+    pub version: u64,
+    #[schema(value_type = Object)]
+    pub attributes: Map<String, Value>,
+    pub user_ids: Vec<String>,
+    /// Messages still waiting.
+    #[schema(value_type = Vec<Object>)]
+    pub inbox: Vec<InboxMessage>,
+}
+
+impl CurrentDocument {
+    pub fn of(document: Document) -> CurrentDocument {
+        CurrentDocument {
+            store: document.id.store.to_string(),
+            key: document.id.key.to_string(),
+            value: document.value,
+            version: document.version,
+            attributes: document.attributes,
+            user_ids: document.user_ids,
+            inbox: document.inbox,
+        }
+    }
+}
+
+/// A party's value and version after a server-side change (trade, receipt, update): the client
+/// adopts them when `version` is newer than its `base_version` (see README, "Client rules").
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct PartyState {
+    pub store: String,
+    pub key: String,
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<Value>,
+    pub version: u64,
+}
+
+impl PartyState {
+    pub fn new(id: &DocId, value: Option<Value>, version: u64) -> PartyState {
+        PartyState { store: id.store.to_string(), key: id.key.to_string(), value, version }
+    }
+
+    pub fn of(document: &Document) -> PartyState {
+        PartyState::new(&document.id, document.value.clone(), document.version)
+    }
+}
+
+/// For `skip_serializing_if`: flags such as `replayed` appear only when true.
+pub fn is_false(value: &bool) -> bool {
+    !*value
+}
+
 /// Query of `GET /v1/stores/{store}/keys`.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
     /// Only keys starting with this (literal, case-sensitive).
@@ -52,6 +113,7 @@ pub struct ListParams {
 
 /// Query of `GET /v1/stores/{store}/keys/{key}/versions`.
 #[derive(Clone, Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct VersionParams {
     /// List versions strictly older than this one.

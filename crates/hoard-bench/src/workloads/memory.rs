@@ -16,6 +16,10 @@ use crate::workloads::{bench_engine_config, discard_engine, open_engine, start_s
 use crate::{BenchError, Sizes};
 
 pub const NAME: &str = "memory";
+/// The goal (issue 15): RSS per live session at most this many profiles ...
+pub const GOAL_PROFILE_MULTIPLE_MAX: f64 = 2.0;
+/// ... plus this many bytes.
+pub const GOAL_OVERHEAD_BYTES_MAX: f64 = 4_096.0;
 /// Pause before reading RSS, so tasks that finish a start (and free its buffers) have run.
 pub const RSS_SETTLE: Duration = Duration::from_millis(200);
 
@@ -82,6 +86,15 @@ async fn measure(
                 per_session / 1024.0,
                 profile_bytes as f64 / 1024.0
             );
+            let goal_bytes = GOAL_PROFILE_MULTIPLE_MAX * profile_bytes as f64 + GOAL_OVERHEAD_BYTES_MAX;
+            result.goal = Some(crate::report::Goal {
+                text: format!(
+                    "at most {GOAL_PROFILE_MULTIPLE_MAX}x the profile + {} KiB per live session",
+                    GOAL_OVERHEAD_BYTES_MAX / 1024.0
+                ),
+                // Judged on the durable stores: the memory store's own copies are its history.
+                met: (target.spec.name() != "memory").then_some(per_session <= goal_bytes),
+            });
         }
         _ => result.not_measured = Some("not measured: no /proc/self/status on this system".into()),
     }

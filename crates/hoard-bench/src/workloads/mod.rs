@@ -9,12 +9,14 @@
 //! interval.
 
 pub mod autosave;
+pub mod curves;
 pub mod cycle;
 pub mod handoff;
 pub mod memory;
 pub mod over_http;
 pub mod receipts;
 pub mod shutdown;
+pub mod storage;
 pub mod trades;
 
 use std::future::Future;
@@ -195,8 +197,19 @@ pub async fn seed_profiles(
     count: usize,
     bar: &ProgressBar,
 ) -> Result<(), BenchError> {
-    let value: serde_json::Value = serde_json::from_str(&crate::profile::stored_profile_text())
-        .map_err(|error| BenchError::Setup(format!("encode the profile: {error}")))?;
+    seed_profiles_with(store, store_name, count, &crate::profile::stored_profile_text(), bar).await
+}
+
+/// `seed_profiles` with the stored text `text` instead of the benchmark profile's.
+pub async fn seed_profiles_with(
+    store: &SharedStore,
+    store_name: &StoreName,
+    count: usize,
+    text: &str,
+    bar: &ProgressBar,
+) -> Result<(), BenchError> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|error| BenchError::Setup(format!("encode the profile: {error}")))?;
     let slots = Arc::new(Semaphore::new(SEED_COMMITS_IN_FLIGHT_MAX));
     let mut tasks = Vec::new();
     for first in (0..count).step_by(SEED_WRITES_PER_COMMIT) {
@@ -359,8 +372,18 @@ fn tracing_free_warning(error: &str) {
 /// Every workload but memory on one target, in order. Over HTTP comes last: its ratios are
 /// against the in-process rows of this same run.
 /// The names `hoard bench --only` takes, in the order the workloads run.
-pub const SELECTABLE: [&str; 8] =
-    ["autosave_storm", "session_cycle", "trades", "receipts", "handoff", "shutdown", "over_http", "memory"];
+pub const SELECTABLE: [&str; 10] = [
+    "storage",
+    "autosave_storm",
+    "session_cycle",
+    "trades",
+    "receipts",
+    "handoff",
+    "shutdown",
+    "over_http",
+    "memory",
+    "curves",
+];
 
 /// The in-process workloads `over_http` is compared with (run with it even when not asked for).
 pub const OVER_HTTP_COMPARES_WITH: [&str; 3] = ["autosave_storm", "session_cycle", "trades"];
@@ -372,6 +395,10 @@ pub async fn run_target(
     config: &crate::BenchConfig,
 ) -> Vec<WorkloadResult> {
     let mut results = Vec::new();
+    // First, on a fresh database, so what it measures is its own load's.
+    if config.runs("storage") {
+        results.push(storage::run(target, sizes, progress).await);
+    }
     if config.runs("autosave_storm") {
         results.push(autosave::run(target, sizes, progress).await);
     }

@@ -40,7 +40,7 @@ use crate::{BenchError, Sizes};
 
 pub const NAME: &str = "over_http";
 /// The goal: HTTP throughput at least this share of in-process throughput.
-pub const GOAL_SHARE_OF_IN_PROCESS_MIN: f64 = 0.5;
+pub const GOAL_SHARE_OF_IN_PROCESS_MIN: f64 = 0.8;
 /// Prefix of the named stores the HTTP runs write (the in-process runs use `bench.`).
 pub const HTTP_STORE_PREFIX: &str = "bench.http.";
 /// The bench server's API key: its name, and rate limits (requests per second, burst) far above

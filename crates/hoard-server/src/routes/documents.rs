@@ -33,6 +33,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/stores/{store}/keys/{key}/versions/{version}", get(read_version))
         .route("/v1/stores/{store}/keys/{key}/rollback", post(rollback))
         .route("/v1/stores/{store}/keys/{key}/release", post(release))
+        .merge(super::quarantine::routes())
 }
 
 /// A page of keys.
@@ -209,7 +210,7 @@ pub async fn release(
 
 /// Force-releases a key (its holder is fenced out) and tells waiting starters it is free.
 /// Returns whether a holder was fenced out.
-async fn fence_out_holder(state: &AppState, id: &hoard::store::DocId) -> Result<bool, ApiError> {
+pub async fn fence_out_holder(state: &AppState, id: &hoard::store::DocId) -> Result<bool, ApiError> {
     match force_release(&*state.store, id).await? {
         Ok(holder) => {
             if holder.is_some() {

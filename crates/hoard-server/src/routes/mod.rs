@@ -4,10 +4,17 @@
 //! parse every path part with the store's own checked constructors, so bad names are 400s.
 
 pub mod api_keys;
+pub mod batch;
 pub mod documents;
+pub mod events;
 pub mod health;
+pub mod quarantine;
 pub mod raw;
+pub mod receipts;
+pub mod session_writes;
 pub mod sessions;
+pub mod sync;
+pub mod trades;
 pub mod updates;
 pub mod value;
 

@@ -1,46 +1,39 @@
 //! Holders and sessions for game servers in any language: register a holder (one per game-server
 //! process, with a process lease to renew), start a session (acquire the key with the wait /
-//! steal / fail policy), save, end, read, commit several sessions at once, and the handoff
-//! requests a holder must answer, pushed over a WebSocket or polled.
+//! steal / fail policy), and ask a holder to hand a key over.
+//! The fenced writes of a session (save, end, commit) are `routes::session_writes`, the holder's
+//! events (handoff requests, inbox arrivals; polled, long-polled or pushed) `routes::events`,
+//! the batched calls (sync, start and end many) `routes::batch`.
 //!
 //! Invariants:
 //! - Same semantics as the engine: start acquires with `Condition::LeaseFree` (stealing with
-//!   `Lease{holder seen, epoch seen}`), and every save is `Condition::Lease{holder, epoch}` of
-//!   the token, so a fenced-out token can never write (409 `fenced_out`).
+//!   `Lease{holder seen, epoch seen}`), and every write of a session is fenced by its token's
+//!   `Condition::Lease{holder, epoch}` (`fence`), so a fenced-out token can never write.
 //! - The service keeps no session state: a token is valid exactly while the store says so.
 //! - A handoff request is a notification (`hoard.handoff.<holder>`, as the engine sends) plus a
 //!   message in the holder's event inbox, so a holder that was not connected finds it by polling.
 
 use std::sync::Arc;
 
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
-use axum::response::{IntoResponse, Response};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hoard::engine::handoff_notification;
 use hoard::engine::protocol::{
     AcquireOutcome, Acquisition, HANDOFF_WAIT_MS_DEFAULT, HandoffAsker, HeldPolicy, acquire_with_policy,
     read_or_release,
 };
-use hoard::engine::{TOPIC_HANDOFF_PREFIX, handoff_notification, released_notification};
 use hoard::retry::Jitter;
-use hoard::store::{
-    Commit, CommitOutcome, Condition, ConflictKind, DocId, HolderId, InboxMessage, LeaseOp, Store, StoreName, Write,
-    get as read_doc,
-};
+use hoard::store::{Commit, Condition, DocId, HolderId, InboxMessage, Store, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
 
 use super::path_error;
 use crate::auth::Principal;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
-use crate::idempotency;
 use crate::metrics;
 use crate::state::AppState;
 use crate::wire::SessionToken;
@@ -55,12 +48,10 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/holders", post(register_holder))
         .route("/v1/holders/{holder}/renew", post(renew_holder))
         .route("/v1/holders/{holder}/release", post(release_holder))
-        .route("/v1/holders/{holder}/events", get(holder_events))
+        .route("/v1/holders/{holder}/events", get(super::events::holder_events))
         .route("/v1/sessions/start", post(start))
-        .route("/v1/sessions/save", post(save))
-        .route("/v1/sessions/end", post(end))
-        .route("/v1/sessions/read", post(read))
-        .route("/v1/sessions/commit", post(commit_many))
+        .merge(super::session_writes::routes())
+        .merge(super::batch::routes())
 }
 
 #[derive(Debug, Default, Deserialize, ToSchema)]
@@ -71,7 +62,7 @@ pub struct RegisterBody {
     pub label: String,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct HolderAnswer {
     pub holder: String,
     pub expires_at_ms: i64,
@@ -80,7 +71,7 @@ pub struct HolderAnswer {
     pub renew_every_ms: u64,
 }
 
-fn holder_answer(state: &AppState, lease: hoard::store::HolderLease) -> HolderAnswer {
+pub fn holder_answer(state: &AppState, lease: hoard::store::HolderLease) -> HolderAnswer {
     HolderAnswer {
         holder: lease.holder.to_string(),
         expires_at_ms: lease.expires_at_ms,
@@ -89,7 +80,7 @@ fn holder_answer(state: &AppState, lease: hoard::store::HolderLease) -> HolderAn
     }
 }
 
-fn parse_holder(text: &str) -> Result<HolderId, ApiError> {
+pub fn parse_holder(text: &str) -> Result<HolderId, ApiError> {
     HolderId::new(text).map_err(|e| ApiError::bad_request(format!("holder: {e}")))
 }
 
@@ -112,6 +103,7 @@ pub async fn register_holder(
         .collect();
     let holder = HolderId::generate(&format!("{}{label}", principal.holder_prefix()));
     let lease = state.store.renew_holder(&holder, state.config.lease_ttl_ms).await?;
+    super::events::mark_http_holder(&*state.store, &holder, &principal.name).await?;
     Ok(Json(holder_answer(&state, lease)))
 }
 
@@ -155,119 +147,6 @@ pub async fn release_holder(
     Ok(Json(json!({ "released": true })))
 }
 
-#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-pub struct EventsParams {
-    /// `1`: answer at once with pending handoff requests (JSON) instead of a WebSocket.
-    pub poll: Option<u8>,
-}
-
-/// A request to save and end the session of a key at once, because another server starts it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct HandoffRequest {
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub store: String,
-    pub key: String,
-}
-
-fn events_id(holder: &HolderId) -> Result<DocId, ApiError> {
-    let store = StoreName::new(HOLDER_EVENTS_STORE).map_err(ApiError::internal)?;
-    let key = hoard::store::Key::new(holder.as_str()).map_err(ApiError::internal)?;
-    Ok(DocId::new(store, key))
-}
-
-fn handoff(id: &DocId) -> HandoffRequest {
-    HandoffRequest { kind: "handoff".into(), store: id.store.to_string(), key: id.key.to_string() }
-}
-
-/// Handoff requests waiting in the holder's event inbox for keys it still holds; the inbox is
-/// acknowledged through what was read (a request is delivered once by polling; an unanswered
-/// one ends in a steal after the starter's wait, exactly as a lost notification does).
-async fn pending_requests(store: &dyn Store, holder: &HolderId) -> Result<Vec<HandoffRequest>, ApiError> {
-    let events = events_id(holder)?;
-    let document = read_doc(store, &events).await?;
-    let Some(last) = document.inbox.last().map(|m| m.seq) else { return Ok(Vec::new()) };
-    let ids: Vec<DocId> =
-        document.inbox.iter().filter_map(|m: &InboxMessage| serde_json::from_value(m.body.clone()).ok()).collect();
-    let mut requests = Vec::new();
-    if !ids.is_empty() {
-        for document in store.get_many(&ids).await? {
-            if document.lease.holder.as_ref() == Some(holder) && !requests.contains(&handoff(&document.id)) {
-                requests.push(handoff(&document.id));
-            }
-        }
-    }
-    // Best effort: an unacknowledged request is only delivered again.
-    let _ = store.commit(Commit::single(Write::new(events).ack_inbox_through(last))).await;
-    Ok(requests)
-}
-
-/// Handoff requests for this holder: a WebSocket that pushes `{"type":"handoff","store","key"}`
-/// messages (pending ones first), or with `?poll=1` the pending ones as JSON.
-#[utoipa::path(get, path = "/v1/holders/{holder}/events", tag = "sessions", security(("api_key" = [])),
-    params(("holder" = String, Path), EventsParams),
-    responses((status = 101, description = "WebSocket of handoff requests"), (status = 200, description = "pending handoff requests (poll)"),
-        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn holder_events(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-    path: Result<Path<String>, PathRejection>,
-    query: Result<Query<EventsParams>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Result<Response, ApiError> {
-    let Path(holder) = path.map_err(path_error)?;
-    let Query(params) = query.map_err(super::query_error)?;
-    principal.may_hold()?;
-    let holder = parse_holder(&holder)?;
-    principal.owns_holder(&holder)?;
-    if params.poll == Some(1) {
-        let requests = pending_requests(&*state.store, &holder).await?;
-        return Ok(Json(json!({ "requests": requests })).into_response());
-    }
-    match upgrade {
-        Ok(upgrade) => Ok(upgrade.on_upgrade(move |socket| push_events(state, holder, socket))),
-        Err(_) => Err(ApiError::bad_request("connect with a WebSocket upgrade, or add ?poll=1 to poll")),
-    }
-}
-
-async fn push_events(state: Arc<AppState>, holder: HolderId, mut socket: WebSocket) {
-    let topic = format!("{TOPIC_HANDOFF_PREFIX}{holder}");
-    let mut notifications = state.store.subscribe();
-    let mut closing = state.closing.subscribe();
-    if let Ok(requests) = pending_requests(&*state.store, &holder).await {
-        for request in requests {
-            let Ok(text) = serde_json::to_string(&request) else { continue };
-            if socket.send(Message::Text(text.into())).await.is_err() {
-                return;
-            }
-        }
-    }
-    loop {
-        tokio::select! {
-            received = notifications.recv() => match received {
-                Ok(notification) if notification.topic == topic => {
-                    let Ok(id) = serde_json::from_str::<DocId>(&notification.payload) else { continue };
-                    let Ok(text) = serde_json::to_string(&handoff(&id)) else { continue };
-                    if socket.send(Message::Text(text.into())).await.is_err() {
-                        return;
-                    }
-                }
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => return,
-            },
-            incoming = socket.recv() => match incoming {
-                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                Some(Ok(_)) => {}
-            },
-            _ = closing.changed() => {
-                let _ = socket.send(Message::Close(None)).await;
-                return;
-            }
-        }
-    }
-}
-
 /// What to do when another holder has the key.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -283,7 +162,7 @@ pub enum StartPolicy {
     FailFast,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartBody {
     pub store: String,
@@ -295,7 +174,7 @@ pub struct StartBody {
     pub wait_ms: Option<u64>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct StartAnswer {
     pub token: SessionToken,
     /// The stored value (`null`: new player).
@@ -310,12 +189,16 @@ pub struct StartAnswer {
     pub inbox: Vec<InboxMessage>,
     /// True when the key was taken from another holder.
     pub stole: bool,
+    /// When the key was first written, by the store's clock (0: new player).
+    pub created_at_ms: i64,
+    /// When its value last changed, by the store's clock.
+    pub updated_at_ms: i64,
 }
 
 async fn request_handoff(store: &dyn Store, holder: &HolderId, id: &DocId) {
     metrics::count(metrics::HANDOFFS_REQUESTED, "requested");
     // Both best effort: an unanswered request ends in a steal after the wait.
-    if let Ok(events) = events_id(holder) {
+    if let Ok(events) = super::events::events_id(holder) {
         let body = serde_json::to_value(id).unwrap_or(Value::Null);
         let _ = store.commit(Commit::single(Write::new(events).push_message(body))).await;
     }
@@ -342,22 +225,42 @@ pub async fn start(
     body: ApiJson<StartBody>,
 ) -> Result<Json<StartAnswer>, ApiError> {
     let body = body.value;
+    let (id, holder) = check_start(&state, &principal, &body)?;
+    check_holder_live(&*state.store, &holder).await?;
+    start_key(&state, body, holder, id).await.map(Json)
+}
+
+/// The key and holder of a start, after checking the caller may use them.
+pub fn check_start(state: &AppState, principal: &Principal, body: &StartBody) -> Result<(DocId, HolderId), ApiError> {
     principal.may_play(&body.store)?;
-    let store = &*state.store;
-    let id = super::doc_id(&body.store, &body.key, store.limits())?;
+    let id = super::doc_id(&body.store, &body.key, state.store.limits())?;
     let holder = parse_holder(&body.holder)?;
     principal.owns_holder(&holder)?;
-    let wait_ms = body.wait_ms.unwrap_or(HANDOFF_WAIT_MS_DEFAULT).min(crate::config::START_WAIT_MS_MAX);
+    Ok((id, holder))
+}
+
+/// Refuses a holder whose process lease expired or was released (409 `holder_expired`).
+pub async fn check_holder_live(store: &dyn Store, holder: &HolderId) -> Result<(), ApiError> {
     let now_ms = store.now_ms().await?;
-    match store.holder_lease(&holder).await? {
-        Some(lease) if lease.expires_at_ms > now_ms => {}
-        _ => {
-            return Err(ApiError::conflict(
-                "holder_expired",
-                "this holder's lease expired or was released; register a new holder",
-            ));
-        }
+    match store.holder_lease(holder).await? {
+        Some(lease) if lease.expires_at_ms > now_ms => Ok(()),
+        _ => Err(ApiError::conflict(
+            "holder_expired",
+            "this holder's lease expired or was released; register a new holder",
+        )),
     }
+}
+
+/// Starts one key for a live holder: acquires it (following the policy, asking a live holder to
+/// hand over), then reads it. `start` and `start_many` both run this.
+pub async fn start_key(
+    state: &AppState,
+    body: StartBody,
+    holder: HolderId,
+    id: DocId,
+) -> Result<StartAnswer, ApiError> {
+    let store = &*state.store;
+    let wait_ms = body.wait_ms.unwrap_or(HANDOFF_WAIT_MS_DEFAULT).min(crate::config::START_WAIT_MS_MAX);
     let policy = match body.policy {
         StartPolicy::WaitThenSteal => HeldPolicy::WaitThenSteal { wait_ms },
         StartPolicy::Wait => HeldPolicy::Wait { wait_ms },
@@ -378,15 +281,16 @@ pub async fn start(
         }
     };
     let stole = acquired.stole_from.is_some();
-    if stole {
+    if let Some(old_holder) = &acquired.stole_from {
         metrics::count(metrics::STEALS, "stolen");
+        super::events::announce_stolen(store, old_holder, &id).await;
     }
     let epoch = acquired.epoch;
     let token = SessionToken::new(&holder, epoch, &id);
     // Never keep a key nobody will play: a read that keeps failing releases it untouched.
     let document = read_or_release(&request, epoch, &request.retry).await?;
     metrics::session_started();
-    Ok(Json(StartAnswer {
+    Ok(StartAnswer {
         token,
         value: document.value,
         version: document.version,
@@ -394,7 +298,9 @@ pub async fn start(
         user_ids: document.user_ids,
         inbox: document.inbox,
         stole,
-    }))
+        created_at_ms: document.created_at_ms,
+        updated_at_ms: document.updated_at_ms,
+    })
 }
 
 /// The token's key and fence, after checking the caller may use it.
@@ -406,6 +312,12 @@ pub fn fence(principal: &Principal, token: &SessionToken, state: &AppState) -> R
     Ok((id, Condition::Lease { holder, epoch: token.epoch }))
 }
 
+/// Whether the key's lease is still the token's fence (`fence`): holder and epoch.
+pub fn holds(document: &hoard::store::Document, lease: &Condition) -> bool {
+    matches!(lease, Condition::Lease { holder, epoch }
+        if document.lease.holder.as_ref() == Some(holder) && document.lease.epoch == *epoch)
+}
+
 pub fn fenced_out(id: &DocId) -> ApiError {
     metrics::count(metrics::FENCED_OUT, "fenced_out");
     ApiError::conflict(
@@ -414,176 +326,4 @@ pub fn fenced_out(id: &DocId) -> ApiError {
             "the session token of {id} no longer holds the key (taken by another session or released); nothing was written; end the player's session"
         ),
     )
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct SaveBody {
-    pub token: SessionToken,
-    /// The whole new value.
-    #[schema(value_type = Object)]
-    pub value: Value,
-    /// Inbox messages applied by this value: removed in the same commit.
-    pub ack_inbox_through: Option<u64>,
-    #[schema(value_type = Option<Object>)]
-    pub attributes: Option<Map<String, Value>>,
-    pub user_ids: Option<Vec<String>>,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct SaveAnswer {
-    pub version: u64,
-    /// Highest inbox sequence still waiting (0: none): more messages arrived when non-zero.
-    pub inbox_last_waiting_seq: u64,
-}
-
-fn save_write(id: DocId, fence: Condition, save: &SaveBody) -> Write {
-    let mut write = Write::put(id, save.value.clone()).when(fence);
-    write.attributes = save.attributes.clone();
-    write.user_ids = save.user_ids.clone();
-    write.inbox_ack_through = save.ack_inbox_through;
-    write
-}
-
-/// Saves the session's value, fenced by its token.
-#[utoipa::path(post, path = "/v1/sessions/save", tag = "sessions", security(("api_key" = [])), request_body = SaveBody,
-    responses((status = 200, body = SaveAnswer), (status = 409, body = ErrorBody, description = "fenced_out"),
-        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn save(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-    body: ApiJson<SaveBody>,
-) -> Result<Json<SaveAnswer>, ApiError> {
-    let (id, fence_condition) = fence(&principal, &body.value.token, &state)?;
-    let write = save_write(id.clone(), fence_condition, &body.value);
-    match state.store.commit(Commit::single(write)).await? {
-        CommitOutcome::Committed { applied, .. } => {
-            metrics::count(metrics::SAVES, "saved");
-            let applied = applied.first().ok_or_else(|| ApiError::internal("commit applied no write"))?;
-            Ok(Json(SaveAnswer { version: applied.version, inbox_last_waiting_seq: applied.inbox_last_waiting_seq }))
-        }
-        CommitOutcome::Conflict(conflict) if conflict.kind == ConflictKind::LeaseMismatch => Err(fenced_out(&id)),
-        CommitOutcome::Conflict(conflict) => {
-            metrics::count(metrics::CONFLICTS, "save");
-            Err(ApiError::conflict("conflict", format!("{:?} on {}", conflict.kind, conflict.id)))
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct EndBody {
-    pub token: SessionToken,
-    /// The final value; absent: end without saving again.
-    #[schema(value_type = Option<Object>)]
-    pub value: Option<Value>,
-    pub ack_inbox_through: Option<u64>,
-}
-
-/// Ends the session: the final save (if a value is given) and the release, in one fenced commit.
-#[utoipa::path(post, path = "/v1/sessions/end", tag = "sessions", security(("api_key" = [])), request_body = EndBody,
-    responses((status = 200, description = "ended"), (status = 409, body = ErrorBody, description = "fenced_out"),
-        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn end(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-    body: ApiJson<EndBody>,
-) -> Result<Json<Value>, ApiError> {
-    let (id, fence_condition) = fence(&principal, &body.value.token, &state)?;
-    let mut write = Write::new(id.clone()).when(fence_condition).lease(LeaseOp::Release);
-    if let Some(value) = &body.value.value {
-        write = write.value(hoard::store::ValueOp::Put(value.clone()));
-    }
-    write.inbox_ack_through = body.value.ack_inbox_through;
-    match state.store.commit(Commit::single(write)).await? {
-        CommitOutcome::Committed { applied, .. } => {
-            metrics::session_ended();
-            // Best effort: a waiting starter also polls.
-            let _ = state.store.notify(released_notification(&id)).await;
-            Ok(Json(json!({ "ended": true, "version": applied.first().map(|a| a.version) })))
-        }
-        CommitOutcome::Conflict(conflict) if conflict.kind == ConflictKind::LeaseMismatch => Err(fenced_out(&id)),
-        CommitOutcome::Conflict(conflict) => {
-            Err(ApiError::conflict("conflict", format!("{:?} on {}", conflict.kind, conflict.id)))
-        }
-    }
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ReadBody {
-    pub token: SessionToken,
-}
-
-/// Reads the session's stored document and whether the token still holds the key.
-#[utoipa::path(post, path = "/v1/sessions/read", tag = "sessions", security(("api_key" = [])), request_body = ReadBody,
-    responses((status = 200, description = "the document and `held`"), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn read(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-    body: ApiJson<ReadBody>,
-) -> Result<Json<Value>, ApiError> {
-    let (id, _) = fence(&principal, &body.value.token, &state)?;
-    let document = read_doc(&*state.store, &id).await?;
-    let held = document.lease.holder.as_ref().map(HolderId::as_str) == Some(body.value.token.holder.as_str())
-        && document.lease.epoch == body.value.token.epoch;
-    Ok(Json(json!({ "held": held, "document": document })))
-}
-
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct CommitManyBody {
-    /// Saves of several sessions, applied all or none.
-    pub saves: Vec<SaveBody>,
-}
-
-/// Saves several sessions in one atomic, fenced commit (all or none). Takes an
-/// `Idempotency-Key` header.
-#[utoipa::path(post, path = "/v1/sessions/commit", tag = "sessions", security(("api_key" = [])), request_body = CommitManyBody,
-    params(("Idempotency-Key" = Option<String>, Header)),
-    responses((status = 200, description = "versions, in the order of `saves`"), (status = 409, body = ErrorBody),
-        (status = 422, body = ErrorBody), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
-pub async fn commit_many(
-    State(state): State<Arc<AppState>>,
-    principal: Principal,
-    headers: HeaderMap,
-    body: ApiJson<CommitManyBody>,
-) -> Result<Json<Value>, ApiError> {
-    let store = &*state.store;
-    let idem = idempotency::from_headers(&headers, &principal, "commit", &body.digest, store.limits())?;
-    let mut writes = Vec::with_capacity(body.value.saves.len() + 1);
-    for save in &body.value.saves {
-        let (id, fence_condition) = fence(&principal, &save.token, &state)?;
-        writes.push(save_write(id, fence_condition, save));
-    }
-    if writes.is_empty() {
-        return Err(ApiError::bad_request("give at least one save"));
-    }
-    if let Some(first) = idempotency::replay(store, idem.as_ref()).await? {
-        return Ok(Json(first));
-    }
-    let ids: Vec<DocId> = writes.iter().map(|w| w.id.clone()).collect();
-    // Versions are known only after the commit; the stored answer names the commit instead.
-    let commit = Commit::new(writes);
-    let response = json!({ "committed": true, "commit_id": commit.id.to_string(), "keys": ids });
-    let mut commit = commit;
-    if let Some(idem) = &idem {
-        commit.writes.push(idempotency::record_write(idem, &response));
-    }
-    match store.commit(commit).await? {
-        CommitOutcome::Committed { .. } => {
-            metrics::count(metrics::SAVES, "multi");
-            Ok(Json(response))
-        }
-        CommitOutcome::Conflict(conflict) if idempotency::lost_the_race(idem.as_ref(), &conflict) => {
-            let first = idempotency::replay(store, idem.as_ref()).await?;
-            first.map(Json).ok_or_else(|| ApiError::internal("idempotency record vanished"))
-        }
-        CommitOutcome::Conflict(conflict) if conflict.kind == ConflictKind::LeaseMismatch => {
-            Err(fenced_out(&conflict.id))
-        }
-        CommitOutcome::Conflict(conflict) => {
-            Err(ApiError::conflict("conflict", format!("{:?} on {}", conflict.kind, conflict.id)))
-        }
-    }
 }

@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
-use hoard::store::{Commit, CommitOutcome, Condition, ConflictKind, Write};
+use hoard::store::{Commit, CommitOutcome, Condition, ConflictKind, DocId, Store, Write};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use utoipa::ToSchema;
@@ -41,6 +41,22 @@ pub struct UpdateBody {
     pub token: Option<SessionToken>,
 }
 
+/// The first answer of a replayed update: the version it made, with that version's value read
+/// back from history (every version is kept at least a day; past that, the current one).
+async fn replayed_update(store: &dyn Store, id: &DocId, mut first: Value) -> Result<Value, ApiError> {
+    let version = first["version"].as_u64().ok_or_else(|| ApiError::internal("an update record without a version"))?;
+    let value = match store.get_version(id, version).await? {
+        Some(record) => record.value,
+        None => {
+            let current = hoard::store::get(store, id).await?;
+            first["version"] = json!(current.version);
+            current.value
+        }
+    };
+    first["value"] = value.unwrap_or(Value::Null);
+    Ok(first)
+}
+
 /// Applies operations to the key's latest value, atomically, retrying on concurrent changes.
 /// Takes an `Idempotency-Key` header.
 #[utoipa::path(post, path = "/v1/stores/{store}/keys/{key}/update", tag = "updates", security(("api_key" = [])),
@@ -61,7 +77,7 @@ pub async fn update(
     let store = &*state.store;
     let id = doc_id(&store_name, &key, store.limits())?;
     let UpdateBody { ops, token } = body.value;
-    check(&ops).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    check(&ops, store.limits()).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let fence = match &token {
         Some(token) => {
             let (token_id, fence) = super::sessions::fence(&principal, token, &state)?;
@@ -72,9 +88,10 @@ pub async fn update(
         }
         None => None,
     };
-    let idem = idempotency::from_headers(&headers, &principal, "update", &body.digest, store.limits())?;
+    let idem =
+        idempotency::from_headers(&headers, &principal, "update", &id.to_string(), &body.digest, store.limits())?;
     if let Some(first) = idempotency::replay(store, idem.as_ref()).await? {
-        return Ok(Json(first));
+        return replayed_update(store, &id, first).await.map(Json);
     }
     for _attempt in 0..UPDATE_ATTEMPTS_MAX {
         let document = hoard::store::get(store, &id).await?;
@@ -90,10 +107,12 @@ pub async fn update(
             Some(fence) => Condition::All(vec![fence.clone(), version]),
             None => Condition::All(vec![version, Condition::LeaseFree]),
         };
-        let response = json!({ "version": document.version + 1, "value": next });
+        let version = document.version + 1;
+        let response = json!({ "version": version, "value": next });
         let mut writes = vec![Write::put(id.clone(), next).when(condition)];
         if let Some(idem) = &idem {
-            writes.push(idempotency::record_write(idem, &response));
+            // The record holds no value (see `idempotency`): a replay reads that version back.
+            writes.push(idempotency::record_write(idem, &json!({ "version": version })));
         }
         match store.commit(Commit::new(writes)).await? {
             CommitOutcome::Committed { .. } => {
@@ -101,8 +120,10 @@ pub async fn update(
                 return Ok(Json(response));
             }
             CommitOutcome::Conflict(conflict) if idempotency::lost_the_race(idem.as_ref(), &conflict) => {
-                let first = idempotency::replay(store, idem.as_ref()).await?;
-                return first.map(Json).ok_or_else(|| ApiError::internal("idempotency record vanished"));
+                let first = idempotency::replay(store, idem.as_ref())
+                    .await?
+                    .ok_or_else(|| ApiError::internal("idempotency record vanished"))?;
+                return replayed_update(store, &id, first).await.map(Json);
             }
             CommitOutcome::Conflict(conflict) => match conflict.kind {
                 ConflictKind::VersionMismatch => metrics::count(metrics::CONFLICTS, "update_retried"),

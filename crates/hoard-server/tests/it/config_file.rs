@@ -17,6 +17,8 @@ body_bytes_max = 1111
 store_body_bytes_max = 2222
 request_timeout_ms = 33333
 concurrent_requests_max = 44
+header_read_timeout_ms = 4444
+connections_max = 333
 lease_ttl_ms = 5555
 shutdown_deadline_ms = 6666
 api_keys_refresh_interval_ms = 777
@@ -59,6 +61,8 @@ fn every_file_field_lands_in_the_settings() {
     assert_eq!(service.limits.store_body_bytes_max, 2222);
     assert_eq!(service.limits.request_timeout_ms, 33333);
     assert_eq!(service.limits.concurrent_requests_max, 44);
+    assert_eq!(service.limits.header_read_timeout_ms, 4444);
+    assert_eq!(service.limits.connections_max, 333);
     assert_eq!(service.lease_ttl_ms, 5555);
     assert_eq!(settings.shutdown_deadline_ms, 6666);
     assert_eq!(service.api_keys_refresh_interval_ms, 777);
@@ -97,6 +101,8 @@ fn flags_and_environment_win_over_the_file_field_by_field() {
         store_body_bytes_max: Some(2),
         request_timeout_ms: Some(30_001),
         concurrent_requests_max: Some(4),
+        header_read_timeout_ms: Some(222),
+        connections_max: Some(3),
         lease_ttl_ms: Some(5),
         shutdown_deadline_ms: Some(6),
         api_keys_refresh_interval_ms: Some(70),
@@ -110,6 +116,7 @@ fn flags_and_environment_win_over_the_file_field_by_field() {
         (limits.body_bytes_max, limits.store_body_bytes_max, limits.request_timeout_ms, limits.concurrent_requests_max),
         (1, 2, 30_001, 4)
     );
+    assert_eq!((limits.header_read_timeout_ms, limits.connections_max), (222, 3));
     assert_eq!(settings.service.lease_ttl_ms, 5);
     assert_eq!(settings.shutdown_deadline_ms, 6);
     assert_eq!(settings.service.api_keys_refresh_interval_ms, 70);
@@ -144,6 +151,8 @@ fn settings_out_of_bounds_and_clashing_keys_are_refused_with_a_message() {
     let cases = [
         ("request_timeout_ms = 1000\n", "request_timeout_ms"),
         ("api_keys_refresh_interval_ms = 1\n", "api_keys_refresh_interval_ms"),
+        ("header_read_timeout_ms = 5\n", "header_read_timeout_ms"),
+        ("connections_max = 0\n", "connections_max"),
         (
             "[[keys]]\nname = \"a\"\nscope = \"admin\"\nsecret = \"s\"\n[[keys]]\nname = \"a\"\nscope = \"admin\"\nsecret = \"t\"\n",
             "two API keys are named a",

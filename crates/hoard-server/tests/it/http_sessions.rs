@@ -36,8 +36,9 @@ async fn a_stolen_session_token_is_fenced_out_and_never_writes() {
     assert_eq!(status, 200, "{started}");
     assert_eq!(started["value"], Value::Null);
     let token_a = started["token"].clone();
-    let (status, saved) =
-        client.post("/v1/sessions/save", GAME_SECRET, &json!({"token": token_a, "value": {"coins": 1}})).await;
+    let (status, saved) = client
+        .post("/v1/sessions/save", GAME_SECRET, &json!({"token": token_a, "base_version": 0, "value": {"coins": 1}}))
+        .await;
     assert_eq!((status, saved["version"].clone()), (200, json!(1)));
     let (status, locked) = start_session(&client, &b, "alice", "fail_fast").await;
     assert_eq!((status, locked["error"].clone()), (409, json!("locked")));
@@ -45,21 +46,30 @@ async fn a_stolen_session_token_is_fenced_out_and_never_writes() {
     assert_eq!(status, 200, "{stolen}");
     assert_eq!(stolen["stole"], true);
     assert_eq!(stolen["value"], json!({"coins": 1}));
-    let (status, fenced) =
-        client.post("/v1/sessions/save", GAME_SECRET, &json!({"token": token_a, "value": {"coins": 999}})).await;
+    let stale_write = json!({"token": token_a, "base_version": 1, "value": {"coins": 999}});
+    let (status, fenced) = client.post("/v1/sessions/save", GAME_SECRET, &stale_write).await;
     assert_eq!((status, fenced["error"].clone()), (409, json!("fenced_out")), "{fenced}");
-    let (status, _) =
-        client.post("/v1/sessions/end", GAME_SECRET, &json!({"token": token_a, "value": {"coins": 999}})).await;
+    let (status, _) = client.post("/v1/sessions/end", GAME_SECRET, &stale_write).await;
     assert_eq!(status, 409);
-    let (status, ended) =
-        client.post("/v1/sessions/end", GAME_SECRET, &json!({"token": stolen["token"], "value": {"coins": 2}})).await;
+    let (status, ended) = client
+        .post(
+            "/v1/sessions/end",
+            GAME_SECRET,
+            &json!({"token": stolen["token"], "base_version": stolen["version"], "value": {"coins": 2}}),
+        )
+        .await;
     assert_eq!(status, 200, "{ended}");
     let (_, document) = client.get("/v1/stores/players/keys/alice", READ_SECRET).await;
     assert_eq!(document["value"], json!({"coins": 2}));
     assert_eq!(document["lease"]["holder"], Value::Null);
     // Another game server's key cannot use this key's holders or tokens.
-    let (status, _) =
-        client.post("/v1/sessions/save", OTHER_GAME_SECRET, &json!({"token": stolen["token"], "value": {}})).await;
+    let (status, _) = client
+        .post(
+            "/v1/sessions/save",
+            OTHER_GAME_SECRET,
+            &json!({"token": stolen["token"], "base_version": 2, "value": {}}),
+        )
+        .await;
     assert_eq!(status, 403);
 }
 
@@ -72,8 +82,8 @@ async fn a_forced_rollback_fences_the_session_out_so_its_saves_never_overwrite_t
     assert_eq!(status, 200, "{started}");
     let token = started["token"].clone();
     for coins in [1, 2] {
-        let (status, saved) =
-            client.post("/v1/sessions/save", GAME_SECRET, &json!({"token": token, "value": {"coins": coins}})).await;
+        let body = json!({"token": token, "base_version": coins - 1, "value": {"coins": coins}});
+        let (status, saved) = client.post("/v1/sessions/save", GAME_SECRET, &body).await;
         assert_eq!(status, 200, "{saved}");
     }
     let rollback = "/v1/stores/players/keys/carol/rollback";
@@ -88,7 +98,8 @@ async fn a_forced_rollback_fences_the_session_out_so_its_saves_never_overwrite_t
     assert_eq!(document["value"], json!({"coins": 1}));
     assert_eq!(document["lease"]["holder"], Value::Null);
     for route in ["/v1/sessions/save", "/v1/sessions/end"] {
-        let (status, fenced) = client.post(route, GAME_SECRET, &json!({"token": token, "value": {"coins": 999}})).await;
+        let body = json!({"token": token, "base_version": 3, "value": {"coins": 999}});
+        let (status, fenced) = client.post(route, GAME_SECRET, &body).await;
         assert_eq!((status, fenced["error"].clone()), (409, json!("fenced_out")), "{route}: {fenced}");
     }
     let (_, document) = client.get("/v1/stores/players/keys/carol", READ_SECRET).await;
@@ -146,7 +157,11 @@ async fn a_live_holder_hands_over_on_request_by_polling_and_websocket() {
         };
         assert_eq!(request, json!({"type": "handoff", "store": "players", "key": key}));
         let (status, _) = client
-            .post("/v1/sessions/end", GAME_SECRET, &json!({"token": token_a, "value": {"hopped": transport}}))
+            .post(
+                "/v1/sessions/end",
+                GAME_SECRET,
+                &json!({"token": token_a, "base_version": started["version"], "value": {"hopped": transport}}),
+            )
             .await;
         assert_eq!(status, 200);
         let (status, taken) = starter.await.expect("starter");
@@ -159,16 +174,21 @@ async fn a_live_holder_hands_over_on_request_by_polling_and_websocket() {
 
 /// Parties alice and bob with holdings, both held by one holder.
 async fn two_parties(client: &Client) -> (Value, Value) {
+    two_parties_named(client, "alice", "bob").await
+}
+
+/// Parties with holdings, both held by one holder: the first holds `sword-1` and 100 gold.
+async fn two_parties_named(client: &Client, first: &str, second: &str) -> (Value, Value) {
     let h = holder(client, "trader").await;
     let mut tokens = Vec::new();
     for (key, value) in [
-        ("alice", json!({"currencies": {"gold": 100}, "items": {"sword-1": {"dmg": 5}}})),
-        ("bob", json!({"currencies": {"gold": 10}, "items": {}})),
+        (first, json!({"currencies": {"gold": 100}, "items": {"sword-1": {"dmg": 5}}})),
+        (second, json!({"currencies": {"gold": 10}, "items": {}})),
     ] {
         let (status, started) = start_session(client, &h, key, "fail_fast").await;
         assert_eq!(status, 200, "{started}");
-        let (status, _) =
-            client.post("/v1/sessions/save", GAME_SECRET, &json!({"token": started["token"], "value": value})).await;
+        let body = json!({"token": started["token"], "base_version": started["version"], "value": value});
+        let (status, _) = client.post("/v1/sessions/save", GAME_SECRET, &body).await;
         assert_eq!(status, 200);
         tokens.push(started["token"].clone());
     }
@@ -208,8 +228,8 @@ async fn trades_move_value_once_by_trade_id_and_by_idempotency_key() {
     let (status, short) = client.post("/v1/trades", GAME_SECRET, &other).await;
     assert_eq!((status, short["error"].clone()), (409, json!("insufficient_balance")));
     assert_eq!((gold(&client, "alice").await, gold(&client, "bob").await), (107, 3), "a refused trade moves nothing");
-    let (_, record) = client.get("/v1/stores/hoard.trades/keys/t-1", READ_SECRET).await;
-    assert_eq!(record["value"]["status"], "committed", "the library's record format and store");
+    let (_, record) = client.get("/v1/stores/hoard.trades/keys/players%2Ft-1", READ_SECRET).await;
+    assert_eq!(record["value"]["status"], "committed", "the library's record format, scoped by the parties' store");
 }
 
 #[tokio::test]
@@ -326,4 +346,33 @@ async fn a_trade_and_a_receipt_retried_after_a_client_timeout_apply_once() {
         client.send("POST", "/v1/receipts", Some(GAME_SECRET), Some(&receipt), Some("receipt-key")).await;
     assert_eq!(status, 200, "{retried}");
     assert_eq!((gold(&client, "alice").await, gold(&client, "bob").await), (75, 40), "each applied exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_duplicates_of_a_trade_or_a_receipt_all_answer_its_one_result() {
+    let server = start_memory().await;
+    let client = Client::new(&server.url);
+    for round in 0..5 {
+        let (alice, bob) = two_parties_named(&client, &format!("dup-a-{round}"), &format!("dup-b-{round}")).await;
+        // Without party states, so every duplicate reads the saved values (the racy path).
+        let trade = json!({"trade_id": format!("dup-{round}"), "parties": [alice, bob],
+            "legs": [{"from": 0, "to": 1, "items": ["sword-1"]}]});
+        let receipt = json!({"token": alice, "purchase_id": format!("dup-p-{round}"), "payload": {},
+            "grant": [{"op": "add_item", "path": "/items", "id": format!("gift-{round}"), "value": {}}]});
+        let mut sent = Vec::new();
+        for body in std::iter::repeat_n(("/v1/trades", trade.clone()), 6)
+            .chain(std::iter::repeat_n(("/v1/receipts", receipt.clone()), 6))
+        {
+            let client = client.clone();
+            sent.push(tokio::spawn(async move { (body.0, client.post(body.0, GAME_SECRET, &body.1).await) }));
+        }
+        for answer in sent {
+            let (route, (status, answer)) = answer.await.expect("request");
+            assert_eq!(status, 200, "round {round}: every duplicate of {route} answers the one result: {answer}");
+        }
+        let (_, bob_now) = client.get(&format!("/v1/stores/players/keys/dup-b-{round}"), READ_SECRET).await;
+        assert!(bob_now["value"]["items"].get("sword-1").is_some());
+        let (_, alice_now) = client.get(&format!("/v1/stores/players/keys/dup-a-{round}"), READ_SECRET).await;
+        assert!(alice_now["value"]["items"].get(format!("gift-{round}")).is_some());
+    }
 }

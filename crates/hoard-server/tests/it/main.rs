@@ -12,9 +12,16 @@ mod local_backends;
 
 mod backends;
 mod config_file;
+mod database_outage;
 mod http_api_keys;
 mod http_auth;
 mod http_bad_input;
+mod http_batch;
+mod http_depth;
+mod http_fencing;
+mod http_property;
+mod http_quarantine;
+mod http_scoping;
 mod http_sessions;
 mod openapi_drift;
 /// Over the remote store, the suite runs in front of the memory backend: what it checks here is the
@@ -26,6 +33,8 @@ macro_rules! conformance_backends {
         $suite!(memory);
     };
 }
+#[path = "../../../hoard/tests/it/pg_cluster.rs"]
+mod pg_cluster;
 #[path = "../../../hoard/tests/it/store_conformance.rs"]
 mod store_conformance;
 mod support;

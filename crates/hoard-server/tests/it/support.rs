@@ -134,3 +134,31 @@ impl Client {
         (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 }
+
+/// Registers a holder with the game key and returns its id.
+pub async fn register_holder(client: &Client, label: &str) -> String {
+    let (status, answer) = client.post("/v1/holders", GAME_SECRET, &serde_json::json!({"label": label})).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["holder"].as_str().expect("holder").to_string()
+}
+
+/// Starts a session of `players/{key}` for the holder with the game key; returns the answer.
+pub async fn start_player(client: &Client, holder: &str, key: &str) -> Value {
+    let body = serde_json::json!({"store": "players", "key": key, "holder": holder, "policy": "fail_fast"});
+    let (status, started) = client.post("/v1/sessions/start", GAME_SECRET, &body).await;
+    assert_eq!(status, 200, "{started}");
+    started
+}
+
+/// Saves a session's value on a base version with the game key; returns status and answer.
+pub async fn save_value(client: &Client, token: &Value, base_version: u64, value: Value) -> (u16, Value) {
+    let body = serde_json::json!({"token": token, "base_version": base_version, "value": value});
+    client.post("/v1/sessions/save", GAME_SECRET, &body).await
+}
+
+/// Reads a key's document with the read-only key.
+pub async fn read_document(client: &Client, store: &str, key: &str) -> Value {
+    let (status, document) = client.get(&format!("/v1/stores/{store}/keys/{key}"), READ_SECRET).await;
+    assert_eq!(status, 200, "{document}");
+    document
+}

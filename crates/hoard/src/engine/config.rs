@@ -75,6 +75,10 @@ pub struct EngineConfig {
     /// updates are reported with an unknown outcome (never re-run: that could apply them twice).
     #[serde(default = "default_shared_doc_resolve_attempts_max")]
     pub shared_doc_resolve_attempts_max: u32,
+    /// How often this engine prunes the store's history in the background, and how many history
+    /// rows a pass examines (`store::pruner`); interval 0: never (`hoard prune` still does).
+    #[serde(default)]
+    pub history_pruning: crate::store::pruner::HistoryPruneOptions,
 }
 
 fn default_lease_safety_margin_ms() -> u64 {
@@ -129,6 +133,7 @@ impl Default for EngineConfig {
             shared_doc_keys_max: default_shared_doc_keys_max(),
             shared_doc_flush_attempts_max: default_shared_doc_flush_attempts_max(),
             shared_doc_resolve_attempts_max: default_shared_doc_resolve_attempts_max(),
+            history_pruning: crate::store::pruner::HistoryPruneOptions::default(),
         }
     }
 }
@@ -178,6 +183,7 @@ impl EngineConfig {
         {
             return Err("shared_doc_flush_interval_ms and the shared_doc_* limits must be positive".into());
         }
+        self.history_pruning.check().map_err(|error| error.to_string())?;
         Ok(())
     }
 

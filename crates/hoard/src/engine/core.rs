@@ -46,6 +46,8 @@ pub(crate) struct Core {
     save_slots: Semaphore,
     /// Numbers the inbox messages this engine sends (with the holder id, a unique message id).
     messages_sent: AtomicU64,
+    /// Prunes the store's history while the engine lives (`store::pruner`; stopped on drop).
+    _history_pruner: crate::store::pruner::HistoryPruner,
 }
 
 impl std::fmt::Debug for Core {
@@ -68,6 +70,7 @@ impl Core {
             released_outbox: Arc::new(ReleasedOutbox::default()),
             shared_docs: SharedDocsState::default(),
             messages_sent: AtomicU64::new(0),
+            _history_pruner: crate::store::pruner::HistoryPruner::start(store.clone(), config.history_pruning.clone()),
             store,
             config,
             holder,

@@ -58,6 +58,6 @@ pub use session::{Profile, ProfileKind, SaveKind, SaveOutcome, Session, SessionE
 pub use shared_docs::{
     FlushAllReport, FlushReport, PendingUpdate, SharedDocError, SharedDocs, UpdateOutcome, UpdateVerdict,
 };
-pub use start::{LoadFailurePolicy, QUARANTINE_STORE, StartOptions};
+pub use start::{LoadFailurePolicy, QUARANTINE_STORE, StartOptions, quarantine_write};
 pub use trade::{Holdings, Tradable, Trade, TradeError, TradeLeg, TradeOutcome, TradeRecord};
 pub use transaction::{TransactError, TxContext};

@@ -204,24 +204,24 @@ async fn give_back(core: &Core, id: &DocId, epoch: u64) {
     }
 }
 
+/// The quarantine record of version `version` of `id`: `hoard.quarantine/{store}/{key}/v{version}`
+/// holding `{store, key, version, reason}`. The value itself stays in the key and its history;
+/// the record only points at it. Shared by the engine and `hoard serve`, so operators find every
+/// quarantined key in one place. An error when the record's key would be over the key limit.
+pub fn quarantine_write(id: &DocId, version: u64, reason: &str, limits: &crate::store::Limits) -> Result<Write, StoreError> {
+    let store = StoreName::new(QUARANTINE_STORE)?;
+    let key = Key::with_limits(format!("{}/{}/v{version}", id.store, id.key), limits)?;
+    let record = json!({ "store": id.store.as_str(), "key": id.key.as_str(), "version": version, "reason": reason });
+    Ok(Write::put(DocId::new(store, key), record))
+}
+
 /// Writes a record pointing at a value that is not a valid profile (the value itself stays in
 /// the key and its history).
 async fn quarantine(core: &Core, document: &Document, reason: &str) {
-    let record_id = StoreName::new(QUARANTINE_STORE).map_err(StoreError::from).and_then(|store| {
-        let key_text = format!("{}/{}/v{}", document.id.store, document.id.key, document.version);
-        Ok(DocId::new(store, Key::with_limits(key_text, core.store().limits())?))
-    });
-    let record_id = match record_id {
-        Ok(record_id) => record_id,
+    let write = match quarantine_write(&document.id, document.version, reason, core.store().limits()) {
+        Ok(write) => write,
         Err(error) => return core.gave_up("name a quarantine record", &document.id, &error),
     };
-    let record = json!({
-        "store": document.id.store.as_str(),
-        "key": document.id.key.as_str(),
-        "version": document.version,
-        "reason": reason,
-    });
-    let write = Write::put(record_id, record);
     // The same record again is harmless: retried on any transient failure.
     let written = core
         .retry("write a quarantine record", core.config().save_attempts_max)

@@ -19,7 +19,7 @@ use super::apply::VALUE_NOT_READ;
 use super::error::InvalidInput;
 use super::limits::Limits;
 use super::types::{Commit, DocId, ValueOp};
-use super::validate::{check_value_bytes, validate_commit_except_values};
+use super::validate::{check_depth, check_value_bytes, validate_commit_except_values};
 
 /// A validated commit and the JSON text of each value it puts.
 #[derive(Debug)]
@@ -65,8 +65,9 @@ impl EncodedCommit {
     }
 }
 
-/// Serializes a value and checks its size against `value_bytes_max`.
+/// Checks a value's depth, serializes it and checks its size against `value_bytes_max`.
 fn encode_value(value: &Value, limits: &Limits) -> Result<String, InvalidInput> {
+    check_depth("value", value, limits)?;
     let text = serde_json::to_string(value)
         .map_err(|error| InvalidInput::NotJson { reason: format!("the value cannot be serialized: {error}") })?;
     check_value_bytes(text.len(), limits)?;

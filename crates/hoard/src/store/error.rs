@@ -3,9 +3,13 @@
 //! Invariant: an expected outcome (a failed condition) is never an error; it is a
 //! `CommitOutcome::Conflict`. Errors are for bad input, unreachable or failing databases, and
 //! stored data the store cannot read. `OutcomeUnknown` is the only error after which a commit may
-//! have applied; callers resolve it by reading back (`store::resolve_unknown_commit`).
+//! have applied; callers resolve it by reading back (`store::resolve_unknown_commit`). Every
+//! message names the cause and, where the caller can act, what to do (the backends' error texts
+//! go through `sqlite::describe_error` and `postgres::describe_error`, which add both).
 
 use thiserror::Error;
+
+use super::types::DocId;
 
 /// Input that breaks a documented rule or limit. Nothing was stored.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
@@ -20,6 +24,8 @@ pub enum InvalidInput {
     TooMany { what: &'static str, count: usize, count_max: usize },
     #[error("value is not valid JSON: {reason}")]
     NotJson { reason: String },
+    #[error("{what} is nested {depth} deep, over the limit of {depth_max} (arrays and objects inside one another)")]
+    TooDeep { what: &'static str, depth: usize, depth_max: usize },
     #[error("value holds a number JSON cannot represent (NaN or infinity)")]
     NotFinite,
     #[error("commit has no writes; give at least one")]
@@ -48,9 +54,21 @@ pub enum StoreError {
     /// Stored data that this version of hoard cannot read.
     #[error("stored data is unreadable: {message}")]
     Corrupt { message: String },
+    /// One key's stored JSON that its reader refuses (nested past what the reader accepts,
+    /// written before the depth limit existed, or damaged outside hoard). Names the key and
+    /// carries the stored text, so that it can be quarantined, read raw and repaired instead of
+    /// failing every route that touches it.
+    #[error("{0}")]
+    Unreadable(Box<Unreadable>),
     /// The store is closed or shutting down.
     #[error("store is closed")]
     Closed,
+    /// The location names no database this hoard may use: nothing there when it must exist, an
+    /// SQLite file of another application (or not an SQLite file at all), or a PostgreSQL
+    /// database without hoard's schema. Nothing was created or changed; the message says what to
+    /// do. Not transient: the same location gives the same answer until someone changes it.
+    #[error("{message}")]
+    WrongDatabase { message: String },
 }
 
 impl StoreError {
@@ -74,5 +92,44 @@ impl StoreError {
 
     pub fn corrupt(message: impl std::fmt::Display) -> StoreError {
         StoreError::Corrupt { message: message.to_string() }
+    }
+
+    pub fn wrong_database(message: impl std::fmt::Display) -> StoreError {
+        StoreError::WrongDatabase { message: message.to_string() }
+    }
+
+    /// A key's stored `field` (at `version`) whose JSON text `raw` did not parse.
+    pub fn unreadable(id: &DocId, version: u64, field: &'static str, reason: impl std::fmt::Display, raw: &str) -> StoreError {
+        StoreError::Unreadable(Box::new(Unreadable {
+            id: id.clone(),
+            version,
+            field,
+            reason: reason.to_string(),
+            raw_text: RawText(raw.to_string()),
+        }))
+    }
+}
+
+/// What `StoreError::Unreadable` knows of an unreadable key.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+#[error("the stored {field} of {id} (version {version}) cannot be read: {reason}; it is quarantined: read it raw and repair it")]
+pub struct Unreadable {
+    pub id: DocId,
+    /// The row's version (the history version, for a history entry).
+    pub version: u64,
+    /// Which stored field: `value`, `attributes`, `user ids`, `inbox`, or a history field.
+    pub field: &'static str,
+    pub reason: String,
+    pub raw_text: RawText,
+}
+
+/// Stored JSON text, kept whole for an operator; its `Debug` shows only its length, so logs of
+/// an error never carry a player's data.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawText(pub String);
+
+impl std::fmt::Debug for RawText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawText({} bytes)", self.0.len())
     }
 }

@@ -262,6 +262,10 @@ impl Store for FaultStore {
         self.inner.prune_history().await
     }
 
+    async fn prune_history_page(&self, after: Option<DocId>, rows_max: usize) -> Result<super::PrunedPage, StoreError> {
+        self.inner.prune_history_page(after, rows_max).await
+    }
+
     async fn renew_holder(&self, holder: &HolderId, ttl_ms: u64) -> Result<HolderLease, StoreError> {
         if let Some(delay_ms) = self.take_scripted_renewal_failure() {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;

@@ -6,19 +6,21 @@
 //! lease expiry.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Bound;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
 use super::apply::{Current, apply_commit};
-use super::limits::{HOUR_MS, HistoryPolicy, Limits};
+use super::history::{RowMeta, doomed_rows};
+use super::limits::{HistoryPolicy, Limits};
 use super::types::{
     CommitOutcome, DocId, Document, HolderId, HolderLease, KeyPage, ListQuery, Notification, StoreName, VersionInfo,
     VersionQuery, VersionRecord,
 };
 use super::validate::{json_bytes, validate_commit, validate_doc_id, validate_notification};
-use super::{Commit, NOTIFICATION_CHANNEL_CAPACITY, Store, StoreError, Subscription};
+use super::{Commit, NOTIFICATION_CHANNEL_CAPACITY, PrunedPage, Store, StoreError, Subscription};
 
 /// Where the memory store's clock comes from.
 #[derive(Clone, Debug)]
@@ -68,6 +70,7 @@ impl MemoryStore {
     }
 
     pub fn with_options(limits: Limits, history_policy: HistoryPolicy, clock: MemoryClock) -> MemoryStore {
+        debug_assert!(history_policy.check().is_ok(), "a memory store's history policy is checked by its test");
         let (notifications, _) = broadcast::channel(NOTIFICATION_CHANNEL_CAPACITY);
         MemoryStore { state: Mutex::new(State::default()), limits, history_policy, clock, notifications }
     }
@@ -184,22 +187,43 @@ impl Store for MemoryStore {
     }
 
     async fn prune_history(&self) -> Result<u64, StoreError> {
+        super::prune_every_page(self).await
+    }
+
+    async fn prune_history_page(&self, after: Option<DocId>, rows_max: usize) -> Result<PrunedPage, StoreError> {
+        // The durable backends' rule (`history::doomed_rows`) over whole values: this store's
+        // history map also holds the latest version, which is the successor of the one before it
+        // and is never pruned.
         let now_ms = self.clock.now_ms();
         let mut state = self.lock();
-        let mut pruned = 0;
-        for versions in state.history.values_mut() {
-            let entries: Vec<(u64, i64)> =
-                versions.iter().map(|(version, record)| (*version, record.info.written_at_ms)).collect();
-            for pair in entries.windows(2) {
-                let [(version, written_at_ms), (_, superseded_at_ms)] = pair else { continue };
-                let later_in_same_hour = written_at_ms.div_euclid(HOUR_MS) == superseded_at_ms.div_euclid(HOUR_MS);
-                if self.history_policy.should_prune(*superseded_at_ms, later_in_same_hour, now_ms) {
-                    versions.remove(version);
-                    pruned += 1;
+        let mut page = PrunedPage::default();
+        let range = match &after {
+            Some(after) => state.history.range_mut((Bound::Excluded(after.clone()), Bound::Unbounded)),
+            None => state.history.range_mut(..),
+        };
+        for (id, versions) in range {
+            if page.rows_examined as usize >= rows_max {
+                return Ok(page);
+            }
+            page.rows_examined += versions.len() as u64;
+            page.next_after = Some(id.clone());
+            let Some((_, latest)) = versions.last_key_value() else { continue };
+            let current_written_at_ms = latest.info.written_at_ms;
+            let superseded: Vec<RowMeta> = versions
+                .values()
+                .take(versions.len() - 1)
+                .map(|record| RowMeta { version: record.info.version, written_at_ms: record.info.written_at_ms })
+                .collect();
+            let doomed = doomed_rows(&superseded, current_written_at_ms, now_ms, &self.history_policy);
+            for (row, gone) in superseded.iter().zip(doomed) {
+                if gone {
+                    versions.remove(&row.version);
+                    page.pruned += 1;
                 }
             }
         }
-        Ok(pruned)
+        page.next_after = None;
+        Ok(page)
     }
 
     async fn renew_holder(&self, holder: &HolderId, ttl_ms: u64) -> Result<HolderLease, StoreError> {

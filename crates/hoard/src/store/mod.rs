@@ -6,16 +6,19 @@
 //! Commit semantics live in `apply`, limits in `limits` and `validate`; backends only move rows.
 
 pub mod apply;
+pub mod delta;
 pub mod encoded;
 pub mod error;
 /// The fault-injecting wrapper: tests and the simulator only (feature `testing`).
 #[cfg(feature = "testing")]
 pub mod fault;
+pub mod history;
 pub mod limits;
 pub mod memory;
 mod open;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod pruner;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod types;
@@ -26,7 +29,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
-pub use error::{InvalidInput, StoreError};
+pub use error::{InvalidInput, RawText, StoreError, Unreadable};
 pub use limits::{HistoryPolicy, Limits};
 pub use open::{StoreOptions, is_postgres_location, open_store};
 pub use types::*;
@@ -69,6 +72,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Removes history entries the store's `HistoryPolicy` no longer keeps; returns how many.
     async fn prune_history(&self) -> Result<u64, StoreError>;
 
+    /// One bounded step of `prune_history`: prunes whole keys after `after`, in (store, key)
+    /// byte order, until at least `rows_max` history rows were examined or the last key was
+    /// done (`next_after` is then `None`). The background pruner (`pruner`) calls this.
+    ///
+    /// The default prunes nothing and reports the end: a store that cannot bound the work here
+    /// (a remote store) leaves pruning to the process next to its database.
+    async fn prune_history_page(&self, after: Option<DocId>, rows_max: usize) -> Result<PrunedPage, StoreError> {
+        let _ = (after, rows_max);
+        Ok(PrunedPage::default())
+    }
+
     /// Creates or extends a holder's process lease to `ttl_ms` from the store's now.
     async fn renew_holder(&self, holder: &HolderId, ttl_ms: u64) -> Result<HolderLease, StoreError>;
 
@@ -100,6 +114,18 @@ pub struct GroupCommitStats {
     pub transactions_total: u64,
     /// The most commits that shared one transaction.
     pub largest_batch: u64,
+}
+
+/// What one `Store::prune_history_page` step did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PrunedPage {
+    /// Versions removed.
+    pub pruned: u64,
+    /// History rows looked at.
+    pub rows_examined: u64,
+    /// The last key examined, where the next step starts; `None` when the history's end was
+    /// reached.
+    pub next_after: Option<DocId>,
 }
 
 /// A shared handle to any store.
@@ -144,6 +170,20 @@ pub async fn force_release(store: &dyn Store, id: &DocId) -> Result<Result<Optio
     match store.commit(Commit::single(write)).await? {
         CommitOutcome::Committed { .. } => Ok(Ok(Some(holder))),
         CommitOutcome::Conflict(conflict) => Ok(Err(conflict)),
+    }
+}
+
+/// `Store::prune_history` for a store that pages: every page, from the first key to the last.
+pub(crate) async fn prune_every_page(store: &dyn Store) -> Result<u64, StoreError> {
+    let mut pruned_total = 0u64;
+    let mut after = None;
+    loop {
+        let page = store.prune_history_page(after, usize::MAX).await?;
+        pruned_total = pruned_total.saturating_add(page.pruned);
+        match page.next_after {
+            Some(next) => after = Some(next),
+            None => return Ok(pruned_total),
+        }
     }
 }
 

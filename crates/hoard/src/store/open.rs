@@ -1,7 +1,8 @@
 //! Opens a store from a location an operator types: a file path (SQLite) or a PostgreSQL URL.
 //!
 //! Invariant: the choice of backend is made here, once, from the location's form; callers get a
-//! `SharedStore` and never branch on the backend again.
+//! `SharedStore` and never branch on the backend again. Opening never creates a database where
+//! `must_exist` says one must already be, and never changes a database that is not hoard's.
 
 #[cfg(feature = "sqlite")]
 use std::path::PathBuf;
@@ -23,6 +24,10 @@ pub struct StoreOptions {
     /// PostgreSQL only: the schema hoard's tables live in (`None`: the backend's default).
     /// Processes sharing a database share data only within one schema.
     pub postgres_schema: Option<String>,
+    /// Open only a database that is already there (a hoard SQLite file, or a PostgreSQL schema
+    /// with hoard's tables) and refuse, creating nothing, otherwise: for operators' reads, so a
+    /// mistyped `--db` says so instead of answering from a new, empty database.
+    pub must_exist: bool,
 }
 
 /// True when the location names a PostgreSQL database rather than an SQLite file.
@@ -31,8 +36,11 @@ pub fn is_postgres_location(location: &str) -> bool {
 }
 
 /// Opens `location`: `postgres://…` or `postgresql://…` for PostgreSQL, anything else as the
-/// path of an SQLite database file (created, with its folder, if missing). A backend this build
-/// left out (features `sqlite`, `postgres`) is a clear `InvalidInput`.
+/// path of an SQLite database file (created, with its folder, if missing, unless
+/// `options.must_exist`). Every backend refuses what is not a hoard database (another
+/// application's SQLite file, a file that is not SQLite, a schema of a newer hoard) and leaves it
+/// as it was; errors name the cause and what to do. A backend this build left out (features
+/// `sqlite`, `postgres`) is a clear `InvalidInput`.
 pub async fn open_store(location: &str, options: StoreOptions) -> Result<SharedStore, StoreError> {
     if is_postgres_location(location) {
         open_postgres(location, options).await
@@ -47,6 +55,7 @@ async fn open_postgres(location: &str, options: StoreOptions) -> Result<SharedSt
         url: location.to_string(),
         limits: options.limits,
         history_policy: options.history_policy,
+        must_exist: options.must_exist,
         ..PostgresOptions::default()
     };
     let postgres_options = match options.postgres_schema {
@@ -62,6 +71,7 @@ async fn open_sqlite(location: &str, options: StoreOptions) -> Result<SharedStor
         path: PathBuf::from(location),
         limits: options.limits,
         history_policy: options.history_policy,
+        must_exist: options.must_exist,
         ..SqliteOptions::default()
     };
     Ok(Arc::new(SqliteStore::open(sqlite_options).await?))

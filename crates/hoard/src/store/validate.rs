@@ -61,7 +61,46 @@ fn check_size(what: &'static str, bytes: usize, bytes_max: usize) -> Result<(), 
     Ok(())
 }
 
+/// Nesting depth of a JSON value: 0 for a scalar, 1 for `[]` or `{}`, one more per level inside.
+/// Walked with an explicit stack (not recursion), so any value in memory can be measured.
+pub fn json_depth(value: &Value) -> usize {
+    fn container(value: &&Value) -> bool {
+        value.is_array() || value.is_object()
+    }
+    let mut deepest = 0;
+    let mut pending: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((at, depth)) = pending.pop() {
+        let inside = depth + 1;
+        match at {
+            Value::Array(items) => {
+                deepest = deepest.max(inside);
+                pending.extend(items.iter().filter(container).map(|child| (child, inside)));
+            }
+            Value::Object(map) => {
+                deepest = deepest.max(inside);
+                pending.extend(map.values().filter(container).map(|child| (child, inside)));
+            }
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// The depth limit (`Limits::json_depth_max`) of a value, message or attribute map.
+pub fn check_depth(what: &'static str, value: &Value, limits: &Limits) -> Result<(), InvalidInput> {
+    check_depth_of(what, json_depth(value), limits)
+}
+
+/// The depth limit, given a depth already measured (the attributes map counts one level).
+pub fn check_depth_of(what: &'static str, depth: usize, limits: &Limits) -> Result<(), InvalidInput> {
+    if depth > limits.json_depth_max {
+        return Err(InvalidInput::TooDeep { what, depth, depth_max: limits.json_depth_max });
+    }
+    Ok(())
+}
+
 pub fn validate_value(value: &Value, limits: &Limits) -> Result<(), InvalidInput> {
+    check_depth("value", value, limits)?;
     check_value_bytes(json_bytes(value), limits)
 }
 
@@ -71,6 +110,8 @@ pub fn check_value_bytes(bytes: usize, limits: &Limits) -> Result<(), InvalidInp
 }
 
 pub fn validate_attributes(attributes: &Map<String, Value>, limits: &Limits) -> Result<(), InvalidInput> {
+    let inside = attributes.values().map(json_depth).max().unwrap_or(0);
+    check_depth_of("attributes", inside + 1, limits)?;
     let mut counter = ByteCounter(0);
     let bytes = match serde_json::to_writer(&mut counter, attributes) {
         Ok(()) => counter.0,
@@ -109,8 +150,8 @@ pub fn validate_commit(commit: &Commit, limits: &Limits) -> Result<(), InvalidIn
     Ok(())
 }
 
-/// Everything `validate_commit` checks except the size of put values, for callers that serialize
-/// the values anyway and check the size of the text (`encoded::EncodedCommit`).
+/// Everything `validate_commit` checks except the put values (depth and size), for callers that
+/// serialize the values anyway and check them there (`encoded::EncodedCommit`).
 pub fn validate_commit_except_values(commit: &Commit, limits: &Limits) -> Result<(), InvalidInput> {
     if commit.writes.is_empty() {
         return Err(InvalidInput::EmptyCommit);
@@ -160,6 +201,7 @@ pub fn validate_commit_except_values(commit: &Commit, limits: &Limits) -> Result
             });
         }
         for message in &write.inbox_push {
+            check_depth("inbox message", message, limits)?;
             check_size("inbox message", json_bytes(message), limits.inbox_message_bytes_max)?;
         }
     }

@@ -9,7 +9,9 @@ mod engine_sessions;
 mod engine_shared_docs;
 mod engine_timers;
 mod engine_trades;
+mod pg_cluster;
 mod postgres_backend;
+mod postgres_failover;
 mod probe_store;
 mod retry;
 mod sqlite_backend;
@@ -22,6 +24,10 @@ macro_rules! conformance_backends {
     };
 }
 mod store_conformance;
+mod store_delta;
 mod store_faults;
+mod store_history;
+mod store_migrations;
 mod store_model;
+mod store_pruner;
 mod tidy;

@@ -398,9 +398,11 @@ async fn an_sql_error_in_one_commit_rolls_back_only_that_commit() {
     connection
         .execute(
             "INSERT INTO history (store, key, version, written_at_ms, deleted, value, value_bytes, attributes, user_ids, commit_id)
-             VALUES ('players', 'broken', 2, 0, 0, '\"planted\"', 9, '{}', '[]', '00000000-0000-0000-0000-000000000000')",
+             VALUES ('players', 'broken', 1, 0, 0, '\"planted\"', 9, '{}', '[]', '00000000-0000-0000-0000-000000000000')",
             [],
         )
+        // The next put of `broken` supersedes version 1, whose history row now exists: its
+        // INSERT fails inside that commit's savepoint.
         .expect("plant a history row");
     drop(connection);
     let mut tasks = Vec::new();

@@ -570,6 +570,60 @@ pub async fn value_at_the_size_limit_is_stored_whole(t: TestStore) {
     assert_eq!(get(store, &id).await.expect("read").value, Some(value));
 }
 
+/// A JSON value nested `depth` deep (arrays and objects in turn, a scalar at the bottom).
+pub fn nested_value(depth: usize) -> Value {
+    let mut value = json!("bottom");
+    for level in 0..depth {
+        value = if level % 2 == 0 { json!([value]) } else { json!({ "k": value }) };
+    }
+    value
+}
+
+/// Values, inbox messages and attributes at the depth limit are stored and read back whole (in
+/// the document and in history); one level deeper is refused and changes nothing.
+pub async fn json_at_the_depth_limit_reads_back_and_one_level_deeper_is_refused(t: TestStore) {
+    let store = &*t.store;
+    let depth_max = store.limits().json_depth_max;
+    let id = doc("players", "deepest");
+    let value = nested_value(depth_max);
+    let message = nested_value(depth_max);
+    let mut attributes = Map::new();
+    attributes.insert("a".into(), nested_value(depth_max - 1));
+    let mut write = Write::put(id.clone(), value.clone()).push_message(message.clone());
+    write.attributes = Some(attributes.clone());
+    commit_ok(store, vec![write]).await;
+    let document = get(store, &id).await.expect("the deepest accepted document reads back");
+    assert_eq!(document.value.as_ref(), Some(&value));
+    assert_eq!(document.inbox.first().map(|m| &m.body), Some(&message));
+    assert_eq!(document.attributes, attributes);
+    let record = store.get_version(&id, 1).await.expect("history reads back").expect("kept");
+    assert_eq!(record.value, Some(value));
+
+    let mut too_deep_attributes = Map::new();
+    too_deep_attributes.insert("a".into(), nested_value(depth_max));
+    let mut deep_attributes = Write::new(id.clone());
+    deep_attributes.attributes = Some(too_deep_attributes);
+    for (what, write) in [
+        ("value", Write::put(id.clone(), nested_value(depth_max + 1))),
+        ("message", Write::new(id.clone()).push_message(nested_value(depth_max + 1))),
+        ("attributes", deep_attributes),
+    ] {
+        match store.commit(Commit::single(write)).await {
+            Err(StoreError::InvalidInput(InvalidInput::TooDeep { depth, depth_max: max, .. })) => {
+                assert_eq!((depth, max), (depth_max + 1, depth_max), "{what}");
+            }
+            // Through `hoard serve` (RemoteStore) the refusal arrives as the server's message.
+            Err(StoreError::InvalidInput(InvalidInput::Remote { message })) => {
+                let expected = format!("nested {} deep, over the limit of {depth_max}", depth_max + 1);
+                assert!(message.contains(&expected), "{what}: {message}");
+            }
+            other => panic!("{what} one level too deep: expected TooDeep, got {other:?}"),
+        }
+    }
+    let after = get(store, &id).await.expect("read");
+    assert_eq!((after.version, after.inbox.len()), (1, 1), "nothing changed");
+}
+
 /// The stored JSON reads back as written: nested values, unicode, large integers and floats.
 pub async fn values_round_trip_exactly(t: TestStore) {
     let store = &*t.store;
@@ -789,7 +843,7 @@ pub fn suite_config() -> TestConfig {
 }
 
 pub fn zero_retention_config() -> TestConfig {
-    TestConfig { limits: Limits::default(), history_policy: HistoryPolicy { keep_all_ms: 0, retention_ms: 0 } }
+    TestConfig { limits: Limits::default(), history_policy: HistoryPolicy::keep_latest_only() }
 }
 
 /// Puts, metadata-only new versions (which copy the value into history) and
@@ -889,6 +943,7 @@ macro_rules! conformance {
                 notifications_reach_subscribers,
                 bad_input_is_refused_and_changes_nothing,
                 value_at_the_size_limit_is_stored_whole,
+                json_at_the_depth_limit_reads_back_and_one_level_deeper_is_refused,
                 values_round_trip_exactly,
                 floats_round_trip_bit_exactly,
                 no_lost_update_with_32_tasks_doing_200_cas_increments,

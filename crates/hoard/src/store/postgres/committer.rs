@@ -19,12 +19,13 @@ use deadpool_postgres::Pool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::error::{Severity, SqlState};
 
-use super::rows::{DocColumns, HistoryColumns, document_from_row};
+use super::rows::{DocColumns, HistoryColumns, document_from_row_with_text, to_json_text};
 use super::unavailable;
 use crate::store::apply::{Current, VALUE_NOT_READ, apply_commit, write_reads_value};
 use crate::store::encoded::EncodedCommit;
-use crate::store::limits::Limits;
-use crate::store::types::{CommitOutcome, DocId};
+use crate::store::history::encode_superseded;
+use crate::store::limits::{HistoryPolicy, Limits};
+use crate::store::types::{CommitOutcome, DocId, ValueOp};
 use crate::store::{GroupCommitStats, StoreError};
 
 /// How many times a batch is retried from scratch when PostgreSQL aborts it with a serialization
@@ -73,6 +74,7 @@ impl GroupCommitCounters {
 pub struct CommitterShared {
     pub pool: Pool,
     pub limits: Limits,
+    pub history_policy: HistoryPolicy,
     pub group_commit_max_commits: usize,
     pub counters: GroupCommitCounters,
 }
@@ -117,18 +119,29 @@ fn is_retryable(error: &tokio_postgres::Error) -> bool {
 /// Classifies an error raised before COMMIT was sent: the transaction did not commit.
 fn before_commit(context: &str) -> impl Fn(tokio_postgres::Error) -> BatchFailure + '_ {
     move |error| {
-        let message = format!("{context}: {error}");
+        let message = format!("{context}: {}", super::describe_error(&error));
         if is_retryable(&error) { BatchFailure::Retryable(message) } else { BatchFailure::NothingApplied(message) }
     }
 }
 
-/// Every key of the batch, with whether any write of the batch reads its current value
-/// (`apply::write_reads_value`).
-fn batch_keys(batch: &[PendingCommit]) -> BTreeMap<DocId, bool> {
-    let mut keys: BTreeMap<DocId, bool> = BTreeMap::new();
+/// What the batch needs of a key's stored value.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct KeyReads {
+    /// Some write of the batch reads the current value (`apply::write_reads_value`): decode it.
+    value: bool,
+    /// Some write of the batch makes a new version, superseding the stored one, whose history
+    /// row is made from the stored text (`store::history`): fetch the text.
+    text: bool,
+}
+
+/// Every key of the batch, with what its writes need of the stored value.
+fn batch_keys(batch: &[PendingCommit]) -> BTreeMap<DocId, KeyReads> {
+    let mut keys: BTreeMap<DocId, KeyReads> = BTreeMap::new();
     for pending in batch {
         for write in &pending.encoded.commit.writes {
-            *keys.entry(write.id.clone()).or_insert(false) |= write_reads_value(write);
+            let reads = keys.entry(write.id.clone()).or_default();
+            reads.value |= write_reads_value(write);
+            reads.text |= write_reads_value(write) || write.changes_version();
         }
     }
     keys
@@ -140,7 +153,7 @@ async fn run_batch(shared: &CommitterShared, mut batch: Vec<PendingCommit>) {
     // sees the same keys, so stripping once holds for every attempt.
     let keys = batch_keys(&batch);
     for pending in &mut batch {
-        pending.encoded.strip_put_values(|id| keys.get(id).copied().unwrap_or(true));
+        pending.encoded.strip_put_values(|id| keys.get(id).is_none_or(|reads| reads.value));
     }
     let mut attempt = 0;
     let result = loop {
@@ -190,33 +203,46 @@ const INSERT_PLACEHOLDERS_SQL: &str = "INSERT INTO docs (store, key)
      ORDER BY want.store COLLATE \"C\", want.key COLLATE \"C\"
      ON CONFLICT (store, key) DO NOTHING";
 
-const SELECT_HOLDERS_SQL: &str = "SELECT holder, expires_at_ms FROM holders
-     WHERE holder = ANY($3::text[])
-        OR holder IN (SELECT d.lease_holder FROM docs AS d
-                      JOIN unnest($1::text[], $2::text[]) AS want(store, key)
-                        ON d.store = want.store AND d.key = want.key
-                      WHERE d.lease_holder IS NOT NULL)";
-
-const NOW_MS_SQL: &str = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint";
+// The holders' process leases that judge `LeaseFree` for this batch (of the locked rows, and of
+// every holder the batch acquires for), with the database clock, in one statement: an aggregate
+// without GROUP BY is always one row, so `clock_timestamp()` is read once.
+const SELECT_HOLDERS_AND_NOW_SQL: &str = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS now_ms,
+            coalesce(array_agg(h.holder), '{}') AS holders, coalesce(array_agg(h.expires_at_ms), '{}') AS expires_at_ms
+     FROM holders AS h
+     WHERE h.holder = ANY(array_cat($3::text[], ARRAY(
+         SELECT d.lease_holder FROM docs AS d
+         JOIN unnest($1::text[], $2::text[]) AS want(store, key) ON d.store = want.store AND d.key = want.key
+         WHERE d.lease_holder IS NOT NULL)))";
 
 // A key whose value no applied write of the batch changed (`value_set` false: a lease or inbox
 // change) keeps its stored value: PostgreSQL then reuses the TOASTed datum instead of
 // compressing kilobytes again, and the stand-in the batch held for an unread value
 // (`VALUE_NOT_READ`) is never stored.
-const UPDATE_DOCS_SQL: &str = "UPDATE docs AS d SET
-         value = CASE WHEN n.value_set THEN n.value ELSE d.value END, version = n.version, created_at_ms = n.created_at_ms, updated_at_ms = n.updated_at_ms,
-         attributes = n.attributes, user_ids = n.user_ids, lease_holder = n.lease_holder, lease_epoch = n.lease_epoch,
-         inbox = n.inbox, inbox_next_seq = n.inbox_next_seq, last_commit_id = n.last_commit_id
-     FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[], $8::text[],
-                 $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bool[])
-          AS n(store, key, value, version, created_at_ms, updated_at_ms, attributes, user_ids, lease_holder,
-               lease_epoch, inbox, inbox_next_seq, last_commit_id, value_set)
-     WHERE d.store = n.store AND d.key = n.key";
-
-const INSERT_HISTORY_SQL: &str = "INSERT INTO history
-         (store, key, version, written_at_ms, deleted, value, attributes, user_ids, commit_id)
-     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bool[], $6::text[], $7::text[],
-                          $8::text[], $9::text[])";
+// The batch's whole write in one statement: the final state of every changed key and the batch's
+// new history rows (an empty set of arrays inserts none). A key whose value no applied write of
+// the batch changed (`value_set` false: a lease or inbox change) keeps its stored value:
+// PostgreSQL then reuses the TOASTed datum instead of compressing kilobytes again, and the
+// stand-in the batch held for an unread value (`VALUE_NOT_READ`) is never stored.
+const WRITE_BATCH_SQL: &str = "WITH updated AS (
+         UPDATE docs AS d SET
+             value = CASE WHEN n.value_set THEN n.value ELSE d.value END, version = n.version,
+             created_at_ms = n.created_at_ms, updated_at_ms = n.updated_at_ms, attributes = n.attributes,
+             user_ids = n.user_ids, lease_holder = n.lease_holder, lease_epoch = n.lease_epoch, inbox = n.inbox,
+             inbox_next_seq = n.inbox_next_seq, last_commit_id = n.last_commit_id
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bigint[], $6::bigint[], $7::text[],
+                     $8::text[], $9::text[], $10::bigint[], $11::text[], $12::bigint[], $13::text[], $14::bool[])
+              AS n(store, key, value, version, created_at_ms, updated_at_ms, attributes, user_ids, lease_holder,
+                   lease_epoch, inbox, inbox_next_seq, last_commit_id, value_set)
+         WHERE d.store = n.store AND d.key = n.key
+         RETURNING 1
+     ), inserted AS (
+         INSERT INTO history
+             (store, key, version, written_at_ms, deleted, value, delta, value_bytes, attributes, user_ids, commit_id)
+         SELECT * FROM unnest($15::text[], $16::text[], $17::bigint[], $18::bigint[], $19::bool[], $20::text[],
+                              $21::bytea[], $22::bigint[], $23::text[], $24::text[], $25::text[])
+         RETURNING 1
+     )
+     SELECT (SELECT count(*) FROM updated) AS updated_rows, (SELECT count(*) FROM inserted) AS inserted_rows";
 
 /// `lock_docs_sql`, built once.
 static LOCK_DOCS_SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(lock_docs_sql);
@@ -225,13 +251,13 @@ fn lock_docs_sql() -> String {
     // ORDER BY runs below the row-locking step, so rows are locked in this order: the canonical
     // order every process uses. Under READ COMMITTED a row changed by a transaction we waited for
     // is re-read at its newest committed version before it is returned. A value is sent only
-    // where a write of the batch reads it (`want.read_value`); elsewhere only whether there is
-    // one (`IS NOT NULL` looks at the row's null bitmap, not at the TOASTed text).
+    // where a write of the batch reads it or supersedes it (`want.read_text`); elsewhere only
+    // whether there is one (`IS NOT NULL` looks at the row's null bitmap, not at the TOASTed text).
     let columns = super::rows::DOC_COLUMNS
-        .replace("d.value,", "CASE WHEN want.read_value THEN d.value END AS value, d.value IS NOT NULL AS has_value,");
+        .replace("d.value,", "CASE WHEN want.read_text THEN d.value END AS value, d.value IS NOT NULL AS has_value,");
     format!(
         "SELECT {columns} FROM docs AS d
-         JOIN unnest($1::text[], $2::text[], $3::bool[]) AS want(store, key, read_value)
+         JOIN unnest($1::text[], $2::text[], $3::bool[]) AS want(store, key, read_text)
            ON d.store = want.store AND d.key = want.key
          ORDER BY d.store, d.key
          FOR UPDATE OF d"
@@ -246,10 +272,11 @@ fn lock_docs_sql() -> String {
 async fn try_batch(
     shared: &CommitterShared,
     batch: &[PendingCommit],
-    keys: &BTreeMap<DocId, bool>,
+    keys: &BTreeMap<DocId, KeyReads>,
 ) -> Result<Vec<CommitOutcome>, BatchFailure> {
-    let client =
-        shared.pool.get().await.map_err(|error| BatchFailure::NothingApplied(format!("get a connection: {error}")))?;
+    let client = shared.pool.get().await.map_err(|error| {
+        BatchFailure::NothingApplied(format!("get a connection: {}", super::describe_error(&error)))
+    })?;
     let result = batch_transaction(&client, shared, batch, keys).await;
     if result.is_err() {
         drop(deadpool_postgres::Object::take(client));
@@ -261,7 +288,7 @@ async fn batch_transaction(
     client: &deadpool_postgres::Object,
     shared: &CommitterShared,
     batch: &[PendingCommit],
-    ids: &BTreeMap<DocId, bool>,
+    ids: &BTreeMap<DocId, KeyReads>,
 ) -> Result<Vec<CommitOutcome>, BatchFailure> {
     // Every key of the batch (`ids`, from `batch_keys`), once, in canonical order (Rust's `str`
     // order is byte order, like COLLATE "C"), and every holder the batch acquires for (their
@@ -276,52 +303,55 @@ async fn batch_transaction(
     }
     let stores: Vec<&str> = ids.keys().map(|id| id.store.as_str()).collect();
     let keys: Vec<&str> = ids.keys().map(|id| id.key.as_str()).collect();
-    let read_values: Vec<bool> = ids.values().copied().collect();
+    let read_texts: Vec<bool> = ids.values().map(|reads| reads.text).collect();
     let acquiring_holders: Vec<&str> = acquiring_holders.into_iter().collect();
 
     // Prepared once per pooled connection, then served from its statement cache.
     let begin = client.prepare_cached(BEGIN_SQL).await.map_err(before_commit("prepare"))?;
     let insert_placeholders = client.prepare_cached(INSERT_PLACEHOLDERS_SQL).await.map_err(before_commit("prepare"))?;
     let lock_docs = client.prepare_cached(&LOCK_DOCS_SQL).await.map_err(before_commit("prepare"))?;
-    let select_holders = client.prepare_cached(SELECT_HOLDERS_SQL).await.map_err(before_commit("prepare"))?;
-    let select_now = client.prepare_cached(NOW_MS_SQL).await.map_err(before_commit("prepare"))?;
+    let select_holders_and_now =
+        client.prepare_cached(SELECT_HOLDERS_AND_NOW_SQL).await.map_err(before_commit("prepare"))?;
 
-    // Pipelined: the five statements go out together and run in this order on the server, so the
-    // whole read phase costs one round trip. The holder and clock reads run after the locks are
-    // held, so they see the locked rows' holders and a `now` no earlier than the previous
+    // Pipelined: the four statements go out together and run in this order on the server, so the
+    // whole read phase costs one round trip. The holder and clock read runs after the locks are
+    // held, so it sees the locked rows' holders and a `now` no earlier than the previous
     // writer's commit of any of these keys.
-    let (_, _, doc_rows, holder_rows, now_row) = futures_util::future::try_join5(
+    let (_, _, doc_rows, holders_row) = futures_util::future::try_join4(
         client.execute(&begin, &[]),
         client.execute(&insert_placeholders, &[&stores, &keys]),
-        client.query(&lock_docs, &[&stores, &keys, &read_values]),
-        client.query(&select_holders, &[&stores, &keys, &acquiring_holders]),
-        client.query_one(&select_now, &[]),
+        client.query(&lock_docs, &[&stores, &keys, &read_texts]),
+        client.query_one(&select_holders_and_now, &[&stores, &keys, &acquiring_holders]),
     )
     .await
     .map_err(before_commit("lock the batch's keys"))?;
 
-    let now_ms: i64 = now_row.try_get(0).map_err(before_commit("read the clock"))?;
-    let mut holder_expires_at_ms: HashMap<String, i64> = HashMap::with_capacity(holder_rows.len());
-    for row in &holder_rows {
-        let holder: String = row.try_get(0).map_err(before_commit("read holders"))?;
-        let expires_at_ms: i64 = row.try_get(1).map_err(before_commit("read holders"))?;
-        holder_expires_at_ms.insert(holder, expires_at_ms);
-    }
+    let now_ms: i64 = holders_row.try_get("now_ms").map_err(before_commit("read the clock"))?;
+    let holders: Vec<String> = holders_row.try_get("holders").map_err(before_commit("read holders"))?;
+    let expiries: Vec<i64> = holders_row.try_get("expires_at_ms").map_err(before_commit("read holders"))?;
+    let holder_expires_at_ms: HashMap<String, i64> = holders.into_iter().zip(expiries).collect();
     let expiry_of = |doc: &crate::store::Document| {
         doc.lease.holder.as_ref().and_then(|holder| holder_expires_at_ms.get(holder.as_str()).copied())
     };
 
-    let mut states: HashMap<DocId, Current> = HashMap::with_capacity(doc_rows.len());
+    // Each key's state as the batch goes (its document and its value's text), starting from the
+    // locked rows; each applied commit replaces its keys' entries.
+    let mut states: HashMap<DocId, (Current, Option<String>)> = HashMap::with_capacity(doc_rows.len());
     for row in &doc_rows {
         // A row that does not parse fails the whole batch: nothing is written over it.
-        let mut doc = document_from_row(row).map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
+        let store: &str = row.try_get("store").map_err(before_commit("read the batch's keys"))?;
+        let key: &str = row.try_get("key").map_err(before_commit("read the batch's keys"))?;
+        let parse_value =
+            DocId::parse(store, key).ok().and_then(|id| ids.get(&id).copied()).is_none_or(|reads| reads.value);
+        let (mut doc, text) = document_from_row_with_text(row, parse_value)
+            .map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
         let has_value: bool = row.try_get("has_value").map_err(before_commit("read the batch's keys"))?;
         if has_value && doc.value.is_none() {
-            // Not sent: no write of the batch reads it (see `lock_docs_sql`).
+            // Not decoded: no write of the batch reads it (see `lock_docs_sql`).
             doc.value = Some(VALUE_NOT_READ);
         }
         let holder_expiry = expiry_of(&doc);
-        states.insert(doc.id.clone(), Current { doc, holder_expires_at_ms: holder_expiry });
+        states.insert(doc.id.clone(), (Current { doc, holder_expires_at_ms: holder_expiry }, text));
     }
     if states.len() != ids.len() {
         // Every key got a row from the placeholder insert (or already had one) and hoard never
@@ -335,15 +365,15 @@ async fn batch_transaction(
 
     let mut outcomes = Vec::with_capacity(batch.len());
     // Every key an applied commit changed, with the JSON text of its newest value when an applied
-    // write changed the value (`None` inside: deleted), shared by its history row and its docs
-    // row so each value is serialized once.
+    // write changed the value (`None` inside: deleted).
     let mut changed: BTreeMap<DocId, Option<Option<String>>> = BTreeMap::new();
     let mut history = HistoryColumns::default();
+    let nothing_applied = |error: StoreError| BatchFailure::NothingApplied(error.to_string());
     for pending in batch {
         let commit = &pending.encoded.commit;
         let mut currents = Vec::with_capacity(commit.writes.len());
         for write in &commit.writes {
-            let current = states
+            let (current, _) = states
                 .get(&write.id)
                 .ok_or_else(|| BatchFailure::NothingApplied(format!("key {} of the batch was not locked", write.id)))?;
             currents.push(current);
@@ -353,24 +383,45 @@ async fn batch_transaction(
         match result {
             Ok((nexts, applied)) => {
                 for (index, next) in nexts.into_iter().enumerate() {
+                    let id = next.doc.id.clone();
+                    let (superseded, stored_text) = states
+                        .remove(&id)
+                        .ok_or_else(|| BatchFailure::NothingApplied(format!("key {id} of the batch was not locked")))?;
+                    let entry = changed.entry(id.clone()).or_insert(None);
                     // A new version is the only way a write changes the stored value; any other
                     // write keeps it (`value_set` false), whatever stand-in the batch holds.
-                    let value_text = if next.new_version {
-                        let encoded = pending.encoded.value_text(index).cloned();
-                        Some(
-                            history
-                                .push(&next.doc, encoded, commit.id, now_ms)
-                                .map_err(|error| BatchFailure::NothingApplied(error.to_string()))?,
-                        )
+                    let text = if next.new_version {
+                        let write = &commit.writes[index];
+                        let new_text = match (&write.value, pending.encoded.value_text(index)) {
+                            (_, Some(text)) => Some(text.clone()),
+                            // New metadata on the same value: the stored text stays as it is.
+                            (ValueOp::Keep, None) => stored_text.clone(),
+                            (_, None) => next
+                                .doc
+                                .value
+                                .as_ref()
+                                .map(|value| to_json_text(value, "value", &id))
+                                .transpose()
+                                .map_err(nothing_applied)?,
+                        };
+                        if superseded.doc.version > 0 {
+                            let payload = encode_superseded(
+                                superseded.doc.version,
+                                stored_text.as_deref(),
+                                new_text.as_deref(),
+                                &shared.history_policy,
+                            );
+                            history.push(&superseded.doc, stored_text.as_deref(), payload).map_err(nothing_applied)?;
+                        }
+                        if !matches!(write.value, ValueOp::Keep) {
+                            *entry = Some(new_text.clone());
+                        }
+                        new_text
                     } else {
-                        None
+                        stored_text
                     };
-                    let entry = changed.entry(next.doc.id.clone()).or_insert(None);
-                    if value_text.is_some() {
-                        *entry = value_text;
-                    }
                     let holder_expiry = expiry_of(&next.doc);
-                    states.insert(next.doc.id.clone(), Current { doc: next.doc, holder_expires_at_ms: holder_expiry });
+                    states.insert(id, (Current { doc: next.doc, holder_expires_at_ms: holder_expiry }, text));
                 }
                 outcomes.push(CommitOutcome::Committed { commit_id: commit.id, at_ms: now_ms, applied });
             }
@@ -393,7 +444,7 @@ async fn batch_transaction(
 /// the server means the transaction is aborted, so the COMMIT behind it turns into a rollback:
 /// nothing applied. A lost connection means COMMIT may have reached the server: unknown.
 fn in_commit_pipeline(context: &str, error: tokio_postgres::Error) -> BatchFailure {
-    let message = format!("{context}: {error}");
+    let message = format!("{context}: {}", super::describe_error(&error));
     let server_refused =
         error.as_db_error().is_some_and(|db_error| db_error.parsed_severity() == Some(Severity::Error));
     if !server_refused {
@@ -410,20 +461,19 @@ fn in_commit_pipeline(context: &str, error: tokio_postgres::Error) -> BatchFailu
 /// `synchronous_commit = on`) when its reply arrives.
 async fn write_back_and_commit(
     client: &deadpool_postgres::Object,
-    states: &HashMap<DocId, Current>,
+    states: &HashMap<DocId, (Current, Option<String>)>,
     changed: BTreeMap<DocId, Option<Option<String>>>,
     history: &HistoryColumns,
 ) -> Result<(), BatchFailure> {
     let mut docs = DocColumns::default();
     for (id, value_text) in changed {
-        let current =
+        let (current, _) =
             states.get(&id).ok_or_else(|| BatchFailure::NothingApplied(format!("changed key {id} has no state")))?;
         docs.push(&current.doc, value_text).map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
     }
-    let update_docs = client.prepare_cached(UPDATE_DOCS_SQL).await.map_err(before_commit("prepare"))?;
-    let insert_history = client.prepare_cached(INSERT_HISTORY_SQL).await.map_err(before_commit("prepare"))?;
+    let write_batch = client.prepare_cached(WRITE_BATCH_SQL).await.map_err(before_commit("prepare"))?;
     let commit = client.prepare_cached(COMMIT_SQL).await.map_err(before_commit("prepare"))?;
-    let doc_params: [&(dyn tokio_postgres::types::ToSql + Sync); 14] = [
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
         &docs.stores,
         &docs.keys,
         &docs.values,
@@ -438,39 +488,31 @@ async fn write_back_and_commit(
         &docs.inbox_next_seqs,
         &docs.last_commit_ids,
         &docs.value_sets,
-    ];
-    let history_params: [&(dyn tokio_postgres::types::ToSql + Sync); 9] = [
         &history.stores,
         &history.keys,
         &history.versions,
         &history.written_at_ms,
         &history.deleted,
         &history.values,
+        &history.deltas,
+        &history.value_bytes,
         &history.attributes,
         &history.user_ids,
         &history.commit_ids,
     ];
-    // All three are polled (and so sent) in this order before any reply is awaited; each
-    // reply is then looked at, because which one failed decides what the failure means.
-    let write_history =
-        async { if history.is_empty() { Ok(0) } else { client.execute(&insert_history, &history_params).await } };
-    let (updated, inserted, committed) = futures_util::future::join3(
-        client.execute(&update_docs, &doc_params),
-        write_history,
-        client.execute(&commit, &[]),
-    )
-    .await;
-    let updated_rows = updated.map_err(|error| in_commit_pipeline("write documents", error))?;
-    inserted.map_err(|error| in_commit_pipeline("write history", error))?;
+    // Both are polled (and so sent) in this order before any reply is awaited; each reply is then
+    // looked at, because which one failed decides what the failure means.
+    let (written, committed) =
+        futures_util::future::join(client.query_one(&write_batch, &params), client.execute(&commit, &[])).await;
+    let written = written.map_err(|error| in_commit_pipeline("write documents and history", error))?;
     committed.map_err(|error| in_commit_pipeline("commit", error))?;
-    if usize::try_from(updated_rows).ok() != Some(docs.stores.len()) {
+    let counts: Result<(i64, i64), tokio_postgres::Error> =
+        written.try_get("updated_rows").and_then(|updated| Ok((updated, written.try_get("inserted_rows")?)));
+    let expected = (docs.stores.len() as i64, history.stores.len() as i64);
+    if counts.as_ref().ok() != Some(&expected) {
         // Cannot happen while the rows are locked; if it does, the commit is in and the anomaly
         // must be visible.
-        tracing::error!(
-            updated_rows,
-            changed_keys = docs.stores.len(),
-            "group commit updated an unexpected number of rows"
-        );
+        tracing::error!(?counts, ?expected, "group commit wrote an unexpected number of rows (documents, history)");
     }
     Ok(())
 }

@@ -73,7 +73,7 @@ async fn listen_once(
     };
     let (client, mut connection) = match connected {
         Ok(pair) => pair,
-        Err(error) => return ListenEnd::Failed(format!("connect: {error}")),
+        Err(error) => return ListenEnd::Failed(format!("connect: {}", super::describe_error(&error))),
     };
     // The connection delivers LISTEN's reply and the notifications; it is driven here, in the
     // same task, so nothing outlives the store.
@@ -85,7 +85,7 @@ async fn listen_once(
         tokio::select! {
             result = &mut listen, if !listening => {
                 if let Err(error) = result {
-                    return ListenEnd::Failed(format!("LISTEN: {error}"));
+                    return ListenEnd::Failed(format!("LISTEN: {}", super::describe_error(&error)));
                 }
                 listening = true;
                 *backoff_ms = LISTENER_RECONNECT_BACKOFF_INITIAL_MS;
@@ -102,7 +102,7 @@ async fn listen_once(
                     }
                 }
                 Some(Ok(_)) => {}
-                Some(Err(error)) => return ListenEnd::Failed(error.to_string()),
+                Some(Err(error)) => return ListenEnd::Failed(super::describe_error(&error)),
                 None => return ListenEnd::Failed("connection closed".to_string()),
             },
             _ = shutdown.changed() => return ListenEnd::Shutdown,

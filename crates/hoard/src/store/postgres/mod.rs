@@ -10,6 +10,8 @@
 //! connection failed while COMMIT was in flight.
 
 mod committer;
+mod errors;
+mod history;
 mod listener;
 mod rows;
 mod schema;
@@ -24,18 +26,18 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_postgres::NoTls;
 
 use self::committer::{CommitterShared, GroupCommitCounters, PendingCommit};
-use self::rows::{
-    DOC_COLUMNS, HISTORY_COLUMNS, counter_to_db, document_from_row, version_info_from_row, version_record_from_row,
-};
+use self::rows::{DOC_COLUMNS, document_from_row};
 pub use self::schema::SCHEMA_VERSION_LATEST;
 use crate::store::encoded::EncodedCommit;
-use crate::store::limits::{HOUR_MS, HistoryPolicy, Limits};
+use crate::store::limits::{HistoryPolicy, Limits};
 use crate::store::types::{
     Commit, CommitOutcome, DocId, Document, HolderId, HolderLease, Key, KeyPage, ListQuery, Notification, StoreName,
     VersionInfo, VersionQuery, VersionRecord,
 };
 use crate::store::validate::{validate_doc_id, validate_notification};
-use crate::store::{GroupCommitStats, InvalidInput, NOTIFICATION_CHANNEL_CAPACITY, Store, StoreError, Subscription};
+use crate::store::{
+    GroupCommitStats, InvalidInput, NOTIFICATION_CHANNEL_CAPACITY, PrunedPage, Store, StoreError, Subscription,
+};
 
 /// Longest schema name: PostgreSQL identifiers (and NOTIFY channel names) are at most 63 bytes,
 /// and the channel is `hoard_` followed by the schema.
@@ -44,18 +46,19 @@ pub const SCHEMA_NAME_BYTES_MAX: usize = 57;
 /// PostgreSQL refuses NOTIFY payloads of 8,000 bytes or more.
 pub const NOTIFY_PAYLOAD_BYTES_MAX: usize = 7_999;
 
-/// How many history keys `prune_history` judges per statement (all versions of each key in one
-/// window, so a key's versions are always judged against their true successors).
-pub const PRUNE_HISTORY_KEYS_PER_BATCH: i64 = 1_000;
+pub use self::history::PRUNE_HISTORY_ROWS_PER_TRANSACTION;
 
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
     /// A libpq-style URL or key=value string, e.g. `postgres://hoard@db:5432/hoard`.
     pub url: String,
-    /// The schema hoard's tables live in (created if missing): `[a-z_][a-z0-9_]*`, at most
-    /// `SCHEMA_NAME_BYTES_MAX` bytes. Stores in different schemas are fully isolated, including
-    /// their notifications.
+    /// The schema hoard's tables live in (created if missing, unless `must_exist`):
+    /// `[a-z_][a-z0-9_]*`, at most `SCHEMA_NAME_BYTES_MAX` bytes. Stores in different schemas are
+    /// fully isolated, including their notifications.
     pub schema: String,
+    /// Refuse a database without hoard's schema instead of creating it (operators' reads: a typo
+    /// in a URL must not create tables in some other database).
+    pub must_exist: bool,
     pub limits: Limits,
     pub history_policy: HistoryPolicy,
     /// Most connections this process keeps open (group-commit workers and reads share them);
@@ -79,6 +82,7 @@ impl Default for PostgresOptions {
         PostgresOptions {
             url: String::new(),
             schema: "hoard".to_string(),
+            must_exist: false,
             limits: Limits::default(),
             history_policy: HistoryPolicy::default(),
             pool_size: 16,
@@ -108,9 +112,12 @@ pub struct PostgresStore {
     _listener_shutdown: watch::Sender<()>,
 }
 
-/// `Unavailable` with what was being done.
-pub(crate) fn unavailable(context: impl std::fmt::Display, error: impl std::fmt::Display) -> StoreError {
-    StoreError::unavailable(format!("postgres: {context}: {error}"))
+pub(crate) use self::errors::describe_error;
+
+/// `Unavailable` with what was being done, and the error's cause and remedy (`describe_error`)
+/// when it is the driver's or the pool's.
+pub(crate) fn unavailable(context: impl std::fmt::Display, error: impl std::fmt::Display + 'static) -> StoreError {
+    StoreError::unavailable(format!("postgres: {context}: {}", errors::describe_any(&error)))
 }
 
 /// Quotes an identifier for SQL text. Schema names are validated to `[a-z_][a-z0-9_]*` first;
@@ -132,6 +139,7 @@ fn validate_schema_name(schema: &str) -> Result<(), InvalidInput> {
 
 fn validate_options(options: &PostgresOptions) -> Result<(), InvalidInput> {
     validate_schema_name(&options.schema)?;
+    options.history_policy.check()?;
     let counts = [
         ("pool_size", options.pool_size),
         ("group_commit_max_commits", options.group_commit_max_commits),
@@ -167,21 +175,26 @@ fn prefix_upper_bound(prefix: &str) -> Option<String> {
 }
 
 impl PostgresStore {
-    /// Connects, migrates the schema (safe with many processes opening at once), starts the
-    /// notification listener (and waits until it listens) and the group-commit workers.
+    /// Connects, migrates the schema (safe with many processes opening at once; with
+    /// `must_exist`, only a schema that is already there), starts the notification listener (and
+    /// waits until it listens) and the group-commit workers. Errors name their cause and what to
+    /// do (`describe_error`).
     pub async fn open(options: PostgresOptions) -> Result<PostgresStore, StoreError> {
         validate_options(&options)?;
         let mut config: tokio_postgres::Config =
             options.url.parse().map_err(|error| unavailable("parse the connection URL", error))?;
         let connect_timeout = Duration::from_millis(options.connect_timeout_ms);
-        // plan_cache_mode=force_custom_plan: statements are prepared once per pooled connection
-        // and would otherwise settle on a generic plan made while the table was small (a fresh
-        // store): a sequential scan of `docs` hash-joined with the `unnest` of the batch's keys,
-        // kept for the connection's life. Planning each execution with its real arrays keeps the
-        // primary-key index scan (measured by `hoard bench`: 123 M rows read by 15 k seq scans in
-        // one quick run before this).
+        // Plans that stay on the index, and stay cached: statements are prepared once per pooled
+        // connection, and after five runs PostgreSQL may keep a generic plan made while the table
+        // was small (a fresh store): a sequential scan of `docs` hash-joined with the `unnest` of a
+        // batch's keys, kept for the connection's life (measured by `hoard bench`: 123 M rows read
+        // by 15 k seq scans in one quick run). Every statement hoard sends is a lookup or a range
+        // by primary key, so scans and hash or merge joins are never what it wants: switched off
+        // for its connections, the planner's only remaining choice for a generic plan is the
+        // nested loop over the primary-key index, and the plan is cached rather than made again
+        // for every execution (what `plan_cache_mode=force_custom_plan` cost before).
         let server_options = format!(
-            "{existing} -c search_path={schema} -c statement_timeout={timeout} -c idle_in_transaction_session_timeout={timeout} -c plan_cache_mode=force_custom_plan",
+            "{existing} -c search_path={schema} -c statement_timeout={timeout} -c idle_in_transaction_session_timeout={timeout} -c enable_seqscan=off -c enable_hashjoin=off -c enable_mergejoin=off",
             existing = config.get_options().unwrap_or_default(),
             schema = options.schema,
             timeout = options.statement_timeout_ms,
@@ -199,6 +212,16 @@ impl PostgresStore {
             .create_timeout(Some(connect_timeout))
             .build()
             .map_err(|error| unavailable("build the connection pool", error))?;
+        // The first connection names where it went, so "connection refused" or "database does not
+        // exist" says which server and database; it goes back to the pool for the migrations.
+        let first_connection = pool
+            .get()
+            .await
+            .map_err(|error| unavailable(format!("connect to the {}", schema::target_text(&config)), error))?;
+        drop(first_connection);
+        if options.must_exist {
+            schema::refuse_missing_schema(&pool, &config, &options.schema).await?;
+        }
         schema::migrate(&pool, &options.schema).await?;
 
         let channel = format!("hoard_{}", options.schema);
@@ -226,6 +249,7 @@ impl PostgresStore {
         let committer = Arc::new(CommitterShared {
             pool: pool.clone(),
             limits: options.limits.clone(),
+            history_policy: options.history_policy.clone(),
             group_commit_max_commits: options.group_commit_max_commits,
             counters: GroupCommitCounters::default(),
         });
@@ -362,98 +386,20 @@ impl Store for PostgresStore {
 
     async fn list_versions(&self, id: &DocId, query: &VersionQuery) -> Result<Vec<VersionInfo>, StoreError> {
         validate_doc_id(id, &self.limits)?;
-        let limit = i64::try_from(self.limits.page_size(query.limit)).unwrap_or(i64::MAX);
-        let before = query.before_version.map_or(i64::MAX, counter_to_db);
-        let client = self.client().await?;
-        let sql = format!(
-            "SELECT {HISTORY_COLUMNS} FROM history
-             WHERE store = $1 AND key = $2 AND version < $3
-             ORDER BY version DESC
-             LIMIT $4"
-        );
-        let statement = client.prepare_cached(&sql).await.map_err(|error| unavailable("list versions", error))?;
-        let rows = client
-            .query(&statement, &[&id.store.as_str(), &id.key.as_str(), &before, &limit])
-            .await
-            .map_err(|error| unavailable("list versions", error))?;
-        rows.iter().map(|row| version_info_from_row(row, id)).collect()
+        history::list_versions(&self.pool, id, query, &self.limits).await
     }
 
     async fn get_version(&self, id: &DocId, version: u64) -> Result<Option<VersionRecord>, StoreError> {
         validate_doc_id(id, &self.limits)?;
-        let Ok(version) = i64::try_from(version) else {
-            return Ok(None);
-        };
-        let client = self.client().await?;
-        let sql = format!("SELECT {HISTORY_COLUMNS} FROM history WHERE store = $1 AND key = $2 AND version = $3");
-        let statement = client.prepare_cached(&sql).await.map_err(|error| unavailable("read a version", error))?;
-        let row = client
-            .query_opt(&statement, &[&id.store.as_str(), &id.key.as_str(), &version])
-            .await
-            .map_err(|error| unavailable("read a version", error))?;
-        row.map(|row| version_record_from_row(&row, id)).transpose()
+        history::get_version(&self.pool, id, version).await
     }
 
     async fn prune_history(&self) -> Result<u64, StoreError> {
-        let now_ms = self.now_ms().await?;
-        let client = self.client().await?;
-        // The memory store's rule in one statement per batch of keys: a version goes when
-        // `HistoryPolicy::should_prune(next version's written_at_ms, same UTC hour as the next
-        // version, now)` says so; the latest version (no next) is never pruned. Every version of
-        // a key is judged in the same statement, against the successors that existed before it.
-        let statement = client
-            .prepare_cached(
-                "WITH chunk AS (
-                     SELECT DISTINCT store, key FROM history
-                     WHERE (store, key) > ($1, $2)
-                     ORDER BY store, key
-                     LIMIT $3
-                 ), ranked AS (
-                     SELECT h.store, h.key, h.version, h.written_at_ms,
-                            lead(h.written_at_ms) OVER (PARTITION BY h.store, h.key ORDER BY h.version) AS superseded_at_ms
-                     FROM history AS h JOIN chunk AS c ON h.store = c.store AND h.key = c.key
-                 ), doomed AS (
-                     SELECT store, key, version FROM ranked
-                     WHERE superseded_at_ms IS NOT NULL
-                       AND ($4::bigint - superseded_at_ms >= $5::bigint
-                            OR ($4::bigint - superseded_at_ms >= $6::bigint
-                                AND floor(written_at_ms::numeric / $7::bigint) = floor(superseded_at_ms::numeric / $7::bigint)))
-                 ), deleted AS (
-                     DELETE FROM history AS h USING doomed AS d
-                     WHERE h.store = d.store AND h.key = d.key AND h.version = d.version
-                     RETURNING 1
-                 )
-                 SELECT (SELECT count(*) FROM deleted) AS pruned, last.store, last.key
-                 FROM (SELECT store, key FROM chunk ORDER BY store DESC, key DESC LIMIT 1) AS last",
-            )
-            .await
-            .map_err(|error| unavailable("prune history", error))?;
-        let mut after_store = String::new();
-        let mut after_key = String::new();
-        let mut pruned_total: u64 = 0;
-        loop {
-            let row = client
-                .query_opt(
-                    &statement,
-                    &[
-                        &after_store,
-                        &after_key,
-                        &PRUNE_HISTORY_KEYS_PER_BATCH,
-                        &now_ms,
-                        &self.history_policy.retention_ms,
-                        &self.history_policy.keep_all_ms,
-                        &HOUR_MS,
-                    ],
-                )
-                .await
-                .map_err(|error| unavailable("prune history", error))?;
-            let Some(row) = row else { break };
-            let pruned: i64 = row.try_get("pruned").map_err(|error| unavailable("prune history", error))?;
-            pruned_total = pruned_total.saturating_add(u64::try_from(pruned).unwrap_or(0));
-            after_store = row.try_get("store").map_err(|error| unavailable("prune history", error))?;
-            after_key = row.try_get("key").map_err(|error| unavailable("prune history", error))?;
-        }
-        Ok(pruned_total)
+        crate::store::prune_every_page(self).await
+    }
+
+    async fn prune_history_page(&self, after: Option<DocId>, rows_max: usize) -> Result<PrunedPage, StoreError> {
+        history::prune_history_page(&self.pool, after, rows_max, &self.history_policy).await
     }
 
     async fn renew_holder(&self, holder: &HolderId, ttl_ms: u64) -> Result<HolderLease, StoreError> {

@@ -3,8 +3,9 @@
 //! Invariant: a value is stored as the exact text `serde_json::to_string` gives and read back with
 //! `serde_json::from_str`, so what a caller wrote is what every later read returns (and
 //! `octet_length(value)` equals `validate::json_bytes`). A placeholder row (version 0, NULL
-//! value, no lease, empty inbox) converts to exactly `Document::absent`. Any column that does not
-//! parse is `StoreError::Corrupt` naming the key, never a panic and never a silently wrong value.
+//! value, no lease, empty inbox) converts to exactly `Document::absent`. A JSON column that does not
+//! parse is `StoreError::Unreadable` naming the key (quarantined, readable raw); any other is
+//! `StoreError::Corrupt` naming the key, never a panic and never a silently wrong value.
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -12,16 +13,15 @@ use serde_json::{Map, Value};
 use tokio_postgres::Row;
 
 use crate::store::StoreError;
-use crate::store::types::{
-    CommitId, DocId, Document, HolderId, InboxMessage, Key, LeaseState, StoreName, VersionInfo, VersionRecord,
-};
+use crate::store::history::StoredPayload;
+use crate::store::types::{CommitId, DocId, Document, HolderId, InboxMessage, Key, LeaseState, StoreName, VersionInfo};
 
 /// The columns of `docs` that `document_from_row` reads, in a form to paste after SELECT.
 pub const DOC_COLUMNS: &str = "d.store, d.key, d.value, d.version, d.created_at_ms, d.updated_at_ms, d.attributes, \
      d.user_ids, d.lease_holder, d.lease_epoch, d.inbox, d.inbox_next_seq, d.last_commit_id";
 
-/// The columns of `history` that `version_record_from_row` reads.
-pub const HISTORY_COLUMNS: &str = "version, written_at_ms, deleted, octet_length(value)::bigint AS value_bytes, commit_id, value, attributes, user_ids";
+/// The listing columns of a version, from `history` (`h`) or, for the current version, `docs`.
+pub const VERSION_INFO_COLUMNS: &str = "version, written_at_ms, deleted, value_bytes, commit_id";
 
 fn corrupt(id: &str, what: &str, error: impl std::fmt::Display) -> StoreError {
     StoreError::corrupt(format!("{what} of {id} is unreadable: {error}"))
@@ -31,8 +31,9 @@ fn column<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, name: &str, i
     row.try_get(name).map_err(|error| corrupt(id, name, error))
 }
 
-fn parse_json<T: DeserializeOwned>(text: &str, what: &str, id: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|error| corrupt(id, what, error))
+/// Parses a stored JSON field of key `id` at `version`; text its reader refuses is `Unreadable`.
+fn parse_json<T: DeserializeOwned>(text: &str, what: &'static str, id: &DocId, version: u64) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|error| StoreError::unreadable(id, version, what, error, text))
 }
 
 /// Serializes to JSON text. Serializing the store's types cannot fail (string map keys, no NaN in
@@ -58,28 +59,38 @@ fn commit_id_from_text(text: &str, id: &str) -> Result<CommitId, StoreError> {
 
 /// Reads a `docs` row selected with `DOC_COLUMNS`.
 pub fn document_from_row(row: &Row) -> Result<Document, StoreError> {
+    Ok(document_from_row_with_text(row, true)?.0)
+}
+
+/// Reads a `docs` row selected with `DOC_COLUMNS` and hands back its value's stored text as it
+/// is; with `parse_value` false the text is not parsed and `Document::value` is `None`.
+pub fn document_from_row_with_text(row: &Row, parse_value: bool) -> Result<(Document, Option<String>), StoreError> {
     let store_text: String = column(row, "store", "a docs row")?;
     let key_text: String = column(row, "key", &store_text)?;
     let label = format!("{store_text}/{key_text}");
     let store = StoreName::new(store_text).map_err(|error| corrupt(&label, "store name", error))?;
     let key = Key::new(key_text).map_err(|error| corrupt(&label, "key", error))?;
     let id = DocId::new(store, key);
+    let version = counter_from_db(column(row, "version", &label)?, "version", &label)?;
     let value_text: Option<String> = column(row, "value", &label)?;
-    let value: Option<Value> = value_text.as_deref().map(|text| parse_json(text, "value", &label)).transpose()?;
+    let value: Option<Value> = match value_text.as_deref() {
+        Some(text) if parse_value => Some(parse_json(text, "value", &id, version)?),
+        _ => None,
+    };
     let attributes_text: String = column(row, "attributes", &label)?;
-    let attributes: Map<String, Value> = parse_json(&attributes_text, "attributes", &label)?;
+    let attributes: Map<String, Value> = parse_json(&attributes_text, "attributes", &id, version)?;
     let user_ids_text: String = column(row, "user_ids", &label)?;
-    let user_ids: Vec<String> = parse_json(&user_ids_text, "user ids", &label)?;
+    let user_ids: Vec<String> = parse_json(&user_ids_text, "user ids", &id, version)?;
     let inbox_text: String = column(row, "inbox", &label)?;
-    let inbox: Vec<InboxMessage> = parse_json(&inbox_text, "inbox", &label)?;
+    let inbox: Vec<InboxMessage> = parse_json(&inbox_text, "inbox", &id, version)?;
     let holder_text: Option<String> = column(row, "lease_holder", &label)?;
     let holder = holder_text.map(HolderId::new).transpose().map_err(|error| corrupt(&label, "lease holder", error))?;
     let last_commit_text: Option<String> = column(row, "last_commit_id", &label)?;
     let last_commit_id = last_commit_text.as_deref().map(|text| commit_id_from_text(text, &label)).transpose()?;
-    Ok(Document {
+    let document = Document {
         id,
         value,
-        version: counter_from_db(column(row, "version", &label)?, "version", &label)?,
+        version,
         created_at_ms: column(row, "created_at_ms", &label)?,
         updated_at_ms: column(row, "updated_at_ms", &label)?,
         attributes,
@@ -91,36 +102,38 @@ pub fn document_from_row(row: &Row) -> Result<Document, StoreError> {
         inbox,
         inbox_next_seq: counter_from_db(column(row, "inbox_next_seq", &label)?, "inbox sequence", &label)?,
         last_commit_id,
-    })
+    };
+    Ok((document, value_text))
 }
 
-/// Reads the `VersionInfo` part of a `history` row selected with `HISTORY_COLUMNS`.
+/// Reads a row selected with `VERSION_INFO_COLUMNS`.
 pub fn version_info_from_row(row: &Row, id: &DocId) -> Result<VersionInfo, StoreError> {
     let label = id.to_string();
-    let value_bytes: Option<i64> = column(row, "value_bytes", &label)?;
-    let commit_text: String = column(row, "commit_id", &label)?;
+    let value_bytes: i64 = column(row, "value_bytes", &label)?;
+    let commit_text: Option<String> = column(row, "commit_id", &label)?;
+    let commit_text = commit_text.ok_or_else(|| corrupt(&label, "commit id", "missing for a written version"))?;
     Ok(VersionInfo {
         version: counter_from_db(column(row, "version", &label)?, "version", &label)?,
         written_at_ms: column(row, "written_at_ms", &label)?,
         deleted: column(row, "deleted", &label)?,
-        value_bytes: counter_from_db(value_bytes.unwrap_or(0), "value size", &label)?,
+        value_bytes: counter_from_db(value_bytes, "value size", &label)?,
         commit_id: commit_id_from_text(&commit_text, &label)?,
     })
 }
 
-/// Reads a whole `history` row selected with `HISTORY_COLUMNS`.
-pub fn version_record_from_row(row: &Row, id: &DocId) -> Result<VersionRecord, StoreError> {
-    let label = id.to_string();
-    let info = version_info_from_row(row, id)?;
-    let value_text: Option<String> = column(row, "value", &label)?;
-    let attributes_text: String = column(row, "attributes", &label)?;
-    let user_ids_text: String = column(row, "user_ids", &label)?;
-    Ok(VersionRecord {
-        info,
-        value: value_text.as_deref().map(|text| parse_json(text, "value", &label)).transpose()?,
-        attributes: parse_json(&attributes_text, "attributes", &label)?,
-        user_ids: parse_json(&user_ids_text, "user ids", &label)?,
-    })
+/// The JSON text of a stored value, parsed.
+pub fn parse_value(text: &str, id: &DocId, version: u64) -> Result<Value, StoreError> {
+    parse_json(text, "value", id, version)
+}
+
+/// Parses stored attributes and user ids.
+pub fn parse_metadata(
+    attributes: &str,
+    user_ids: &str,
+    id: &DocId,
+    version: u64,
+) -> Result<(Map<String, Value>, Vec<String>), StoreError> {
+    Ok((parse_json(attributes, "attributes", id, version)?, parse_json(user_ids, "user ids", id, version)?))
 }
 
 /// The final state of changed `docs` rows, one array per column, for one bulk `UPDATE ... FROM
@@ -167,7 +180,8 @@ impl DocColumns {
     }
 }
 
-/// New `history` rows, one array per column, for one bulk `INSERT ... SELECT FROM unnest(...)`.
+/// New `history` rows (versions a batch superseded), one array per column, for one bulk
+/// `INSERT ... SELECT FROM unnest(...)`.
 #[derive(Debug, Default)]
 pub struct HistoryColumns {
     pub stores: Vec<String>,
@@ -176,40 +190,38 @@ pub struct HistoryColumns {
     pub written_at_ms: Vec<i64>,
     pub deleted: Vec<bool>,
     pub values: Vec<Option<String>>,
+    pub deltas: Vec<Option<Vec<u8>>>,
+    pub value_bytes: Vec<i64>,
     pub attributes: Vec<String>,
     pub user_ids: Vec<String>,
     pub commit_ids: Vec<String>,
 }
 
 impl HistoryColumns {
-    /// Records `doc` (just written by `commit_id` at `written_at_ms`) as a new version, and
-    /// returns its value's JSON text (`None`: deleted) for the docs row. `encoded`: the text of
-    /// the value the write put, already serialized (`encoded::EncodedCommit`); `doc.value` is then
-    /// not looked at (it may be a stand-in). Otherwise `doc.value` is serialized here.
+    /// Records `superseded` (the key's state before the batch's write, whose value text was
+    /// `text`) as a history row with `payload`.
     pub fn push(
         &mut self,
-        doc: &Document,
-        encoded: Option<String>,
-        commit_id: CommitId,
-        written_at_ms: i64,
-    ) -> Result<Option<String>, StoreError> {
-        let value_text = match encoded {
-            Some(text) => Some(text),
-            None => doc.value.as_ref().map(|value| to_json_text(value, "value", &doc.id)).transpose()?,
-        };
-        self.stores.push(doc.id.store.as_str().to_string());
-        self.keys.push(doc.id.key.as_str().to_string());
-        self.versions.push(counter_to_db(doc.version));
-        self.written_at_ms.push(written_at_ms);
-        self.deleted.push(doc.value.is_none());
-        self.values.push(value_text.clone());
-        self.attributes.push(to_json_text(&doc.attributes, "attributes", &doc.id)?);
-        self.user_ids.push(to_json_text(&doc.user_ids, "user ids", &doc.id)?);
+        superseded: &Document,
+        text: Option<&str>,
+        payload: StoredPayload,
+    ) -> Result<(), StoreError> {
+        let id = &superseded.id;
+        let commit_id = superseded.last_commit_id.ok_or_else(|| {
+            corrupt(&id.to_string(), "commit id", format!("missing for version {}", superseded.version))
+        })?;
+        self.stores.push(id.store.as_str().to_string());
+        self.keys.push(id.key.as_str().to_string());
+        self.versions.push(counter_to_db(superseded.version));
+        self.written_at_ms.push(superseded.updated_at_ms);
+        self.deleted.push(matches!(payload, StoredPayload::Deleted));
+        self.value_bytes.push(counter_to_db(text.map_or(0, str::len) as u64));
+        let (value, delta) = payload.into_columns();
+        self.values.push(value);
+        self.deltas.push(delta);
+        self.attributes.push(to_json_text(&superseded.attributes, "attributes", id)?);
+        self.user_ids.push(to_json_text(&superseded.user_ids, "user ids", id)?);
         self.commit_ids.push(commit_id.to_string());
-        Ok(value_text)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.stores.is_empty()
+        Ok(())
     }
 }

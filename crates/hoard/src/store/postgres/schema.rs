@@ -12,11 +12,14 @@ use super::{quote_identifier, unavailable};
 use crate::store::StoreError;
 
 /// The migrations, in order; `schema_version` records which have been applied.
-pub const MIGRATIONS: &[(i64, &str)] =
-    &[(1, include_str!("migrations/0001_init.sql")), (2, include_str!("migrations/0002_lz4_values.sql"))];
+pub const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("migrations/0001_init.sql")),
+    (2, include_str!("migrations/0002_lz4_values.sql")),
+    (3, include_str!("migrations/0003_history_deltas.sql")),
+];
 
 /// The schema version this build of hoard writes and reads.
-pub const SCHEMA_VERSION_LATEST: i64 = 2;
+pub const SCHEMA_VERSION_LATEST: i64 = 3;
 
 /// Creates the schema if missing and applies every migration it lacks. Returns the schema
 /// version now in force.
@@ -69,4 +72,49 @@ pub async fn migrate(pool: &Pool, schema: &str) -> Result<i64, StoreError> {
     }
     transaction.commit().await.map_err(|error| unavailable("commit migrations", error))?;
     Ok(SCHEMA_VERSION_LATEST)
+}
+
+/// Where a configuration points, for messages: `database "name" on host:port` (never the
+/// password).
+pub(crate) fn target_text(config: &tokio_postgres::Config) -> String {
+    let database = config.get_dbname().or(config.get_user()).unwrap_or("(default)");
+    let ports = config.get_ports();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(index, host)| {
+            let port = ports.get(index).or(ports.first()).copied().unwrap_or(5432);
+            match host {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                tokio_postgres::config::Host::Unix(path) => format!("{}:{port}", path.display()),
+            }
+        })
+        .collect();
+    format!("database \"{database}\" on {}", hosts.join(","))
+}
+
+/// Refuses, creating nothing, a database in which `schema` holds no hoard tables (operators'
+/// reads open existing data only).
+pub async fn refuse_missing_schema(
+    pool: &Pool,
+    config: &tokio_postgres::Config,
+    schema: &str,
+) -> Result<(), StoreError> {
+    let client = pool.get().await.map_err(|error| unavailable("connect", error))?;
+    let table = format!("{}.schema_version", quote_identifier(schema));
+    let row = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await
+        .map_err(|error| unavailable("look for hoard's schema", error))?;
+    let present: bool = row.try_get(0).map_err(|error| unavailable("look for hoard's schema", error))?;
+    if present {
+        return Ok(());
+    }
+    Err(StoreError::wrong_database(format!(
+        "no hoard data in the PostgreSQL {}: it has no schema {schema} with hoard's tables (nothing was created). \
+         Check the database name in the URL (--db or HOARD_DB) and the schema; `hoard serve` and the write \
+         commands create them",
+        target_text(config)
+    )))
 }

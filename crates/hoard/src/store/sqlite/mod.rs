@@ -8,11 +8,19 @@
 //! Every commit is validated (`validate_commit`) before it is queued, so the writer only ever
 //! sees commits that can fail by a condition or by the database.
 //!
-//! Files: `connection` (pragmas), `schema` + `schema_v1.sql` (migrations), `rows` (row encoding),
-//! `writer` (group commit), `reads` (read pool and queries), `notifications` (poller), `clock`.
+//! Opening never harms a file that is not hoard's: `identify` tells what the file is first, and
+//! another application's SQLite file (or a file that is not SQLite) is refused untouched; with
+//! `must_exist`, so is a missing or empty one.
+//!
+//! Files: `identify` (what a file is), `connection` (pragmas, error texts), `schema` +
+//! `schema_v*.sql` (migrations), `rows` (docs rows), `history` (superseded versions: deltas,
+//! rebuilds, pruning), `writer` (group commit), `reads` (read pool and queries), `notifications`
+//! (poller), `clock`.
 
 mod clock;
 mod connection;
+mod history;
+mod identify;
 mod notifications;
 mod reads;
 mod rows;
@@ -37,8 +45,10 @@ use crate::store::types::{
     VersionInfo, VersionQuery, VersionRecord,
 };
 use crate::store::validate::{validate_doc_id, validate_notification};
-use crate::store::{GroupCommitStats, NOTIFICATION_CHANNEL_CAPACITY, Store, StoreError, Subscription};
+use crate::store::{GroupCommitStats, NOTIFICATION_CHANNEL_CAPACITY, PrunedPage, Store, StoreError, Subscription};
 
+pub(crate) use self::connection::describe_error;
+pub use self::identify::HOARD_SQLITE_APPLICATION_ID;
 pub use self::schema::SCHEMA_VERSION_LATEST as SQLITE_SCHEMA_VERSION;
 
 /// How hard SQLite pushes each commit to the disk (`PRAGMA synchronous`).
@@ -69,8 +79,12 @@ pub const WAL_AUTOCHECKPOINT_PAGES_DEFAULT: u32 = 1_000;
 
 #[derive(Clone, Debug)]
 pub struct SqliteOptions {
-    /// The database file; it and its parent folders are created when missing.
+    /// The database file; it and its parent folders are created when missing (unless
+    /// `must_exist`). A file that is not a hoard database is refused, never changed.
     pub path: PathBuf,
+    /// Refuse a missing or empty file instead of creating a database (operators' reads: a typo
+    /// in a path must not conjure an empty database that answers "not found").
+    pub must_exist: bool,
     pub limits: Limits,
     pub history_policy: HistoryPolicy,
     pub synchronous: SqliteSynchronous,
@@ -95,6 +109,7 @@ impl Default for SqliteOptions {
     fn default() -> Self {
         SqliteOptions {
             path: PathBuf::from("hoard-data/hoard.sqlite3"),
+            must_exist: false,
             limits: Limits::default(),
             history_policy: HistoryPolicy::default(),
             synchronous: SqliteSynchronous::Full,
@@ -136,8 +151,15 @@ fn create_parent_folder(path: &Path) -> Result<(), StoreError> {
         return Ok(());
     };
     std::fs::create_dir_all(folder).map_err(|error| {
+        let reason = match error.kind() {
+            std::io::ErrorKind::ReadOnlyFilesystem => connection::read_only_file_system(folder),
+            std::io::ErrorKind::PermissionDenied => {
+                format!("this user may not create it ({error}): choose a folder it may write, or change permissions")
+            }
+            _ => error.to_string(),
+        };
         StoreError::unavailable(format!(
-            "cannot create the folder {} for the SQLite file {}: {error}",
+            "cannot create the folder {} for the SQLite file {}: {reason}",
             folder.display(),
             path.display()
         ))
@@ -151,9 +173,21 @@ struct Opened {
     largest_notification_id: i64,
 }
 
-fn open_blocking(path: &Path, settings: &ConnectionSettings) -> Result<Opened, StoreError> {
-    create_parent_folder(path)?;
+fn open_blocking(path: &Path, settings: &ConnectionSettings, must_exist: bool) -> Result<Opened, StoreError> {
+    let kind = identify::identify(path)?;
+    if let Some(refusal) = identify::refusal(path, &kind) {
+        return Err(refusal);
+    }
+    if must_exist && let Some(refusal) = identify::missing_refusal(path, &kind) {
+        return Err(refusal);
+    }
+    if kind == identify::FileKind::Missing {
+        create_parent_folder(path)?;
+    }
     let write_connection = open_write_connection(path, settings)?;
+    if kind != (identify::FileKind::Hoard { application_id_stamped: true }) {
+        connection::stamp_application_id(path, &write_connection)?;
+    }
     schema::migrate(&write_connection)?;
     let poll_connection = open_read_connection(path, settings)?;
     let largest_notification_id = notifications::largest_notification_id(&poll_connection)?;
@@ -161,9 +195,12 @@ fn open_blocking(path: &Path, settings: &ConnectionSettings) -> Result<Opened, S
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the file, applies migrations, and starts the writer thread and
-    /// the notification poller. Must be called inside a tokio runtime.
+    /// Opens (creating if needed, unless `must_exist`) the file, applies migrations, and starts
+    /// the writer thread and the notification poller. A file that is not a hoard database is
+    /// refused with `StoreError::WrongDatabase` and left as it was. Must be called inside a tokio
+    /// runtime.
     pub async fn open(options: SqliteOptions) -> Result<SqliteStore, StoreError> {
+        options.history_policy.check()?;
         let settings = ConnectionSettings {
             busy_timeout_ms: options.busy_timeout_ms,
             synchronous: options.synchronous,
@@ -171,7 +208,8 @@ impl SqliteStore {
         };
         let path = options.path.clone();
         let open_settings = settings.clone();
-        let opened = tokio::task::spawn_blocking(move || open_blocking(&path, &open_settings))
+        let must_exist = options.must_exist;
+        let opened = tokio::task::spawn_blocking(move || open_blocking(&path, &open_settings, must_exist))
             .await
             .map_err(|error| StoreError::unavailable(format!("opening the SQLite store failed: {error}")))??;
 
@@ -317,26 +355,41 @@ impl Store for SqliteStore {
     async fn list_versions(&self, id: &DocId, query: &VersionQuery) -> Result<Vec<VersionInfo>, StoreError> {
         validate_doc_id(id, &self.limits)?;
         let (id, query, limits) = (id.clone(), query.clone(), self.limits.clone());
-        self.reads.read(move |connection| reads::list_versions(connection, &id, &query, &limits)).await
+        self.reads.read(move |connection| history::list_versions(connection, &id, &query, &limits)).await
     }
 
     async fn get_version(&self, id: &DocId, version: u64) -> Result<Option<VersionRecord>, StoreError> {
         validate_doc_id(id, &self.limits)?;
         let id = id.clone();
-        self.reads.read(move |connection| reads::get_version(connection, &id, version)).await
+        self.reads.read(move |connection| history::read_version(connection, &id, version)).await
     }
 
     async fn prune_history(&self) -> Result<u64, StoreError> {
-        // Page by page, each in its own (group-committed) transaction, so a large history never
-        // holds the write lock for long; see `writer::prune_history_page` for the rule.
-        let mut pruned_total = 0u64;
-        let mut after = None;
+        crate::store::prune_every_page(self).await
+    }
+
+    async fn prune_history_page(&self, after: Option<DocId>, rows_max: usize) -> Result<PrunedPage, StoreError> {
+        // Transaction by transaction (each at most `PRUNE_HISTORY_ROWS_PER_TRANSACTION` rows, in
+        // the writer's group commit), so a large history never holds the write lock for long; see
+        // `history::prune_history_page` for the rule.
+        let mut cursor = after.map(|id| (id.store.as_str().to_string(), id.key.as_str().to_string()));
+        let mut done = PrunedPage::default();
         loop {
-            let page = self.write(|reply| WriteRequest::PruneHistoryPage { after, reply }).await?;
-            pruned_total += page.pruned;
-            match page.next_after {
-                Some(cursor) => after = Some(cursor),
-                None => return Ok(pruned_total),
+            let remaining = usize::try_from(done.rows_examined).map_or(0, |examined| rows_max.saturating_sub(examined));
+            let (after, rows_max) = (cursor.clone(), remaining.max(1));
+            let page = self.write(|reply| WriteRequest::PruneHistoryPage { after, rows_max, reply }).await?;
+            done.pruned += page.pruned;
+            done.rows_examined += page.rows_examined;
+            cursor = page.next_after;
+            let Some((store, key)) = &cursor else {
+                done.next_after = None;
+                return Ok(done);
+            };
+            if usize::try_from(done.rows_examined).unwrap_or(usize::MAX) >= rows_max || page.rows_examined == 0 {
+                let id = DocId::parse(store, key)
+                    .map_err(|error| StoreError::corrupt(format!("history key {store}/{key}: {error}")))?;
+                done.next_after = Some(id);
+                return Ok(done);
             }
         }
     }

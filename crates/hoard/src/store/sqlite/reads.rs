@@ -1,5 +1,5 @@
 //! The read side: a small pool of read-only connections used from `spawn_blocking`, and the read
-//! queries (documents, key listings, history, holder leases).
+//! queries (documents, key listings, holder leases; history's are in `history`).
 //!
 //! Invariant: reads never go through the writer thread and never take the write lock: in WAL
 //! mode each read runs in its own read transaction and sees one committed snapshot (a multi-key
@@ -13,13 +13,10 @@ use rusqlite::{Connection, params};
 use tokio::sync::Semaphore;
 
 use super::connection::{ConnectionSettings, open_read_connection};
-use super::rows::{VERSION_INFO_COLUMNS, VersionInfoRow, read_document, read_version, sql_error};
+use super::rows::{read_document, sql_error};
 use crate::store::StoreError;
 use crate::store::limits::Limits;
-use crate::store::types::{
-    DocId, Document, HolderId, HolderLease, Key, KeyPage, ListQuery, StoreName, VersionInfo, VersionQuery,
-    VersionRecord,
-};
+use crate::store::types::{DocId, Document, HolderId, HolderLease, Key, KeyPage, ListQuery, StoreName};
 
 /// Read-only connections, opened lazily up to the permit count and reused.
 #[derive(Debug)]
@@ -151,34 +148,6 @@ pub(crate) fn list_keys(
         .collect::<Result<Vec<Key>, StoreError>>()?;
     let next_after = if more { keys.last().cloned() } else { None };
     Ok(KeyPage { keys, next_after })
-}
-
-pub(crate) fn list_versions(
-    connection: &Connection,
-    id: &DocId,
-    query: &VersionQuery,
-    limits: &Limits,
-) -> Result<Vec<VersionInfo>, StoreError> {
-    let page_size = i64::try_from(limits.page_size(query.limit)).unwrap_or(i64::MAX);
-    let before = query.before_version.map_or(i64::MAX, |version| i64::try_from(version).unwrap_or(i64::MAX));
-    let sql = format!(
-        "SELECT {VERSION_INFO_COLUMNS} FROM history WHERE store = ?1 AND key = ?2 AND version < ?3 \
-         ORDER BY version DESC LIMIT ?4"
-    );
-    let mut statement = connection.prepare_cached(&sql).map_err(sql_error("preparing a history listing"))?;
-    let rows: Vec<VersionInfoRow> = statement
-        .query_map(params![id.store.as_str(), id.key.as_str(), before, page_size], VersionInfoRow::from_row)
-        .and_then(|rows| rows.collect())
-        .map_err(sql_error("listing history"))?;
-    rows.into_iter().map(|row| row.decode(id)).collect()
-}
-
-pub(crate) fn get_version(
-    connection: &Connection,
-    id: &DocId,
-    version: u64,
-) -> Result<Option<VersionRecord>, StoreError> {
-    read_version(connection, id, version)
 }
 
 pub(crate) fn holder_lease(connection: &Connection, holder: &HolderId) -> Result<Option<HolderLease>, StoreError> {

@@ -1,5 +1,5 @@
-//! Encoding between rows of the `docs` and `history` tables and hoard's `Document` and history
-//! types, and the few SQL statements that read and write them.
+//! Encoding between rows of the `docs` table and hoard's `Document`, the few SQL statements that
+//! read and write them, and the column codecs `history` shares.
 //!
 //! Invariant: a value is stored as the exact JSON text `serde_json` writes for it (so operators
 //! can `json_extract` it and a read returns what was written), counters (`version`, `lease_epoch`,
@@ -12,21 +12,25 @@ use serde_json::{Map, Value};
 use crate::store::StoreError;
 use crate::store::apply::{Current, VALUE_NOT_READ};
 use crate::store::limits::Limits;
-use crate::store::types::{CommitId, DocId, Document, HolderId, InboxMessage, LeaseState, VersionInfo, VersionRecord};
+use crate::store::types::{CommitId, DocId, Document, HolderId, InboxMessage, LeaseState};
 
 /// Maps an SQL error of a read or write to `Unavailable`: the statement did not change the file
 /// (a failed statement inside a transaction is undone with its savepoint or transaction).
 pub(crate) fn sql_error(context: &'static str) -> impl Fn(rusqlite::Error) -> StoreError {
-    move |error| StoreError::unavailable(format!("SQLite {context}: {error}"))
+    move |error| StoreError::unavailable(format!("SQLite {context}: {}", super::describe_error(&error)))
 }
 
-fn to_json_text<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
+pub(crate) fn to_json_text<T: serde::Serialize>(what: &str, value: &T) -> Result<String, StoreError> {
     serde_json::to_string(value).map_err(|error| StoreError::corrupt(format!("cannot encode {what} as JSON: {error}")))
 }
 
-fn from_json_text<T: serde::de::DeserializeOwned>(what: &str, id: &DocId, text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text)
-        .map_err(|error| StoreError::corrupt(format!("stored {what} of {id} is not valid: {error}")))
+pub(crate) fn from_json_text<T: serde::de::DeserializeOwned>(
+    what: &'static str,
+    id: &DocId,
+    version: u64,
+    text: &str,
+) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|error| StoreError::unreadable(id, version, what, error, text))
 }
 
 pub(crate) fn counter_to_sql(what: &str, counter: u64) -> Result<i64, StoreError> {
@@ -34,11 +38,11 @@ pub(crate) fn counter_to_sql(what: &str, counter: u64) -> Result<i64, StoreError
         .map_err(|_| StoreError::corrupt(format!("{what} {counter} does not fit in an SQLite INTEGER")))
 }
 
-fn counter_from_sql(what: &str, id: &DocId, stored: i64) -> Result<u64, StoreError> {
+pub(crate) fn counter_from_sql(what: &str, id: &DocId, stored: i64) -> Result<u64, StoreError> {
     u64::try_from(stored).map_err(|_| StoreError::corrupt(format!("stored {what} of {id} is negative ({stored})")))
 }
 
-fn commit_id_from_sql(id: &DocId, text: &str) -> Result<CommitId, StoreError> {
+pub(crate) fn commit_id_from_sql(id: &DocId, text: &str) -> Result<CommitId, StoreError> {
     uuid::Uuid::parse_str(text)
         .map(CommitId)
         .map_err(|error| StoreError::corrupt(format!("stored commit id of {id} is not a UUID: {error}")))
@@ -85,12 +89,25 @@ impl DocRow {
     }
 
     pub(crate) fn decode(self, id: DocId, limits: &Limits) -> Result<Document, StoreError> {
-        let value = match &self.value {
-            Some(text) => Some(from_json_text::<Value>("value", &id, text)?),
-            None => None,
+        Ok(self.decode_with_text(id, limits, true)?.0)
+    }
+
+    /// Decodes the row and hands back the value's stored text as it is. With `parse_value`
+    /// false the text is not parsed: `Document::value` is then `None` and the caller decides.
+    pub(crate) fn decode_with_text(
+        mut self,
+        id: DocId,
+        limits: &Limits,
+        parse_value: bool,
+    ) -> Result<(Document, Option<String>), StoreError> {
+        let version = counter_from_sql("version", &id, self.version)?;
+        let text = self.value.take();
+        let value = match &text {
+            Some(text) if parse_value => Some(from_json_text::<Value>("value", &id, version, text)?),
+            _ => None,
         };
-        let attributes: Map<String, Value> = from_json_text("attributes", &id, &self.attributes)?;
-        let user_ids: Vec<String> = from_json_text("user ids", &id, &self.user_ids)?;
+        let attributes: Map<String, Value> = from_json_text("attributes", &id, version, &self.attributes)?;
+        let user_ids: Vec<String> = from_json_text("user ids", &id, version, &self.user_ids)?;
         let holder = match self.lease_holder {
             Some(text) => Some(
                 HolderId::with_limits(text, limits)
@@ -98,13 +115,13 @@ impl DocRow {
             ),
             None => None,
         };
-        let inbox: Vec<InboxMessage> = from_json_text("inbox", &id, &self.inbox)?;
+        let inbox: Vec<InboxMessage> = from_json_text("inbox", &id, version, &self.inbox)?;
         let last_commit_id = match &self.last_commit_id {
             Some(text) => Some(commit_id_from_sql(&id, text)?),
             None => None,
         };
-        Ok(Document {
-            version: counter_from_sql("version", &id, self.version)?,
+        let document = Document {
+            version,
             lease: LeaseState { holder, epoch: counter_from_sql("lease epoch", &id, self.lease_epoch)? },
             inbox_next_seq: counter_from_sql("inbox sequence", &id, self.inbox_next_seq)?,
             created_at_ms: self.created_at_ms,
@@ -115,7 +132,8 @@ impl DocRow {
             inbox,
             last_commit_id,
             id,
-        })
+        };
+        Ok((document, text))
     }
 }
 
@@ -133,18 +151,21 @@ pub(crate) fn read_document(connection: &Connection, id: &DocId, limits: &Limits
     }
 }
 
-/// Reads one key's state for a commit: its document and its holder's process-lease expiry
-/// (`None` when the key names no holder or the holder has no lease row), in one statement.
+/// Reads one key's state for a commit: its document, its holder's process-lease expiry (`None`
+/// when the key names no holder or the holder has no lease row), in one statement, and with
+/// `read_text` the stored text of its value.
 ///
 /// With `read_value` false (no write of the commit reads the value: `apply::write_reads_value`)
-/// the value is neither read nor decoded; an existing one is stood in for by
-/// `apply::VALUE_NOT_READ`, which `upsert_document` never stores.
+/// the value is not decoded; an existing one is stood in for by `apply::VALUE_NOT_READ`, which
+/// `upsert_document` never stores. With `read_text` false the text is not even read (a lease or
+/// inbox change: nothing is superseded).
 pub(crate) fn read_current(
     connection: &Connection,
     id: &DocId,
     limits: &Limits,
     read_value: bool,
-) -> Result<Current, StoreError> {
+    read_text: bool,
+) -> Result<(Current, Option<String>), StoreError> {
     // Built once: this runs for every write on the writer thread.
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         let columns = DOC_COLUMNS.replacen("d.value,", "CASE WHEN ?3 THEN d.value END,", 1);
@@ -156,7 +177,7 @@ pub(crate) fn read_current(
     });
     let mut statement = connection.prepare_cached(&SQL).map_err(sql_error("preparing a commit read"))?;
     let row = statement
-        .query_row(params![id.store.as_str(), id.key.as_str(), read_value], |row| {
+        .query_row(params![id.store.as_str(), id.key.as_str(), read_value || read_text], |row| {
             Ok((
                 DocRow::from_row(row)?,
                 row.get::<_, Option<i64>>(DOC_COLUMN_COUNT)?,
@@ -167,13 +188,13 @@ pub(crate) fn read_current(
         .map_err(sql_error("reading a key inside a commit"))?;
     match row {
         Some((row, holder_expires_at_ms, has_value)) => {
-            let mut doc = row.decode(id.clone(), limits)?;
+            let (mut doc, text) = row.decode_with_text(id.clone(), limits, read_value)?;
             if has_value && doc.value.is_none() {
                 doc.value = Some(VALUE_NOT_READ);
             }
-            Ok(Current { doc, holder_expires_at_ms })
+            Ok((Current { doc, holder_expires_at_ms }, text))
         }
-        None => Ok(Current { doc: Document::absent(id.clone()), holder_expires_at_ms: None }),
+        None => Ok((Current { doc: Document::absent(id.clone()), holder_expires_at_ms: None }, None)),
     }
 }
 
@@ -223,118 +244,4 @@ pub(crate) fn upsert_document(
         ])
         .map_err(sql_error("writing a document"))?;
     Ok(())
-}
-
-/// Records a new version of a key in its history, and returns its value's JSON text (`None`:
-/// deleted) for `upsert_document`, so a value is serialized once per write. `encoded`: the text
-/// of the value the write put, already serialized (`encoded::EncodedCommit`); `doc.value` is then
-/// not looked at (it is a stand-in). Otherwise `doc.value` is serialized here.
-pub(crate) fn insert_history(
-    connection: &Connection,
-    doc: &Document,
-    encoded: Option<String>,
-    commit_id: CommitId,
-    written_at_ms: i64,
-) -> Result<Option<String>, StoreError> {
-    let value = match (encoded, &doc.value) {
-        (Some(text), _) => Some(text),
-        (None, Some(value)) => Some(to_json_text("value", value)?),
-        (None, None) => None,
-    };
-    // The text is what `validate::json_bytes` counts: serde_json's compact form.
-    let value_bytes = value.as_ref().map_or(0, String::len);
-    let mut statement = connection
-        .prepare_cached(
-            "INSERT INTO history (store, key, version, written_at_ms, deleted, value, value_bytes, attributes, user_ids, commit_id)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-        )
-        .map_err(sql_error("preparing a history write"))?;
-    statement
-        .execute(params![
-            doc.id.store.as_str(),
-            doc.id.key.as_str(),
-            counter_to_sql("version", doc.version)?,
-            written_at_ms,
-            doc.value.is_none(),
-            value,
-            counter_to_sql("value bytes", value_bytes as u64)?,
-            to_json_text("attributes", &doc.attributes)?,
-            to_json_text("user ids", &doc.user_ids)?,
-            commit_id.to_string(),
-        ])
-        .map_err(sql_error("writing a history entry"))?;
-    Ok(value)
-}
-
-/// The raw columns of a `history` row's listing part.
-pub(crate) struct VersionInfoRow {
-    version: i64,
-    written_at_ms: i64,
-    deleted: bool,
-    value_bytes: i64,
-    commit_id: String,
-}
-
-/// The `history` columns `VersionInfoRow::from_row` reads, in order.
-pub(crate) const VERSION_INFO_COLUMNS: &str = "version, written_at_ms, deleted, value_bytes, commit_id";
-
-impl VersionInfoRow {
-    pub(crate) fn from_row(row: &Row<'_>) -> rusqlite::Result<VersionInfoRow> {
-        Ok(VersionInfoRow {
-            version: row.get(0)?,
-            written_at_ms: row.get(1)?,
-            deleted: row.get(2)?,
-            value_bytes: row.get(3)?,
-            commit_id: row.get(4)?,
-        })
-    }
-
-    pub(crate) fn decode(self, id: &DocId) -> Result<VersionInfo, StoreError> {
-        Ok(VersionInfo {
-            version: counter_from_sql("history version", id, self.version)?,
-            written_at_ms: self.written_at_ms,
-            deleted: self.deleted,
-            value_bytes: counter_from_sql("history value bytes", id, self.value_bytes)?,
-            commit_id: commit_id_from_sql(id, &self.commit_id)?,
-        })
-    }
-}
-
-/// Reads one version of a key with its contents.
-pub(crate) fn read_version(
-    connection: &Connection,
-    id: &DocId,
-    version: u64,
-) -> Result<Option<VersionRecord>, StoreError> {
-    let sql = format!(
-        "SELECT {VERSION_INFO_COLUMNS}, value, attributes, user_ids FROM history \
-         WHERE store = ?1 AND key = ?2 AND version = ?3"
-    );
-    let mut statement = connection.prepare_cached(&sql).map_err(sql_error("preparing a version read"))?;
-    let Ok(version) = i64::try_from(version) else {
-        return Ok(None);
-    };
-    let row = statement
-        .query_row(params![id.store.as_str(), id.key.as_str(), version], |row| {
-            Ok((
-                VersionInfoRow::from_row(row)?,
-                row.get::<_, Option<String>>(5)?,
-                row.get::<_, String>(6)?,
-                row.get::<_, String>(7)?,
-            ))
-        })
-        .optional()
-        .map_err(sql_error("reading a version"))?;
-    let Some((info, value, attributes, user_ids)) = row else {
-        return Ok(None);
-    };
-    Ok(Some(VersionRecord {
-        info: info.decode(id)?,
-        value: match value {
-            Some(text) => Some(from_json_text("history value", id, &text)?),
-            None => None,
-        },
-        attributes: from_json_text("history attributes", id, &attributes)?,
-        user_ids: from_json_text("history user ids", id, &user_ids)?,
-    }))
 }

@@ -11,14 +11,16 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::store::StoreError;
 
 /// Migrations in order: `MIGRATIONS[n]` takes a file from version `n` to version `n + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql")];
+const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
 
 /// The schema version this build of hoard writes.
 pub const SCHEMA_VERSION_LATEST: i64 = MIGRATIONS.len() as i64;
 
 /// Brings the file's schema to `SCHEMA_VERSION_LATEST`; a no-op when it is already there.
 pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
-    let unavailable = |error: rusqlite::Error| StoreError::unavailable(format!("migrating the SQLite schema: {error}"));
+    let unavailable = |error: rusqlite::Error| {
+        StoreError::unavailable(format!("migrating the SQLite schema: {}", super::describe_error(&error)))
+    };
     connection.execute_batch("BEGIN IMMEDIATE").map_err(unavailable)?;
     let result = migrate_in_transaction(connection);
     match result {
@@ -32,7 +34,9 @@ pub(crate) fn migrate(connection: &Connection) -> Result<(), StoreError> {
 }
 
 fn migrate_in_transaction(connection: &Connection) -> Result<(), StoreError> {
-    let unavailable = |error: rusqlite::Error| StoreError::unavailable(format!("migrating the SQLite schema: {error}"));
+    let unavailable = |error: rusqlite::Error| {
+        StoreError::unavailable(format!("migrating the SQLite schema: {}", super::describe_error(&error)))
+    };
     connection
         .execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_version (

@@ -22,38 +22,26 @@ use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
 use super::clock;
-use super::rows::{insert_history, read_current, sql_error, upsert_document};
-use crate::store::apply::{Current, apply_commit, write_reads_value};
+use super::history::{PruneCursor, PrunePage, SupersededRow, insert_superseded, prune_history_page};
+use super::rows::{read_current, sql_error, to_json_text, upsert_document};
+use crate::store::apply::{apply_commit, write_reads_value};
 use crate::store::encoded::EncodedCommit;
-use crate::store::limits::{HOUR_MS, HistoryPolicy, Limits};
+use crate::store::history::encode_superseded;
+use crate::store::limits::{HistoryPolicy, Limits};
+use crate::store::types::ValueOp;
 use crate::store::types::{CommitOutcome, HolderId, HolderLease, Notification};
 use crate::store::{GroupCommitStats, StoreError};
 
 /// Where to answer one request.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
-/// History rows `prune_history` examines in one transaction, so pruning a large history never
-/// holds the write lock (and delays commits) for long.
-pub(crate) const PRUNE_HISTORY_ROWS_PER_TRANSACTION: usize = 1_000;
+/// History rows one pruning transaction examines at most (whole keys, so a key with more rows
+/// makes a longer one), so pruning a large history never holds the write lock (and delays
+/// commits) for long.
+pub(crate) const PRUNE_HISTORY_ROWS_PER_TRANSACTION: usize = 500;
 
 /// The writer deletes notifications older than the retention at most this often.
 const NOTIFICATION_CLEANUP_INTERVAL_MS: i64 = 1_000;
-
-/// A position in the `history` table, in primary-key order: (store, key, version).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct HistoryCursor {
-    pub store: String,
-    pub key: String,
-    pub version: i64,
-}
-
-/// What one transaction of `prune_history` did.
-#[derive(Clone, Debug)]
-pub(crate) struct PrunePage {
-    pub pruned: u64,
-    /// Where the next page starts; `None` when the whole history was examined.
-    pub next_after: Option<HistoryCursor>,
-}
 
 /// A write for the writer thread.
 #[derive(Debug)]
@@ -77,7 +65,8 @@ pub(crate) enum WriteRequest {
         reply: Reply<()>,
     },
     PruneHistoryPage {
-        after: Option<HistoryCursor>,
+        after: Option<PruneCursor>,
+        rows_max: usize,
         reply: Reply<PrunePage>,
     },
 }
@@ -210,7 +199,7 @@ fn run_batch(
     if let Err(error) = connection.execute_batch("BEGIN IMMEDIATE") {
         // BEGIN IMMEDIATE takes the write lock or fails having changed nothing (e.g. BUSY after
         // busy_timeout because another process held the lock that long).
-        let message = format!("SQLite could not start a write transaction: {error}");
+        let message = format!("SQLite could not start a write transaction: {}", super::describe_error(&error));
         for request in batch {
             request.refuse(StoreError::unavailable(&message));
         }
@@ -266,7 +255,7 @@ fn run_batch(
             if !connection.is_autocommit() {
                 let _ = connection.execute_batch("ROLLBACK");
             }
-            let message = format!("SQLite COMMIT failed: {error}");
+            let message = format!("SQLite COMMIT failed: {}", super::describe_error(&error));
             for answer in answers {
                 if answer.wrote() {
                     answer.fail_with(|| StoreError::outcome_unknown(&message)).send();
@@ -302,7 +291,7 @@ fn run_in_savepoint(
     }
     let answer = match request {
         WriteRequest::Commit { encoded, reply } => {
-            Answer::Commit(reply, write_commit(connection, &encoded, now_ms, &context.limits))
+            Answer::Commit(reply, write_commit(connection, &encoded, now_ms, context))
         }
         WriteRequest::RenewHolder { holder, ttl_ms, reply } => {
             Answer::Holder(reply, renew_holder(connection, holder, ttl_ms, now_ms))
@@ -311,8 +300,12 @@ fn run_in_savepoint(
         WriteRequest::Notify { notification, reply } => {
             Answer::Unit(reply, insert_notification(connection, &notification, now_ms, context, last_cleanup_ms))
         }
-        WriteRequest::PruneHistoryPage { after, reply } => {
-            Answer::Prune(reply, prune_history_page(connection, after.as_ref(), now_ms, &context.history_policy))
+        WriteRequest::PruneHistoryPage { after, rows_max, reply } => {
+            let rows_max = rows_max.clamp(1, PRUNE_HISTORY_ROWS_PER_TRANSACTION);
+            Answer::Prune(
+                reply,
+                prune_history_page(connection, after.as_ref(), rows_max, now_ms, &context.history_policy),
+            )
         }
     };
     if connection.is_autocommit() {
@@ -338,32 +331,71 @@ fn clone_error(error: &rusqlite::Error) -> rusqlite::Error {
 }
 
 /// Reads the commit's keys, judges it with `apply_commit`, and writes back exactly what it
-/// returns: the documents, and a history row for each new version.
+/// returns: the documents, and for each new version a history row of the version it supersedes
+/// (`store::history`: the one copy of a value is the document's; the superseded one becomes a
+/// delta against it, or a keyframe).
 fn write_commit(
     connection: &Connection,
     encoded: &EncodedCommit,
     now_ms: i64,
-    limits: &Limits,
+    context: &WriterContext,
 ) -> Result<CommitOutcome, StoreError> {
     let commit = &encoded.commit;
-    let currents = commit
-        .writes
-        .iter()
-        .map(|write| read_current(connection, &write.id, limits, write_reads_value(write)))
-        .collect::<Result<Vec<Current>, StoreError>>()?;
-    let (nexts, applied) = match apply_commit(&currents, commit, now_ms, limits) {
+    let mut currents = Vec::with_capacity(commit.writes.len());
+    let mut stored_texts = Vec::with_capacity(commit.writes.len());
+    for write in &commit.writes {
+        // A new version supersedes the stored one, whose text its history row is made from.
+        let (current, text) =
+            read_current(connection, &write.id, &context.limits, write_reads_value(write), write.changes_version())?;
+        currents.push(current);
+        stored_texts.push(text);
+    }
+    let (nexts, applied) = match apply_commit(&currents, commit, now_ms, &context.limits) {
         Ok(result) => result,
         Err(conflict) => return Ok(CommitOutcome::Conflict(conflict)),
     };
     for (index, next) in nexts.iter().enumerate() {
         // A new version is the only way a write changes the stored value; any other write keeps it.
-        let value_text = if next.new_version {
-            let encoded_text = encoded.value_text(index).cloned();
-            Some(insert_history(connection, &next.doc, encoded_text, commit.id, now_ms)?)
-        } else {
-            None
+        if !next.new_version {
+            upsert_document(connection, &next.doc, None)?;
+            continue;
+        }
+        let stored_text = stored_texts[index].take();
+        let new_text = match (&commit.writes[index].value, encoded.value_text(index)) {
+            (_, Some(text)) => Some(text.clone()),
+            // New metadata on the same value: the stored text stays, byte for byte.
+            (ValueOp::Keep, None) => stored_text.clone(),
+            (_, None) => next.doc.value.as_ref().map(|value| to_json_text("value", value)).transpose()?,
         };
-        upsert_document(connection, &next.doc, value_text)?;
+        let superseded = &currents[index].doc;
+        if superseded.version > 0 {
+            insert_superseded(
+                connection,
+                SupersededRow {
+                    id: &superseded.id,
+                    version: superseded.version,
+                    written_at_ms: superseded.updated_at_ms,
+                    value_bytes: stored_text.as_ref().map_or(0, String::len) as u64,
+                    attributes: to_json_text("attributes", &superseded.attributes)?,
+                    user_ids: to_json_text("user ids", &superseded.user_ids)?,
+                    commit_id: superseded.last_commit_id.ok_or_else(|| {
+                        StoreError::corrupt(format!(
+                            "{} has version {} but no commit id",
+                            superseded.id, superseded.version
+                        ))
+                    })?,
+                    payload: encode_superseded(
+                        superseded.version,
+                        stored_text.as_deref(),
+                        new_text.as_deref(),
+                        &context.history_policy,
+                    ),
+                },
+            )?;
+        }
+        // A metadata-only version leaves the stored text in place (`None`): nothing to rewrite.
+        let keeps_text = matches!(commit.writes[index].value, ValueOp::Keep);
+        upsert_document(connection, &next.doc, if keeps_text { None } else { Some(new_text) })?;
     }
     Ok(CommitOutcome::Committed { commit_id: commit.id, at_ms: now_ms, applied })
 }
@@ -416,63 +448,4 @@ fn insert_notification(
         *last_cleanup_ms = now_ms;
     }
     Ok(())
-}
-
-/// Examines up to `PRUNE_HISTORY_ROWS_PER_TRANSACTION` history rows after `after`, in
-/// (store, key, version) order, and deletes those the policy no longer keeps. The rule is the
-/// memory store's: a version is judged by its immediate successor among the rows present when it
-/// is examined (`superseded_at_ms` = the successor's `written_at_ms`, `later_in_same_hour` = both
-/// in the same UTC hour); a key's latest version has no successor and is never pruned.
-fn prune_history_page(
-    connection: &Connection,
-    after: Option<&HistoryCursor>,
-    now_ms: i64,
-    policy: &HistoryPolicy,
-) -> Result<PrunePage, StoreError> {
-    // One row more than the page: the look-ahead row is the successor of the page's last row.
-    let fetch = i64::try_from(PRUNE_HISTORY_ROWS_PER_TRANSACTION + 1).unwrap_or(i64::MAX);
-    let map_row = |row: &rusqlite::Row<'_>| {
-        Ok((HistoryCursor { store: row.get(0)?, key: row.get(1)?, version: row.get(2)? }, row.get::<_, i64>(3)?))
-    };
-    let rows: Vec<(HistoryCursor, i64)> = match after {
-        None => connection
-            .prepare_cached(
-                "SELECT store, key, version, written_at_ms FROM history ORDER BY store, key, version LIMIT ?1",
-            )
-            .and_then(|mut statement| statement.query_map(params![fetch], map_row)?.collect()),
-        Some(cursor) => connection
-            .prepare_cached(
-                "SELECT store, key, version, written_at_ms FROM history
-                 WHERE (store, key, version) > (?1, ?2, ?3) ORDER BY store, key, version LIMIT ?4",
-            )
-            .and_then(|mut statement| {
-                statement.query_map(params![cursor.store, cursor.key, cursor.version, fetch], map_row)?.collect()
-            }),
-    }
-    .map_err(sql_error("reading history to prune"))?;
-    let examined = rows.len().min(PRUNE_HISTORY_ROWS_PER_TRANSACTION);
-    let mut pruned = 0u64;
-    for index in 0..examined {
-        let (cursor, written_at_ms) = &rows[index];
-        let Some((successor, superseded_at_ms)) = rows.get(index + 1) else {
-            continue;
-        };
-        if successor.store != cursor.store || successor.key != cursor.key {
-            continue;
-        }
-        let later_in_same_hour = written_at_ms.div_euclid(HOUR_MS) == superseded_at_ms.div_euclid(HOUR_MS);
-        if policy.should_prune(*superseded_at_ms, later_in_same_hour, now_ms) {
-            connection
-                .prepare_cached("DELETE FROM history WHERE store = ?1 AND key = ?2 AND version = ?3")
-                .and_then(|mut statement| statement.execute(params![cursor.store, cursor.key, cursor.version]))
-                .map_err(sql_error("pruning history"))?;
-            pruned += 1;
-        }
-    }
-    let next_after = if rows.len() > PRUNE_HISTORY_ROWS_PER_TRANSACTION {
-        rows.get(examined.saturating_sub(1)).map(|(cursor, _)| cursor.clone())
-    } else {
-        None
-    };
-    Ok(PrunePage { pruned, next_after })
 }

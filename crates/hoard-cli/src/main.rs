@@ -9,6 +9,7 @@ mod bench;
 mod operator;
 mod output;
 mod serve;
+#[cfg(feature = "sim")]
 mod sim;
 
 use clap::{Parser, Subcommand};
@@ -22,6 +23,10 @@ pub const DEFAULT_DATABASE: &str = "hoard-data/hoard.sqlite3";
 
 #[derive(Debug, Parser)]
 #[command(name = "hoard", version, about = "hoard: a player-data engine for online games", long_about = None)]
+#[cfg_attr(
+    not(feature = "sim"),
+    command(after_help = "`hoard sim` (the simulator) is in builds with the `sim` feature: cargo build --release -p hoard-cli --features sim")
+)]
 struct Cli {
     /// Database: an SQLite file path or a postgres:// URL. `serve`, `put`, `delete` and
     /// `increment` create it when missing; every other command needs an existing hoard database
@@ -40,7 +45,13 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run simulated game worlds against the engine under harsh faults and audit every
     /// guarantee (dupes, losses, double grants, exclusive writers). Exits non-zero on a violation.
+    #[cfg(feature = "sim")]
     Sim(sim::SimArgs),
+    /// `hoard sim` is left out of this build (it needs tokio's paused test clock and the
+    /// library's test hooks): build with `--features sim`.
+    #[cfg(not(feature = "sim"))]
+    #[command(hide = true, disable_help_flag = true)]
+    Sim(SimLeftOut),
     /// Open an existing database and print what it is (refuses, creating nothing, when there is
     /// no hoard database at --db).
     Status,
@@ -155,12 +166,28 @@ enum Command {
     Bench(bench::BenchArgs),
 }
 
+/// `hoard sim` in a build without it: takes any arguments, to answer with how to get it.
+#[cfg(not(feature = "sim"))]
+#[derive(Debug, clap::Args)]
+struct SimLeftOut {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    arguments: Vec<String>,
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // Each simulated world builds its own single-threaded runtime (determinism), so the
     // simulator runs outside the operator's runtime.
+    #[cfg(feature = "sim")]
     if let Command::Sim(args) = cli.command {
         return sim::run(&cli.db, &args);
+    }
+    #[cfg(not(feature = "sim"))]
+    if let Command::Sim(_) = cli.command {
+        eprintln!(
+            "error: this hoard was built without `hoard sim` (it runs on tokio's paused test clock, which release builds leave out); build it with `cargo build --release -p hoard-cli --features sim`, or run `cargo run --release -p hoard-cli --features sim -- sim --seeds 100`"
+        );
+        return std::process::ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
         Ok(runtime) => runtime,

@@ -9,6 +9,11 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+/// hoard's test backends, for the PostgreSQL rule (one place for every crate's PostgreSQL tests).
+#[allow(dead_code, unused_imports, unused_macros)]
+#[path = "../../hoard/tests/it/backends.rs"]
+mod backends;
+
 const GAME: &str = "game-secret-for-serve-tests";
 
 /// A running `hoard serve`; killed when dropped.
@@ -99,31 +104,11 @@ async fn serve_starts_on_the_embedded_default_with_a_generated_key_and_stops_on_
     }
 }
 
-fn postgres_url() -> String {
-    std::env::var("HOARD_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
-}
-
-async fn postgres_reachable(url: &str) -> bool {
-    let reachable =
-        tokio::time::timeout(Duration::from_secs(5), tokio_postgres::connect(url, tokio_postgres::NoTls)).await;
-    if matches!(reachable, Ok(Ok(_))) {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("PostgreSQL at {url} is unreachable and CI=true: PostgreSQL tests must run in CI");
-    }
-    eprintln!(
-        "\n*** SKIPPED: PostgreSQL at {url} is unreachable; set HOARD_TEST_POSTGRES_URL or start PostgreSQL ***\n"
-    );
-    false
-}
-
 #[tokio::test]
+#[cfg_attr(hoard_postgres_tests_skipped, ignore = "PostgreSQL tests opted out (HOARD_TEST_POSTGRES_URL=skip)")]
 async fn a_session_started_through_one_process_is_handed_over_through_another_on_postgres() {
-    let url = postgres_url();
-    if !postgres_reachable(&url).await {
-        return;
-    }
+    let url = backends::postgres_url();
+    backends::require_postgres(&url).await;
     let folder = tempfile::tempdir().expect("folder");
     let schema = format!("hoard_test_{}", uuid::Uuid::new_v4().simple());
     let keys = format!("game:game_server:players:secret:{GAME}");

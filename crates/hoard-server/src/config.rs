@@ -24,7 +24,7 @@ pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// The longest a session start may wait for a holder to hand over.
 pub const START_WAIT_MS_MAX: u64 = 20_000;
 /// A holder's process lease: a game server that stops renewing loses its keys after this.
-pub const LEASE_TTL_MS_DEFAULT: u64 = 15_000;
+pub const LEASE_TTL_MS_DEFAULT: u64 = hoard::engine::protocol::LEASE_TTL_MS_DEFAULT;
 /// Graceful shutdown: in-flight requests get this long to finish.
 pub const SHUTDOWN_DEADLINE_MS_DEFAULT: u64 = 10_000;
 /// Per-key rate limit (requests per second, sustained) and burst.

@@ -132,10 +132,13 @@ pub struct ApiDoc;
 
 /// The document as JSON.
 pub fn document() -> serde_json::Value {
-    serde_json::to_value(ApiDoc::openapi()).unwrap_or_default()
+    serde_json::to_value(ApiDoc::openapi()).expect("the OpenAPI document is plain data and always serializes")
 }
 
 /// The document as the pretty text committed in `docs/openapi.json`.
 pub fn document_text() -> String {
-    ApiDoc::openapi().to_pretty_json().map(|text| text + "\n").unwrap_or_default()
+    ApiDoc::openapi()
+        .to_pretty_json()
+        .map(|text| text + "\n")
+        .expect("the OpenAPI document is plain data and always serializes")
 }

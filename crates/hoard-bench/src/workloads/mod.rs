@@ -182,9 +182,12 @@ pub async fn open_engine(store: &SharedStore, config: EngineConfig) -> Result<En
 }
 
 /// Stops an engine without saving (its sessions are done with) and frees its keys at once.
+/// Dropping an engine's last handle aborts its tasks (a crash, as far as the store can tell);
+/// the callers' clones live only in tasks they have awaited.
 pub async fn discard_engine(engine: Engine) {
-    engine.crash();
-    let _ = engine.store().release_holder(engine.holder()).await;
+    let (store, holder) = (engine.store().clone(), engine.holder().clone());
+    drop(engine);
+    let _ = store.release_holder(&holder).await;
 }
 
 /// Writes `count` stored benchmark profiles to keys `player-0000000..` of `store_name`.

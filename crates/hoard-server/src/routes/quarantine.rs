@@ -46,12 +46,12 @@ pub async fn record(State(state): State<Arc<AppState>>, request: Request, next: 
         metrics::count(metrics::QUARANTINED, unreadable.field);
         let reason = format!("the stored {} cannot be read: {}", unreadable.field, unreadable.reason);
         match quarantine_write(&unreadable.id, unreadable.version, &reason, state.store.limits()) {
-            Some(write) => {
+            Ok(write) => {
                 if let Err(error) = state.store.commit(Commit::single(write)).await {
                     metrics::gave_up("writing a quarantine record", &error);
                 }
             }
-            None => metrics::gave_up("writing a quarantine record", &"the record's key is over the key limit"),
+            Err(error) => metrics::gave_up("naming a quarantine record", &error),
         }
     }
     response

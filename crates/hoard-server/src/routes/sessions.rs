@@ -14,19 +14,20 @@
 //!   message in the holder's event inbox, so a holder that was not connected finds it by polling.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hoard::engine::{AcquireAttempt, acquire_once, announces_release, handoff_notification};
-use hoard::store::{
-    Commit, Condition, DocId, HolderId, InboxMessage, LeaseOp, Notification, Store, Write, get as read_doc,
+use hoard::engine::handoff_notification;
+use hoard::engine::protocol::{
+    AcquireOutcome, Acquisition, HANDOFF_WAIT_MS_DEFAULT, HandoffAsker, HeldPolicy, acquire_with_policy,
+    read_or_release,
 };
+use hoard::retry::Jitter;
+use hoard::store::{Commit, Condition, DocId, HolderId, InboxMessage, Store, Write};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use tokio::sync::broadcast::error::RecvError;
 use utoipa::ToSchema;
 
 use super::path_error;
@@ -39,14 +40,8 @@ use crate::wire::SessionToken;
 
 /// The named store whose per-holder inbox keeps handoff requests for polling.
 pub const HOLDER_EVENTS_STORE: &str = "hoard.holder_events";
-/// How long a start waits by default for a holder to hand over before stealing.
-pub const START_WAIT_MS_DEFAULT: u64 = 5_000;
-/// How often a waiting start retries the key when no release announcement arrives.
-pub const HANDOFF_POLL_INTERVAL_MS: u64 = 200;
 /// Bytes of a holder label.
 pub const HOLDER_LABEL_BYTES_MAX: usize = 15;
-/// Passes of the acquire loop beyond the wait, for keys changing hands under us.
-pub const ACQUIRE_EXTRA_PASSES_MAX: u64 = 16;
 
 pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
@@ -200,21 +195,6 @@ pub struct StartAnswer {
     pub updated_at_ms: i64,
 }
 
-async fn wait_for_release(id: &DocId, released: &mut tokio::sync::broadcast::Receiver<Notification>) {
-    let poll = tokio::time::sleep(Duration::from_millis(HANDOFF_POLL_INTERVAL_MS));
-    tokio::pin!(poll);
-    loop {
-        tokio::select! {
-            () = &mut poll => return,
-            received = released.recv() => match received {
-                Ok(n) if announces_release(&n, id) => return,
-                Ok(_) | Err(RecvError::Lagged(_)) => {}
-                Err(RecvError::Closed) => { poll.as_mut().await; return; }
-            },
-        }
-    }
-}
-
 async fn request_handoff(store: &dyn Store, holder: &HolderId, id: &DocId) {
     metrics::count(metrics::HANDOFFS_REQUESTED, "requested");
     // Both best effort: an unanswered request ends in a steal after the wait.
@@ -223,6 +203,15 @@ async fn request_handoff(store: &dyn Store, holder: &HolderId, id: &DocId) {
         let _ = store.commit(Commit::single(Write::new(events).push_message(body))).await;
     }
     let _ = store.notify(handoff_notification(holder, id)).await;
+}
+
+/// The library's acquisition protocol asks a holder this way over HTTP: event inbox and notification.
+struct AskOverHttp<'a>(&'a dyn Store);
+
+impl HandoffAsker for AskOverHttp<'_> {
+    async fn ask(&self, holder: &HolderId, id: &DocId) {
+        request_handoff(self.0, holder, id).await;
+    }
 }
 
 /// Starts a session: acquires the key for the holder (following the policy, asking a live
@@ -271,68 +260,35 @@ pub async fn start_key(
     id: DocId,
 ) -> Result<StartAnswer, ApiError> {
     let store = &*state.store;
-    let wait_ms = body.wait_ms.unwrap_or(START_WAIT_MS_DEFAULT).min(crate::config::START_WAIT_MS_MAX);
-    let mut released = store.subscribe();
-    let started = tokio::time::Instant::now();
-    let mut condition = Condition::LeaseFree;
-    let mut asked: Option<(HolderId, u64)> = None;
-    let mut stole = false;
-    let passes_max = wait_ms / HANDOFF_POLL_INTERVAL_MS + ACQUIRE_EXTRA_PASSES_MAX;
-    let mut epoch = None;
-    for _pass in 0..passes_max {
-        match acquire_once(store, &holder, &id, condition.clone()).await? {
-            AcquireAttempt::Acquired { epoch: acquired } => {
-                epoch = Some(acquired);
-                break;
-            }
-            AcquireAttempt::Changed => condition = Condition::LeaseFree,
-            AcquireAttempt::HeldBy { holder: found, epoch: found_epoch } if found == holder => {
-                // This holder's own older session of the key (its end was lost): take it back.
-                condition = Condition::Lease { holder: found, epoch: found_epoch };
-            }
-            AcquireAttempt::HeldBy { holder: found, epoch: found_epoch } => {
-                condition = Condition::LeaseFree;
-                let waited_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-                let locked = || {
-                    ApiError::conflict("locked", "another holder has this key; retry later or choose another policy")
-                };
-                match body.policy {
-                    StartPolicy::FailFast => return Err(locked()),
-                    StartPolicy::Wait if waited_ms >= wait_ms => return Err(locked()),
-                    StartPolicy::StealNow => {}
-                    StartPolicy::WaitThenSteal if waited_ms >= wait_ms => {}
-                    StartPolicy::Wait | StartPolicy::WaitThenSteal => {
-                        if asked.as_ref() != Some(&(found.clone(), found_epoch)) {
-                            request_handoff(store, &found, &id).await;
-                            asked = Some((found, found_epoch));
-                        }
-                        wait_for_release(&id, &mut released).await;
-                        continue;
-                    }
-                }
-                metrics::count(metrics::STEALS, "stolen");
-                stole = true;
-                condition = Condition::Lease { holder: found, epoch: found_epoch };
-            }
-        }
-    }
-    let Some(epoch) = epoch else {
-        return Err(ApiError::conflict("locked", "the key kept changing hands; retry"));
+    let wait_ms = body.wait_ms.unwrap_or(HANDOFF_WAIT_MS_DEFAULT).min(crate::config::START_WAIT_MS_MAX);
+    let policy = match body.policy {
+        StartPolicy::WaitThenSteal => HeldPolicy::WaitThenSteal { wait_ms },
+        StartPolicy::Wait => HeldPolicy::Wait { wait_ms },
+        StartPolicy::StealNow => HeldPolicy::StealNow,
+        StartPolicy::FailFast => HeldPolicy::FailFast,
     };
-    if stole && let Condition::Lease { holder: old_holder, .. } = &condition {
+    // The library's one acquisition protocol (the engine's too): waits, polls, steals and
+    // retries transient store errors exactly as a game server in process does.
+    let jitter = Jitter::seeded(Jitter::seed_from(&format!("{holder}/{id}")));
+    let request = Acquisition::with_defaults(store, &holder, &id, policy, &jitter);
+    let acquired = match acquire_with_policy(&request, &AskOverHttp(store)).await? {
+        AcquireOutcome::Acquired(acquired) => acquired,
+        AcquireOutcome::Locked { .. } => {
+            return Err(ApiError::conflict(
+                "locked",
+                "another holder has this key; retry later or choose another policy",
+            ));
+        }
+    };
+    let stole = acquired.stole_from.is_some();
+    if let Some(old_holder) = &acquired.stole_from {
+        metrics::count(metrics::STEALS, "stolen");
         super::events::announce_stolen(store, old_holder, &id).await;
     }
+    let epoch = acquired.epoch;
     let token = SessionToken::new(&holder, epoch, &id);
-    let document = match read_doc(store, &id).await {
-        Ok(document) => document,
-        Err(error) => {
-            // Never keep a key nobody will play: release it untouched.
-            let write =
-                Write::new(id.clone()).when(Condition::Lease { holder: holder.clone(), epoch }).lease(LeaseOp::Release);
-            let _ = store.commit(Commit::single(write)).await;
-            return Err(error.into());
-        }
-    };
+    // Never keep a key nobody will play: a read that keeps failing releases it untouched.
+    let document = read_or_release(&request, epoch, &request.retry).await?;
     metrics::session_started();
     Ok(StartAnswer {
         token,

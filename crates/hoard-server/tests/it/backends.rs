@@ -9,12 +9,12 @@ use hoard_server::RemoteStore;
 pub use crate::local_backends::{TestConfig, TestStore};
 use crate::support::{self, ENGINE_SECRET};
 
-async fn remote(inner: TestStore) -> Option<TestStore> {
+async fn remote(inner: TestStore) -> TestStore {
     let server = support::start(inner.store.clone()).await;
     let store = RemoteStore::connect(&server.url, ENGINE_SECRET).await.expect("connect the remote store");
-    Some(TestStore { store: Arc::new(store), _guard: Box::new((inner, server)) })
+    TestStore { store: Arc::new(store), _guard: Box::new((inner, server)) }
 }
 
-pub async fn memory(config: TestConfig) -> Option<TestStore> {
-    remote(crate::local_backends::memory(config).await?).await
+pub async fn memory(config: TestConfig) -> TestStore {
+    remote(crate::local_backends::memory(config).await).await
 }

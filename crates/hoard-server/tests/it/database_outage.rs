@@ -100,6 +100,7 @@ async fn blocking<T: Send + 'static>(step: impl FnOnce() -> T + Send + 'static) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(hoard_postgres_tests_skipped, ignore = "PostgreSQL tests opted out (HOARD_TEST_POSTGRES_URL=skip)")]
 async fn a_postgres_restart_mid_load_answers_503_with_retry_after_and_loses_nothing_acknowledged() {
     let Some(bin) = binaries_or_skip("hoard serve through a PostgreSQL restart") else { return };
     let cluster = Arc::new(blocking(move || PrivateCluster::start_primary(&bin, "serve-outage")).await);

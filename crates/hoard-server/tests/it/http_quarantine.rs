@@ -91,9 +91,10 @@ async fn sqlite_unreadable_value_is_quarantined_read_raw_and_repaired() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(hoard_postgres_tests_skipped, ignore = "PostgreSQL tests opted out (HOARD_TEST_POSTGRES_URL=skip)")]
 async fn postgres_unreadable_value_is_quarantined_read_raw_and_repaired() {
     let schema = fresh_schema_name();
-    let Some(opened) = postgres_in_schema(Default::default(), schema.clone()).await else { return };
+    let opened = postgres_in_schema(Default::default(), schema.clone()).await;
     write_two_keys(&opened.store).await;
     let planted = too_deep_text();
     let (client, connection) = tokio_postgres::connect(&postgres_url(), tokio_postgres::NoTls).await.expect("connect");

@@ -4,22 +4,23 @@
 //! Why batched: a shutdown (or a burst of players leaving) releases thousands of keys at once,
 //! and one notification each is one database statement each (a PostgreSQL NOTIFY), which costs
 //! as much as the saves themselves. Announcements queue in an outbox; one task sends whatever has
-//! queued as a few notifications, each naming as many keys as fit in a payload. Alone, a release
-//! is announced at once, as before.
+//! queued as a few notifications (`protocol::released_notifications`). Alone, a release is
+//! announced at once.
 //!
 //! Invariants:
-//! - Best effort, as before: an acquirer that misses an announcement (lost, dropped past
+//! - Best effort: an acquirer that misses an announcement (lost, dropped past
 //!   `RELEASED_OUTBOX_IDS_MAX`, or from a process that stopped) finds the key free at its next
-//!   poll. Correctness never depends on it; only handoff latency does.
-//! - A payload names one key as its JSON (`"{store, key}"`, what older processes expect) or
-//!   several as a JSON array of them; `announces_release` accepts both.
-//! - At most one sending task per engine; it holds only a weak reference.
+//!   poll. Correctness never depends on it; only handoff latency does. What is dropped or fails
+//!   to send is counted and logged.
+//! - At most one sending task per engine (`sending`), which ends when the outbox is empty.
+//! - A component: it knows the store, not the engine.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use crate::store::{DocId, Notification};
+use crate::store::{DocId, SharedStore};
 
-use super::engine::{EngineShared, TOPIC_RELEASED};
+use super::protocol::released_notifications;
 
 /// Keys waiting to be announced; past it, further releases are not announced (acquirers poll).
 pub const RELEASED_OUTBOX_IDS_MAX: usize = 100_000;
@@ -28,6 +29,8 @@ pub const RELEASED_OUTBOX_IDS_MAX: usize = 100_000;
 #[derive(Debug, Default)]
 pub(crate) struct ReleasedOutbox {
     state: Mutex<OutboxState>,
+    /// Announcements dropped past the limit or whose notification failed.
+    not_announced: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -37,123 +40,55 @@ struct OutboxState {
 }
 
 impl ReleasedOutbox {
-    fn lock(&self) -> std::sync::MutexGuard<'_, OutboxState> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, OutboxState> {
+        // Vector operations only: a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
 
-/// Queues `id` for announcement and starts the sending task if none runs.
-pub(crate) fn announce_released(shared: &Arc<EngineShared>, id: &DocId) {
-    let start_sender = {
-        let mut state = shared.released_outbox.lock();
+    /// Queues `id`. True when no task is sending: the caller must start `send_queued`.
+    pub fn queue(&self, id: &DocId) -> bool {
+        let mut state = self.lock();
         if state.ids.len() < RELEASED_OUTBOX_IDS_MAX {
             state.ids.push(id.clone());
+        } else {
+            self.not_announced.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%id, "release outbox full; the release is not announced (acquirers poll)");
         }
         let start = !state.sending;
         state.sending = true;
         start
-    };
-    if start_sender {
-        tokio::spawn(send_queued(Arc::downgrade(shared)));
+    }
+
+    /// The sender could not be started: nobody sends until the next release starts one.
+    pub fn sender_not_started(&self) {
+        let mut state = self.lock();
+        state.sending = false;
+    }
+
+    fn take(&self) -> Option<Vec<DocId>> {
+        let mut state = self.lock();
+        if state.ids.is_empty() {
+            state.sending = false;
+            return None;
+        }
+        Some(std::mem::take(&mut state.ids))
+    }
+
+    /// Announcements that were dropped or failed, for the engine's `gave_up` count.
+    pub fn not_announced(&self) -> u64 {
+        self.not_announced.load(Ordering::Relaxed)
     }
 }
 
 /// Sends everything queued, then whatever queued meanwhile, until the outbox is empty.
-async fn send_queued(weak: Weak<EngineShared>) {
-    loop {
-        let Some(shared) = weak.upgrade() else { return };
-        let ids = {
-            let mut state = shared.released_outbox.lock();
-            if state.ids.is_empty() {
-                state.sending = false;
-                return;
-            }
-            std::mem::take(&mut state.ids)
-        };
-        let payload_bytes_max = shared.store.limits().notification_payload_bytes_max;
+pub(crate) async fn send_queued(outbox: Arc<ReleasedOutbox>, store: SharedStore) {
+    let payload_bytes_max = store.limits().notification_payload_bytes_max;
+    while let Some(ids) = outbox.take() {
         for notification in released_notifications(&ids, payload_bytes_max) {
-            // Best effort (see the module invariant).
-            let _ = shared.store.notify(notification).await;
+            if let Err(error) = store.notify(notification).await {
+                outbox.not_announced.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%error, "a release announcement failed (acquirers poll)");
+            }
         }
-    }
-}
-
-/// The notification telling every process that `id` was released (topic `hoard.released`).
-pub fn released_notification(id: &DocId) -> Notification {
-    let payload = serde_json::to_string(id).unwrap_or_default();
-    Notification { topic: TOPIC_RELEASED.to_string(), payload }
-}
-
-/// Notifications announcing `ids`, each payload at most `payload_bytes_max` bytes: a single key
-/// as its own JSON, several as a JSON array.
-pub fn released_notifications(ids: &[DocId], payload_bytes_max: usize) -> Vec<Notification> {
-    let mut notifications = Vec::new();
-    let mut chunk: Vec<String> = Vec::new();
-    let mut chunk_bytes = 2; // "[" and "]"
-    let flush = |chunk: &mut Vec<String>, notifications: &mut Vec<Notification>| {
-        let payload = match chunk.len() {
-            0 => return,
-            1 => chunk.remove(0),
-            _ => format!("[{}]", chunk.join(",")),
-        };
-        chunk.clear();
-        notifications.push(Notification { topic: TOPIC_RELEASED.to_string(), payload });
-    };
-    for id in ids {
-        let Ok(text) = serde_json::to_string(id) else { continue };
-        if !chunk.is_empty() && chunk_bytes + 1 + text.len() > payload_bytes_max {
-            flush(&mut chunk, &mut notifications);
-            chunk_bytes = 2;
-        }
-        chunk_bytes += text.len() + 1;
-        chunk.push(text);
-    }
-    flush(&mut chunk, &mut notifications);
-    notifications
-}
-
-/// Whether `notification` announces the release of `id` (one key, or a list naming it).
-pub fn announces_release(notification: &Notification, id: &DocId) -> bool {
-    if notification.topic != TOPIC_RELEASED {
-        return false;
-    }
-    let payload = notification.payload.trim_start();
-    if payload.starts_with('[') {
-        serde_json::from_str::<Vec<DocId>>(payload).is_ok_and(|ids| ids.contains(id))
-    } else {
-        serde_json::from_str::<DocId>(payload).is_ok_and(|announced| &announced == id)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ids(count: usize) -> Vec<DocId> {
-        (0..count).map(|n| DocId::parse("players", &format!("player-{n}")).expect("id")).collect()
-    }
-
-    #[test]
-    fn one_release_is_announced_as_the_single_key_older_processes_expect() {
-        let id = &ids(1)[0];
-        let notifications = released_notifications(std::slice::from_ref(id), 7_000);
-        assert_eq!(notifications, vec![released_notification(id)]);
-        assert!(announces_release(&notifications[0], id));
-    }
-
-    #[test]
-    fn many_releases_share_payloads_within_the_limit_and_each_key_is_announced_once() {
-        let all = ids(2_000);
-        let notifications = released_notifications(&all, 7_000);
-        assert!(notifications.len() > 1 && notifications.len() < 100, "{} notifications", notifications.len());
-        for notification in &notifications {
-            assert!(notification.payload.len() <= 7_000, "payload of {} bytes", notification.payload.len());
-        }
-        for id in &all {
-            let announcing = notifications.iter().filter(|n| announces_release(n, id)).count();
-            assert_eq!(announcing, 1, "{id} announced {announcing} times");
-        }
-        let other = DocId::parse("players", "someone-else").expect("id");
-        assert!(notifications.iter().all(|n| !announces_release(n, &other)));
     }
 }

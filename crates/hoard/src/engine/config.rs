@@ -1,9 +1,17 @@
 //! The engine's configuration: every interval, wait, retry bound and count limit, with defaults.
 //!
 //! Invariant: the engine reads no setting from anywhere else; every loop and wait in the engine is
-//! bounded by a field here (G8).
+//! bounded by a field here (G8). The lease, handoff and retry defaults are the protocol's
+//! (`protocol::*_DEFAULT`), shared with `hoard serve`.
 
 use serde::{Deserialize, Serialize};
+
+use crate::retry::Backoff;
+
+use super::protocol::{
+    ACQUIRE_ATTEMPTS_MAX_DEFAULT, HANDOFF_POLL_INTERVAL_MS_DEFAULT, HANDOFF_WAIT_MS_DEFAULT,
+    LEASE_RENEW_INTERVAL_MS_DEFAULT, LEASE_TTL_MS_DEFAULT,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EngineConfig {
@@ -12,9 +20,15 @@ pub struct EngineConfig {
     /// How long this process's lease lasts without renewal; a crashed server's keys are free
     /// after at most this long (G6). Anchors: ProfileStore 49 s, others 330-1800 s.
     pub lease_ttl_ms: u64,
-    /// How often the process lease is renewed; well under `lease_ttl_ms` so one or two failed
-    /// renewals do not lose it.
+    /// How often the process lease is renewed. A failed renewal is retried soon (with backoff)
+    /// until the local deadline, not at the next interval, so failed renewals lose the lease only
+    /// when the store stays unreachable for most of a lease.
     pub lease_renew_interval_ms: u64,
+    /// How much earlier than the store's expiry this engine considers its lease over: past
+    /// `renewal sent + lease_ttl_ms - lease_safety_margin_ms` without a renewal, sessions report
+    /// `LeaseLapsed` and refuse changes. Covers clock-rate drift between engine and store.
+    #[serde(default = "default_lease_safety_margin_ms")]
+    pub lease_safety_margin_ms: u64,
     /// Autosave period of a dirty session; sessions are spread over it.
     pub autosave_interval_ms: u64,
     /// Attempts of one save before it is reported failed (it stays dirty and is tried again at
@@ -35,6 +49,10 @@ pub struct EngineConfig {
     pub sessions_max: usize,
     /// Saves that may be in flight at once across all sessions (autosave and shutdown).
     pub concurrent_saves_max: usize,
+    /// Inbox checks (store reads after an inbox notification) in flight at once; checks of one
+    /// key also coalesce, so a burst of notifications cannot become a burst of reads.
+    #[serde(default = "default_inbox_checks_in_flight_max")]
+    pub inbox_checks_in_flight_max: usize,
     /// Sessions plus shared documents in one transaction or trade.
     pub transaction_parties_max: usize,
     /// How often this engine flushes the pending updates of lock-free shared documents (guild
@@ -63,6 +81,14 @@ pub struct EngineConfig {
     pub history_pruning: crate::store::pruner::HistoryPruneOptions,
 }
 
+fn default_lease_safety_margin_ms() -> u64 {
+    1_000
+}
+
+fn default_inbox_checks_in_flight_max() -> usize {
+    32
+}
+
 fn default_shared_doc_flush_interval_ms() -> u64 {
     10_000
 }
@@ -87,18 +113,20 @@ impl Default for EngineConfig {
     fn default() -> EngineConfig {
         EngineConfig {
             server_label: "server".to_string(),
-            lease_ttl_ms: 15_000,
-            lease_renew_interval_ms: 5_000,
+            lease_ttl_ms: LEASE_TTL_MS_DEFAULT,
+            lease_renew_interval_ms: LEASE_RENEW_INTERVAL_MS_DEFAULT,
+            lease_safety_margin_ms: default_lease_safety_margin_ms(),
             autosave_interval_ms: 30_000,
             save_attempts_max: 6,
-            retry_backoff_initial_ms: 50,
-            retry_backoff_max_ms: 2_000,
+            retry_backoff_initial_ms: Backoff::DEFAULT.initial_ms,
+            retry_backoff_max_ms: Backoff::DEFAULT.max_ms,
             load_attempts_max: 5,
-            acquire_attempts_max: 20,
-            handoff_wait_ms: 5_000,
-            handoff_poll_interval_ms: 250,
+            acquire_attempts_max: ACQUIRE_ATTEMPTS_MAX_DEFAULT,
+            handoff_wait_ms: HANDOFF_WAIT_MS_DEFAULT,
+            handoff_poll_interval_ms: HANDOFF_POLL_INTERVAL_MS_DEFAULT,
             sessions_max: 100_000,
             concurrent_saves_max: 4_096,
+            inbox_checks_in_flight_max: default_inbox_checks_in_flight_max(),
             transaction_parties_max: 16,
             shared_doc_flush_interval_ms: default_shared_doc_flush_interval_ms(),
             shared_doc_pending_updates_max: default_shared_doc_pending_updates_max(),
@@ -122,6 +150,12 @@ impl EngineConfig {
                 self.lease_renew_interval_ms, self.lease_ttl_ms
             ));
         }
+        if self.lease_safety_margin_ms + self.lease_renew_interval_ms >= self.lease_ttl_ms {
+            return Err(format!(
+                "lease_safety_margin_ms ({}) plus lease_renew_interval_ms ({}) must be under lease_ttl_ms ({}), or the lease would lapse between two on-time renewals",
+                self.lease_safety_margin_ms, self.lease_renew_interval_ms, self.lease_ttl_ms
+            ));
+        }
         if self.save_attempts_max == 0 || self.load_attempts_max == 0 || self.acquire_attempts_max == 0 {
             return Err("attempt limits must be at least 1".into());
         }
@@ -131,8 +165,15 @@ impl EngineConfig {
         if self.transaction_parties_max < 2 {
             return Err("transaction_parties_max must allow at least two parties (a trade)".into());
         }
-        if self.sessions_max == 0 || self.concurrent_saves_max == 0 || self.handoff_poll_interval_ms == 0 {
-            return Err("sessions_max, concurrent_saves_max and handoff_poll_interval_ms must be positive".into());
+        if self.sessions_max == 0
+            || self.concurrent_saves_max == 0
+            || self.handoff_poll_interval_ms == 0
+            || self.inbox_checks_in_flight_max == 0
+        {
+            return Err(
+                "sessions_max, concurrent_saves_max, handoff_poll_interval_ms and inbox_checks_in_flight_max must be positive"
+                    .into(),
+            );
         }
         if self.shared_doc_flush_interval_ms == 0
             || self.shared_doc_pending_updates_max == 0
@@ -146,13 +187,14 @@ impl EngineConfig {
         Ok(())
     }
 
-    /// Exponential backoff with full jitter for attempt `attempt` (0-based), capped.
-    /// `jitter` is a number in 0.0..1.0 from the caller's random source.
+    /// The backoff of every retried store call of the engine.
+    pub fn backoff(&self) -> Backoff {
+        Backoff { initial_ms: self.retry_backoff_initial_ms, max_ms: self.retry_backoff_max_ms }
+    }
+
+    /// The pause before retry `attempt + 1` (0-based), half fixed and half jittered by `jitter`
+    /// (in 0.0..1.0); see `Backoff::delay_ms`.
     pub fn backoff_ms(&self, attempt: u32, jitter: f64) -> u64 {
-        let exponential = self.retry_backoff_initial_ms.saturating_mul(1u64 << attempt.min(20));
-        let capped = exponential.min(self.retry_backoff_max_ms);
-        let half = capped / 2;
-        // Half fixed, half jittered: never zero, never in lockstep with other retriers.
-        half + ((capped - half) as f64 * jitter.clamp(0.0, 1.0)) as u64
+        self.backoff().delay_ms(attempt, jitter)
     }
 }

@@ -1,8 +1,8 @@
 //! Engine errors and the expected outcomes a game must handle.
 //!
 //! Invariant: a game can tell from the variant alone what to do: retry later (`Locked`,
-//! `StoreUnavailable`), kick the player (`FencedOut`, `HandedOff`), fix its code or data
-//! (`Invalid`, `Quarantined`, `NewerData`), or stop (`ShuttingDown`).
+//! `Store`, `Busy`, `LeaseLapsed`), kick the player (`FencedOut`, `HandedOff`), fix its code or
+//! data (`Invalid`, `Quarantined`, `NewerData`), or stop (`ShuttingDown`).
 
 use thiserror::Error;
 
@@ -48,6 +48,10 @@ pub enum SessionError {
     Errored,
     #[error("a transaction on this session is committing; try again in a moment")]
     Busy,
+    #[error(
+        "this engine could not renew its lease in time, so another server may take this key: changes wait until the lease is renewed and the key confirmed (status LeaseLapsed)"
+    )]
+    LeaseLapsed,
     #[error("the profile failed validation and was not saved: {reason}")]
     Invalid { reason: String },
     #[error("the store failed: {message}")]

@@ -11,7 +11,7 @@ use crate::store::{
     CommitOutcome, Condition, DocId, Document, StoreError, VersionInfo, VersionQuery, force_release, restore_version,
 };
 
-use super::engine::Engine;
+use super::core::Core;
 use super::schema::DecodeError;
 use super::session::{Profile, ProfileKind};
 
@@ -35,35 +35,39 @@ pub struct Peek<P> {
     pub profile: Option<P>,
 }
 
-impl Engine {
-    /// Reads a key's document and decodes its profile, without taking the key.
-    pub async fn peek<P: Profile>(&self, kind: &ProfileKind<P>, key: &str) -> Result<Peek<P>, OperatorError> {
-        let id = DocId::new(kind.store.clone(), crate::store::Key::new(key).map_err(StoreError::from)?);
-        let document = self.shared.read_with_retries(&id).await?;
-        let profile = match &document.value {
-            None => None,
-            Some(value) => Some(kind.schema.decode(Some(value)).map_err(OperatorError::Decode)?.profile),
-        };
-        Ok(Peek { document, profile })
-    }
+/// Reads a key's document and decodes its profile, without taking the key.
+pub(crate) async fn peek<P: Profile>(core: &Core, kind: &ProfileKind<P>, key: &str) -> Result<Peek<P>, OperatorError> {
+    let id = DocId::new(
+        kind.store.clone(),
+        crate::store::Key::with_limits(key, core.store().limits()).map_err(StoreError::from)?,
+    );
+    let document = core.read(&id).await?;
+    let profile = match &document.value {
+        None => None,
+        Some(value) => Some(kind.schema.decode(Some(value)).map_err(OperatorError::Decode)?.profile),
+    };
+    Ok(Peek { document, profile })
+}
 
-    /// Lists a key's versions, newest first.
-    pub async fn versions(&self, id: &DocId, query: &VersionQuery) -> Result<Vec<VersionInfo>, OperatorError> {
-        Ok(self.store().list_versions(id, query).await?)
-    }
+/// Lists a key's versions, newest first.
+pub(crate) async fn versions(core: &Core, id: &DocId, query: &VersionQuery) -> Result<Vec<VersionInfo>, OperatorError> {
+    Ok(core.store().list_versions(id, query).await?)
+}
 
-    /// Writes version `version` of `id` as its new version. Refused while a live session holds the
-    /// key unless `force`, which fences the holder out first. Returns the new version.
-    pub async fn rollback(&self, id: &DocId, version: u64, force: bool) -> Result<u64, OperatorError> {
-        if force && let Err(conflict) = force_release(&**self.store(), id).await? {
-            return Err(OperatorError::Changed { reason: conflict.to_string() });
+/// Writes version `version` of `id` as its new version. Refused while a live session holds the
+/// key unless `force`, which fences the holder out first. Returns the new version.
+pub(crate) async fn rollback(core: &Core, id: &DocId, version: u64, force: bool) -> Result<u64, OperatorError> {
+    if force && let Err(conflict) = force_release(&**core.store(), id).await? {
+        return Err(OperatorError::Changed { reason: conflict.to_string() });
+    }
+    match restore_version(&**core.store(), id, version, Condition::LeaseFree).await? {
+        CommitOutcome::Committed { applied, .. } => applied
+            .first()
+            .map(|applied| applied.version)
+            .ok_or_else(|| OperatorError::Store(StoreError::corrupt("a rollback committed no write"))),
+        CommitOutcome::Conflict(conflict) if conflict.kind == crate::store::ConflictKind::LeaseHeld => {
+            Err(OperatorError::Held { id: id.clone() })
         }
-        match restore_version(&**self.store(), id, version, Condition::LeaseFree).await? {
-            CommitOutcome::Committed { applied, .. } => Ok(applied.first().map_or(0, |applied| applied.version)),
-            CommitOutcome::Conflict(conflict) if conflict.kind == crate::store::ConflictKind::LeaseHeld => {
-                Err(OperatorError::Held { id: id.clone() })
-            }
-            CommitOutcome::Conflict(conflict) => Err(OperatorError::Changed { reason: conflict.to_string() }),
-        }
+        CommitOutcome::Conflict(conflict) => Err(OperatorError::Changed { reason: conflict.to_string() }),
     }
 }

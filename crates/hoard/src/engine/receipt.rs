@@ -14,9 +14,11 @@ use serde_json::Value;
 
 use crate::store::{Condition, ConflictKind, DocId, Key, StoreName, Write};
 
-use super::engine::Engine;
+use std::sync::Arc;
+
+use super::core::Core;
 use super::session::{Profile, Session};
-use super::transaction::TransactError;
+use super::transaction::{TransactError, transact};
 
 /// The named store of receipt records, keyed `{profile store}/{purchase id}`.
 pub const RECEIPT_STORE: &str = "hoard.receipts";
@@ -67,72 +69,65 @@ pub fn compare(first: &ReceiptRecord, attempted: &ReceiptRecord) -> ReceiptOutco
     }
 }
 
-impl Engine {
-    /// Processes a purchase receipt: runs `grant` on the player's profile and records the
-    /// purchase id in the same fenced commit. Safe to call any number of times, on any server.
-    pub async fn process_receipt<P: Profile>(
-        &self,
-        session: &Session<P>,
-        purchase_id: &str,
-        payload: Value,
-        mut grant: impl FnMut(&mut P) -> Result<(), String>,
-    ) -> ReceiptOutcome {
-        let id = match receipt_id(&session.id().store, purchase_id) {
-            Ok(id) => id,
-            Err(reason) => return ReceiptOutcome::Refused { reason },
-        };
-        let attempted = ReceiptRecord { purchase_id: purchase_id.to_string(), player: session.id().clone(), payload };
-        if session.is_errored() {
-            return ReceiptOutcome::NotProcessedYet {
-                reason: "the session plays on default data and never grants".into(),
-            };
-        }
-        // No read of the record first: it is written with `Absent`, so a purchase processed
-        // before makes this commit conflict (or the grant refuse), and only then is the first
-        // record read. A new purchase, the common case, costs one commit.
-        let record = match serde_json::to_value(&attempted) {
-            Ok(record) => record,
-            Err(error) => return ReceiptOutcome::Refused { reason: error.to_string() },
-        };
-        let result = self
-            .transact(&[session], &[], |context| {
-                let profile = context.profiles.first_mut().ok_or("no profile")?;
-                grant(profile)?;
-                context.add_write(Write::put(id.clone(), record.clone()).when(Condition::Absent));
-                Ok(())
-            })
-            .await;
-        match result {
-            Ok(()) => ReceiptOutcome::Granted,
-            Err(TransactError::Conflict(conflict)) if conflict.kind == ConflictKind::Exists && conflict.id == id => {
-                match self.receipt_record(&id).await {
-                    Ok(Some(first)) => compare(&first, &attempted),
-                    Ok(None) => ReceiptOutcome::NotProcessedYet { reason: "the receipt record vanished".into() },
-                    Err(reason) => ReceiptOutcome::NotProcessedYet { reason },
-                }
-            }
-            Err(TransactError::Refused { reason }) => match self.receipt_record(&id).await {
-                // Processed before: the grant may refuse now (say, a one-time item already held).
-                Ok(Some(first)) => compare(&first, &attempted),
-                Ok(None) => ReceiptOutcome::NotProcessedYet { reason },
-                Err(reason) => ReceiptOutcome::NotProcessedYet { reason },
-            },
-            // A replay on a session that has since ended or been fenced out still learns that
-            // the purchase was granted (nothing was read before the attempt).
-            Err(error) => match self.receipt_record(&id).await {
-                Ok(Some(first)) => compare(&first, &attempted),
-                Ok(None) | Err(_) => ReceiptOutcome::NotProcessedYet { reason: error.to_string() },
-            },
-        }
+/// Processes a purchase receipt: runs `grant` on the player's profile and records the purchase
+/// id in the same fenced commit. Safe to call any number of times, on any server.
+pub(crate) async fn process_receipt<P: Profile>(
+    core: &Arc<Core>,
+    session: &Session<P>,
+    purchase_id: &str,
+    payload: Value,
+    mut grant: impl FnMut(&mut P) -> Result<(), String>,
+) -> ReceiptOutcome {
+    let id = match receipt_id(&session.id().store, purchase_id) {
+        Ok(id) => id,
+        Err(reason) => return ReceiptOutcome::Refused { reason },
+    };
+    let attempted = ReceiptRecord { purchase_id: purchase_id.to_string(), player: session.id().clone(), payload };
+    if session.is_errored() {
+        return ReceiptOutcome::NotProcessedYet { reason: "the session plays on default data and never grants".into() };
     }
-
-    async fn receipt_record(&self, id: &DocId) -> Result<Option<ReceiptRecord>, String> {
-        let document = self.shared.read_with_retries(id).await.map_err(|e| e.to_string())?;
-        match document.value {
-            None => Ok(None),
-            Some(value) => {
-                serde_json::from_value(value).map(Some).map_err(|e| format!("unreadable receipt record: {e}"))
+    // No read of the record first: it is written with `Absent`, so a purchase processed
+    // before makes this commit conflict (or the grant refuse), and only then is the first
+    // record read. A new purchase, the common case, costs one commit.
+    let record = match serde_json::to_value(&attempted) {
+        Ok(record) => record,
+        Err(error) => return ReceiptOutcome::Refused { reason: error.to_string() },
+    };
+    let result = transact(core, &[session], &[], |context| {
+        let profile = context.profiles.first_mut().expect("a receipt's transaction has its one party");
+        grant(profile)?;
+        context.add_write(Write::put(id.clone(), record.clone()).when(Condition::Absent));
+        Ok(())
+    })
+    .await;
+    match result {
+        Ok(((), _)) => ReceiptOutcome::Granted,
+        Err(TransactError::Conflict(conflict)) if conflict.kind == ConflictKind::Exists && conflict.id == id => {
+            match receipt_record(core, &id).await {
+                Ok(Some(first)) => compare(&first, &attempted),
+                Ok(None) => ReceiptOutcome::NotProcessedYet { reason: "the receipt record vanished".into() },
+                Err(reason) => ReceiptOutcome::NotProcessedYet { reason },
             }
         }
+        Err(TransactError::Refused { reason }) => match receipt_record(core, &id).await {
+            // Processed before: the grant may refuse now (say, a one-time item already held).
+            Ok(Some(first)) => compare(&first, &attempted),
+            Ok(None) => ReceiptOutcome::NotProcessedYet { reason },
+            Err(reason) => ReceiptOutcome::NotProcessedYet { reason },
+        },
+        // A replay on a session that has since ended or been fenced out still learns that
+        // the purchase was granted (nothing was read before the attempt).
+        Err(error) => match receipt_record(core, &id).await {
+            Ok(Some(first)) => compare(&first, &attempted),
+            Ok(None) | Err(_) => ReceiptOutcome::NotProcessedYet { reason: error.to_string() },
+        },
+    }
+}
+
+async fn receipt_record(core: &Core, id: &DocId) -> Result<Option<ReceiptRecord>, String> {
+    let document = core.read(id).await.map_err(|e| e.to_string())?;
+    match document.value {
+        None => Ok(None),
+        Some(value) => serde_json::from_value(value).map(Some).map_err(|e| format!("unreadable receipt record: {e}")),
     }
 }

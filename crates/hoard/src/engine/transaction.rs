@@ -2,26 +2,34 @@
 //! lock-free shared documents, in one fenced atomic commit.
 //!
 //! Invariants:
-//! - Parties are locked in canonical key order (their `write_order`), so concurrent transactions
+//! - Parties are locked in canonical key order (their write turns), so concurrent transactions
 //!   on this engine cannot deadlock, and no save of a party runs while the transaction commits.
-//! - While a transaction commits, its sessions refuse in-memory changes (`Busy`): the result is
+//! - While a transaction commits, its parties refuse in-memory changes (`Busy`): the result is
 //!   shown in memory only after the commit is durable, and the prior state stays if it fails.
+//!   The busy flags belong to one RAII guard (`Parties`): however the transaction ends (an
+//!   answer, an error, a panic, the caller dropping the future), every party is usable after.
+//! - A commit, once sent, is seen through in an engine task that owns the guard: its answer is
+//!   always taken in (shown in memory, or its parties fenced out), even if the caller is gone.
 //! - A commit whose outcome is unknown is resolved by reading back before anything is reported;
 //!   the change function is never re-run on a state that may already contain its effect.
+//! - Only sessions of this engine take part; a session of another engine is refused with
+//!   `OnAnotherEngine` (a cross-server trade is a different protocol: escrow and a decided record).
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde_json::Value;
 use thiserror::Error;
+use tokio::sync::OwnedMutexGuard;
 
+use crate::retry::Attempt;
 use crate::store::{
-    Commit, CommitOutcome, Condition, Conflict, ConflictKind, DocId, StoreError, ValueOp, Write, resolve_unknown_commit,
+    Commit, CommitOutcome, Condition, Conflict, ConflictKind, DocId, HolderId, StoreError, ValueOp, Write,
 };
 
-use super::engine::{Engine, EngineShared};
-use super::schema::{ProfileMeta, changed_fields};
-use super::session::{Profile, Session, SessionCore, SessionEvent, SessionStatus};
+use super::core::Core;
+use super::counters::Counter;
+use super::session::PartyStanding;
+use super::session::{PartySnapshot, Profile, Session, SessionCore, SessionStatus};
 
 /// Why a transaction did not commit. Nothing changed, in the store or in memory, unless the
 /// variant says otherwise.
@@ -31,8 +39,18 @@ pub enum TransactError {
     Refused { reason: String },
     #[error("a transaction takes 1 to {parties_max} distinct parties (transaction_parties_max); got {count}")]
     BadParties { count: usize, parties_max: usize },
+    #[error(
+        "session {id} belongs to another engine (holder {holder}); a transaction or trade takes only sessions of the engine running it (cross-server trades are not supported yet)"
+    )]
+    OnAnotherEngine { id: DocId, holder: HolderId },
     #[error("session {id} is not live on this engine ({status:?}); it cannot take part")]
     NotLive { id: DocId, status: SessionStatus },
+    #[error("session {id} is in another transaction that is committing; try again in a moment")]
+    Busy { id: DocId },
+    #[error(
+        "session {id} cannot be sure it still holds its key (its engine's lease lapsed); try again once it is active"
+    )]
+    LeaseLapsed { id: DocId },
     #[error("session {id} plays on default data after a failed load; it cannot trade or receive grants")]
     Errored { id: DocId },
     #[error("session {id} lost its key to another server; kick the player")]
@@ -68,126 +86,186 @@ impl<P> TxContext<P> {
     }
 }
 
-/// The prepared commit and what memory becomes if it applies.
+/// The locked parties, in canonical key order: their write turns and their busy flags.
+struct Parties<P: Profile> {
+    sessions: Vec<Arc<SessionCore<P>>>,
+    _turns: Vec<OwnedMutexGuard<()>>,
+}
+
+impl<P: Profile> Parties<P> {
+    /// Takes every party's write turn (in canonical order), then marks all busy or none.
+    async fn lock(sessions: Vec<Arc<SessionCore<P>>>) -> Result<Parties<P>, TransactError> {
+        debug_assert!(
+            sessions.windows(2).all(|pair| pair[0].id() < pair[1].id()),
+            "parties are locked in canonical key order, each once"
+        );
+        let mut turns = Vec::with_capacity(sessions.len());
+        for session in &sessions {
+            turns.push(session.write_turn().await);
+        }
+        for session in &sessions {
+            let id = session.id().clone();
+            match session.party_standing() {
+                PartyStanding::Ready => {}
+                PartyStanding::LeaseLapsed => return Err(TransactError::LeaseLapsed { id }),
+                PartyStanding::Errored => return Err(TransactError::Errored { id }),
+                PartyStanding::FencedOut => return Err(TransactError::FencedOut { id }),
+                PartyStanding::Busy => return Err(TransactError::Busy { id }),
+                PartyStanding::NotLive(status) => return Err(TransactError::NotLive { id, status }),
+            }
+        }
+        for session in &sessions {
+            session.set_in_transaction(true);
+        }
+        Ok(Parties { sessions, _turns: turns })
+    }
+}
+
+impl<P: Profile> Drop for Parties<P> {
+    fn drop(&mut self) {
+        // Before the turns are released (fields drop after this), so no save slips in between.
+        for session in &self.sessions {
+            session.set_in_transaction(false);
+        }
+    }
+}
+
+/// The prepared commit and what memory becomes if it applies, per party in canonical order.
 struct Prepared<P> {
     commit: Commit,
-    profiles: Vec<P>,
-    revisions: Vec<u64>,
-    acks: Vec<u64>,
-    before_views: Vec<Option<Value>>,
+    parties: Vec<PartySnapshot<P>>,
 }
 
-fn lock_parties<P: Profile>(sessions: &[Arc<SessionCore<P>>]) -> Result<(), TransactError> {
-    // Check every party first, then mark all busy: all or none.
-    for core in sessions {
-        let state = core.lock();
-        match &state.status {
-            SessionStatus::Active => {}
-            SessionStatus::Errored { .. } => return Err(TransactError::Errored { id: core.id.clone() }),
-            SessionStatus::FencedOut => return Err(TransactError::FencedOut { id: core.id.clone() }),
-            status => return Err(TransactError::NotLive { id: core.id.clone(), status: status.clone() }),
-        }
-        if state.in_transaction {
-            return Err(TransactError::NotLive { id: core.id.clone(), status: SessionStatus::Active });
-        }
-    }
-    for core in sessions {
-        core.lock().in_transaction = true;
-    }
-    Ok(())
+/// How a commit sent by the task ended.
+enum Verdict {
+    Committed {
+        at_ms: Option<i64>,
+    },
+    Conflict(Conflict),
+    /// Reading back showed it did not apply: nothing changed.
+    NotApplied(StoreError),
+    /// Reading back could not tell; the parties were fenced out.
+    Unknown,
 }
 
-fn unlock_parties<P: Profile>(sessions: &[Arc<SessionCore<P>>]) {
-    for core in sessions {
-        core.lock().in_transaction = false;
+/// Why an attempt is retried (the last one is what the caller hears if every attempt fails).
+#[derive(Debug)]
+enum RetryReason {
+    Store(StoreError),
+    SharedDocMoved(Conflict),
+}
+
+impl std::fmt::Display for RetryReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RetryReason::Store(error) => write!(f, "{error}"),
+            RetryReason::SharedDocMoved(conflict) => write!(f, "a shared document moved: {conflict}"),
+        }
     }
 }
 
 fn prepare<P: Profile, R>(
     sessions: &[Arc<SessionCore<P>>],
+    caller_order: &[usize],
     docs: &[(DocId, Option<Value>, u64)],
     change: &mut impl FnMut(&mut TxContext<P>) -> Result<R, String>,
 ) -> Result<(R, Prepared<P>), TransactError> {
-    let mut profiles = Vec::with_capacity(sessions.len());
-    let mut metas: Vec<ProfileMeta> = Vec::with_capacity(sessions.len());
-    let mut revisions = Vec::with_capacity(sessions.len());
-    let mut acks = Vec::with_capacity(sessions.len());
-    for core in sessions {
-        let state = core.lock();
-        profiles.push(state.profile.clone());
-        metas.push(state.meta);
-        revisions.push(state.revision + 1);
-        acks.push(state.inbox_applied_through);
-    }
-    // Change events need the profiles as JSON before and after; only build them for listeners
-    // (a profile is kilobytes of JSON, and trades run hot).
-    let before_views: Vec<Option<Value>> = sessions
-        .iter()
-        .zip(&profiles)
-        .map(|(core, profile)| if core.events.receiver_count() > 0 { serde_json::to_value(profile).ok() } else { None })
-        .collect();
+    let mut snapshots: Vec<PartySnapshot<P>> = sessions.iter().map(|session| session.party_snapshot()).collect();
+    // `change` sees the profiles in the caller's order; the commit is in canonical order.
     let mut context = TxContext {
-        profiles,
+        profiles: caller_order.iter().map(|&canonical| snapshots[canonical].profile.clone()).collect(),
         docs: docs.iter().map(|(_, value, _)| value.clone()).collect(),
         extra_writes: Vec::new(),
     };
     let result = change(&mut context).map_err(|reason| TransactError::Refused { reason })?;
     assert_eq!(context.profiles.len(), sessions.len(), "the change function must not add or remove parties");
     assert_eq!(context.docs.len(), docs.len(), "the change function must not add or remove shared documents");
+    for (profile, &canonical) in context.profiles.drain(..).zip(caller_order) {
+        snapshots[canonical].profile = profile;
+    }
     let mut writes = Vec::with_capacity(sessions.len() + docs.len() + context.extra_writes.len());
-    for ((core, profile), (meta, ack)) in sessions.iter().zip(&context.profiles).zip(metas.iter().zip(&acks)) {
-        let value = core
-            .kind
+    for (session, snapshot) in sessions.iter().zip(&snapshots) {
+        let value = session
+            .kind()
             .schema
-            .encode(profile, meta)
+            .encode(&snapshot.profile, &snapshot.meta)
             .map_err(|error| TransactError::Invalid { reason: error.to_string() })?;
-        let mut write = Write::put(core.id.clone(), value).when(core.fence());
-        let durable_ack = core.lock().inbox_durable_through;
-        if *ack > durable_ack {
-            write = write.ack_inbox_through(*ack);
+        let mut write = Write::put(session.id().clone(), value).when(session.fence());
+        if snapshot.inbox_applied_through > snapshot.inbox_durable_through {
+            write = write.ack_inbox_through(snapshot.inbox_applied_through);
         }
         writes.push(write);
     }
     for ((id, before, version), after) in docs.iter().zip(&context.docs) {
-        if before == after {
+        let write = Write::new(id.clone()).when(Condition::Version(*version));
+        writes.push(match (before == after, after) {
             // Unchanged, but the commit still depends on it: re-check its version.
-            writes.push(Write::new(id.clone()).when(Condition::Version(*version)));
-            continue;
-        }
-        let op = match after {
-            Some(value) => ValueOp::Put(value.clone()),
-            None => ValueOp::Delete,
-        };
-        writes.push(Write::new(id.clone()).when(Condition::Version(*version)).value(op));
+            (true, _) => write,
+            (false, Some(value)) => write.value(ValueOp::Put(value.clone())),
+            (false, None) => write.value(ValueOp::Delete),
+        });
     }
     writes.append(&mut context.extra_writes);
-    let prepared = Prepared { commit: Commit::new(writes), profiles: context.profiles, revisions, acks, before_views };
-    Ok((result, prepared))
+    Ok((result, Prepared { commit: Commit::new(writes), parties: snapshots }))
 }
 
-fn show_in_memory<P: Profile>(sessions: &[Arc<SessionCore<P>>], prepared: Prepared<P>) {
-    let Prepared { profiles, revisions, acks, before_views, .. } = prepared;
-    for (((core, profile), revision), (ack, before)) in
-        sessions.iter().zip(profiles).zip(revisions).zip(acks.into_iter().zip(before_views))
-    {
-        let listening = core.events.receiver_count() > 0;
-        let after = if listening { serde_json::to_value(&profile).ok() } else { None };
-        {
-            let mut state = core.lock();
-            state.profile = profile;
-            state.revision = state.revision.max(revision);
-            state.durable_revision = state.durable_revision.max(revision);
-            state.inbox_durable_through = state.inbox_durable_through.max(ack);
-            state.in_transaction = false;
-        }
-        if let (Some(before), Some(after)) = (before, after) {
-            core.emit(SessionEvent::Changed {
-                changes: changed_fields(&before, &after),
-                client_changes: core.kind.schema.client_changes(&before, &after),
-            });
-        }
-        core.emit(SessionEvent::Saved { revision });
+fn adopt<P: Profile>(parties: &Parties<P>, prepared: Prepared<P>, confirmed_generation: Option<u64>) {
+    for (session, snapshot) in parties.sessions.iter().zip(prepared.parties) {
+        session.adopt_committed(
+            snapshot.profile,
+            snapshot.next_revision,
+            snapshot.inbox_applied_through,
+            snapshot.before_view,
+            confirmed_generation,
+        );
     }
+}
+
+/// Sends the commit and takes in its answer, whatever happens to the caller.
+async fn commit_in_task<P: Profile>(
+    core: Arc<Core>,
+    parties: Parties<P>,
+    prepared: Prepared<P>,
+) -> (Parties<P>, Verdict) {
+    let mut prepared = prepared;
+    // What a hidden outcome is resolved with: the commit without its values.
+    let trace = prepared.commit.trace();
+    let commit = std::mem::replace(&mut prepared.commit, trace);
+    let generation = core.lease().generation();
+    let vouched = || (core.lease().generation() == generation && core.lease().is_valid_now()).then_some(generation);
+    let verdict = match core.store().commit(commit).await {
+        Ok(CommitOutcome::Committed { at_ms, .. }) => {
+            core.counters().add(Counter::Saves, parties.sessions.len() as u64);
+            adopt(&parties, prepared, vouched());
+            Verdict::Committed { at_ms: Some(at_ms) }
+        }
+        Ok(CommitOutcome::Conflict(conflict)) => {
+            if conflict.kind == ConflictKind::LeaseMismatch
+                && let Some(session) = parties.sessions.iter().find(|session| session.id() == &conflict.id)
+            {
+                session.fence_out();
+            }
+            Verdict::Conflict(conflict)
+        }
+        Err(error) if error.may_have_applied() => {
+            match core.resolve(&prepared.commit, core.config().save_attempts_max).await {
+                Some(true) => {
+                    core.counters().add(Counter::Saves, parties.sessions.len() as u64);
+                    adopt(&parties, prepared, None);
+                    Verdict::Committed { at_ms: None }
+                }
+                Some(false) => Verdict::NotApplied(error),
+                None => {
+                    for session in &parties.sessions {
+                        session.fence_out();
+                    }
+                    Verdict::Unknown
+                }
+            }
+        }
+        Err(error) => Verdict::NotApplied(error),
+    };
+    (parties, verdict)
 }
 
 /// Runs a transaction. `change` may be called more than once (when a shared document changed
@@ -195,167 +273,106 @@ fn show_in_memory<P: Profile>(sessions: &[Arc<SessionCore<P>>], prepared: Prepar
 /// the commit applied at, when the store answered it (`None`: a hidden outcome was resolved by
 /// reading back, which does not say when).
 pub(crate) async fn transact<P: Profile, R>(
-    shared: &Arc<EngineShared>,
+    core: &Arc<Core>,
     sessions: &[&Session<P>],
     shared_docs: &[DocId],
-    mut change: impl FnMut(&mut TxContext<P>) -> Result<R, String>,
+    change: impl FnMut(&mut TxContext<P>) -> Result<R, String>,
 ) -> Result<(R, Option<i64>), TransactError> {
-    let parties_max = shared.config.transaction_parties_max;
+    let parties_max = core.config().transaction_parties_max;
     let count = sessions.len() + shared_docs.len();
-    let mut cores: Vec<Arc<SessionCore<P>>> = sessions.iter().map(|s| s.core.clone()).collect();
-    cores.sort_by(|a, b| a.id.cmp(&b.id));
-    let distinct = cores.windows(2).all(|pair| pair[0].id != pair[1].id)
-        && shared_docs.iter().all(|id| cores.iter().all(|core| &core.id != id))
-        && {
-            let mut ids: Vec<&DocId> = shared_docs.iter().collect();
-            ids.sort();
-            ids.windows(2).all(|pair| pair[0] != pair[1])
-        };
+    let mut canonical: Vec<Arc<SessionCore<P>>> = sessions.iter().map(|s| s.core().clone()).collect();
+    canonical.sort_by(|a, b| a.id().cmp(b.id()));
+    let mut doc_ids: Vec<&DocId> = shared_docs.iter().collect();
+    doc_ids.sort();
+    let distinct = canonical.windows(2).all(|pair| pair[0].id() != pair[1].id())
+        && doc_ids.windows(2).all(|pair| pair[0] != pair[1])
+        && shared_docs.iter().all(|id| canonical.iter().all(|session| session.id() != id));
     if count == 0 || count > parties_max || !distinct {
         return Err(TransactError::BadParties { count, parties_max });
     }
-    for core in &cores {
-        let from_this_engine = core.engine.upgrade().is_some_and(|engine| Arc::ptr_eq(&engine, shared));
-        if !from_this_engine {
-            return Err(TransactError::NotLive { id: core.id.clone(), status: core.lock().status.clone() });
-        }
+    if let Some(foreign) = canonical.iter().find(|session| !session.belongs_to(core)) {
+        return Err(TransactError::OnAnotherEngine { id: foreign.id().clone(), holder: foreign.holder().clone() });
     }
-    // Canonical order: no deadlock between transactions, and no save of a party runs meanwhile.
-    let mut order_guards = Vec::with_capacity(cores.len());
-    for core in &cores {
-        order_guards.push(core.write_order.lock().await);
+    let caller_order: Vec<usize> = sessions
+        .iter()
+        .map(|s| {
+            canonical.iter().position(|session| session.id() == s.id()).expect("every party is in the canonical list")
+        })
+        .collect();
+    let parties = Parties::lock(canonical.clone()).await?;
+    // The guard sits here between attempts and travels into each commit's task and back.
+    let parked: Mutex<Option<Parties<P>>> = Mutex::new(Some(parties));
+    // `change` is called synchronously, never across an await; the mutex only lends it out.
+    let change = Mutex::new(change);
+    let attempts = core.retry("commit a transaction", core.config().save_attempts_max);
+    let result = attempts.run(|_| attempt(core, &canonical, &caller_order, shared_docs, &parked, &change)).await;
+    match result {
+        Ok(done) => done,
+        Err(gave_up) => Err(match gave_up.error {
+            RetryReason::Store(error) => TransactError::Store(error),
+            RetryReason::SharedDocMoved(conflict) => TransactError::Conflict(Box::new(conflict)),
+        }),
     }
-    // The caller's order of sessions is what `change` sees; map it to the canonical order.
-    let caller_order: Vec<usize> =
-        sessions.iter().map(|s| cores.iter().position(|core| core.id == s.core.id).unwrap_or(0)).collect();
-    lock_parties(&cores)?;
-    let result = run_locked(shared, &cores, shared_docs, &caller_order, &mut change).await;
-    unlock_parties(&cores);
-    drop(order_guards);
-    result
 }
 
-async fn run_locked<P: Profile, R>(
-    shared: &Arc<EngineShared>,
-    cores: &[Arc<SessionCore<P>>],
-    shared_docs: &[DocId],
+type Done<R> = Result<(R, Option<i64>), TransactError>;
+
+async fn attempt<P: Profile, R>(
+    core: &Arc<Core>,
+    canonical: &[Arc<SessionCore<P>>],
     caller_order: &[usize],
-    change: &mut impl FnMut(&mut TxContext<P>) -> Result<R, String>,
-) -> Result<(R, Option<i64>), TransactError> {
-    // Present profiles to `change` in the caller's order, commit in canonical order.
-    let mut in_caller_order = |context: &mut TxContext<P>| -> Result<R, String> {
-        let canonical = std::mem::take(&mut context.profiles);
-        let mut slots: Vec<Option<P>> = canonical.into_iter().map(Some).collect();
-        context.profiles = caller_order.iter().filter_map(|&i| slots.get_mut(i).and_then(Option::take)).collect();
-        let result = change(context);
-        let mut back: Vec<Option<P>> = (0..caller_order.len()).map(|_| None).collect();
-        for (profile, &i) in std::mem::take(&mut context.profiles).into_iter().zip(caller_order) {
-            if let Some(slot) = back.get_mut(i) {
-                *slot = Some(profile);
-            }
+    shared_docs: &[DocId],
+    parked: &Mutex<Option<Parties<P>>>,
+    change: &Mutex<impl FnMut(&mut TxContext<P>) -> Result<R, String>>,
+) -> Attempt<Done<R>, RetryReason> {
+    let documents = if shared_docs.is_empty() {
+        Vec::new()
+    } else {
+        match core.store().get_many(shared_docs).await {
+            Ok(documents) => documents,
+            Err(error) if error.is_transient() => return Attempt::Retry(RetryReason::Store(error)),
+            Err(error) => return Attempt::Done(Err(TransactError::Store(error))),
         }
-        context.profiles = back.into_iter().flatten().collect();
-        result
     };
-    let mut last_error: Option<StoreError> = None;
-    for attempt in 0..shared.config.save_attempts_max {
-        if attempt > 0 {
-            shared.counters.retries.fetch_add(1, Ordering::Relaxed);
-            shared.sleep_backoff(attempt - 1).await;
+    let docs: Vec<(DocId, Option<Value>, u64)> = documents.into_iter().map(|d| (d.id, d.value, d.version)).collect();
+    let prepared = {
+        let mut change = change.lock().unwrap_or_else(PoisonError::into_inner);
+        prepare(canonical, caller_order, &docs, &mut *change)
+    };
+    let (result, prepared) = match prepared {
+        Ok(prepared) => prepared,
+        Err(error) => return Attempt::Done(Err(error)),
+    };
+    let parties =
+        parked.lock().unwrap_or_else(PoisonError::into_inner).take().expect("the parties are parked between attempts");
+    let answered = match core.spawn_answering("transaction commit", commit_in_task(core.clone(), parties, prepared)) {
+        Ok(answered) => answered,
+        Err(refused) => return Attempt::Done(Err(TransactError::Store(StoreError::unavailable(refused)))),
+    };
+    let Ok((parties, verdict)) = answered.await else {
+        // The task was aborted (a crash, or the end of shutdown): its commit may have applied.
+        return Attempt::Done(Err(TransactError::OutcomeUnknown));
+    };
+    *parked.lock().unwrap_or_else(PoisonError::into_inner) = Some(parties);
+    match verdict {
+        Verdict::Committed { at_ms } => Attempt::Done(Ok((result, at_ms))),
+        Verdict::Conflict(conflict)
+            if conflict.kind == ConflictKind::LeaseMismatch && canonical.iter().any(|s| s.id() == &conflict.id) =>
+        {
+            Attempt::Done(Err(TransactError::FencedOut { id: conflict.id }))
         }
-        let documents = if shared_docs.is_empty() {
-            Vec::new()
-        } else {
-            match shared.store.get_many(shared_docs).await {
-                Ok(documents) => documents,
-                Err(error) => {
-                    last_error = Some(error);
-                    continue;
-                }
-            }
-        };
-        let docs: Vec<(DocId, Option<Value>, u64)> =
-            documents.into_iter().map(|d| (d.id.clone(), d.value.clone(), d.version)).collect();
-        let (result, mut prepared) = prepare(cores, &docs, &mut in_caller_order)?;
-        // What a hidden outcome is resolved with: the commit without its values.
-        let trace = prepared.commit.trace();
-        let commit = std::mem::replace(&mut prepared.commit, trace);
-        match shared.store.commit(commit).await {
-            Ok(CommitOutcome::Committed { at_ms, .. }) => {
-                shared.counters.saves.fetch_add(cores.len() as u64, Ordering::Relaxed);
-                show_in_memory(cores, prepared);
-                return Ok((result, Some(at_ms)));
-            }
-            Ok(CommitOutcome::Conflict(conflict)) => {
-                match conflict_party(cores, &conflict) {
-                    Some(core) if conflict.kind == ConflictKind::LeaseMismatch => {
-                        unlock_parties(cores);
-                        core.fence_out();
-                        return Err(TransactError::FencedOut { id: core.id.clone() });
-                    }
-                    _ => {}
-                }
-                let on_shared_doc =
-                    shared_docs.contains(&conflict.id) && conflict.kind == ConflictKind::VersionMismatch;
-                if on_shared_doc {
-                    // A shared document moved: re-read and re-run the change.
-                    continue;
-                }
-                return Err(TransactError::Conflict(Box::new(conflict)));
-            }
-            Err(StoreError::InvalidInput(error)) => return Err(TransactError::Store(StoreError::InvalidInput(error))),
-            Err(error) if error.may_have_applied() => match resolve(shared, &prepared.commit).await {
-                Some(true) => {
-                    shared.counters.saves.fetch_add(cores.len() as u64, Ordering::Relaxed);
-                    show_in_memory(cores, prepared);
-                    return Ok((result, None));
-                }
-                Some(false) => last_error = Some(error),
-                None => {
-                    unlock_parties(cores);
-                    for core in cores {
-                        core.fence_out();
-                    }
-                    return Err(TransactError::OutcomeUnknown);
-                }
-            },
-            Err(error) => last_error = Some(error),
+        Verdict::Conflict(conflict)
+            if conflict.kind == ConflictKind::VersionMismatch && shared_docs.contains(&conflict.id) =>
+        {
+            // A shared document moved: re-read and re-run the change.
+            Attempt::Retry(RetryReason::SharedDocMoved(conflict))
         }
-    }
-    Err(TransactError::Store(last_error.unwrap_or_else(|| StoreError::unavailable("no attempt was made"))))
-}
-
-fn conflict_party<'a, P: Profile>(
-    cores: &'a [Arc<SessionCore<P>>],
-    conflict: &Conflict,
-) -> Option<&'a Arc<SessionCore<P>>> {
-    cores.iter().find(|core| core.id == conflict.id)
-}
-
-/// Reads back until the store says whether the commit applied (bounded).
-pub(crate) async fn resolve(shared: &EngineShared, commit: &Commit) -> Option<bool> {
-    for attempt in 0..shared.config.save_attempts_max {
-        if attempt > 0 {
-            shared.sleep_backoff(attempt - 1).await;
+        Verdict::Conflict(conflict) => Attempt::Done(Err(TransactError::Conflict(Box::new(conflict)))),
+        Verdict::NotApplied(StoreError::InvalidInput(error)) => {
+            Attempt::Done(Err(TransactError::Store(StoreError::InvalidInput(error))))
         }
-        if let Ok(answer) = resolve_unknown_commit(&*shared.store, commit).await {
-            return answer;
-        }
-    }
-    None
-}
-
-impl Engine {
-    /// Changes several sessions' profiles (and optionally shared lock-free documents) in one
-    /// fenced atomic commit (G3). Every session must be live on this engine and not errored. The
-    /// result shows in memory only once durable; on any failure memory keeps its prior state.
-    /// `change` sees the profiles in the order of `sessions` and may run more than once.
-    pub async fn transact<P: Profile, R>(
-        &self,
-        sessions: &[&Session<P>],
-        shared_docs: &[DocId],
-        change: impl FnMut(&mut TxContext<P>) -> Result<R, String>,
-    ) -> Result<R, TransactError> {
-        transact(&self.shared, sessions, shared_docs, change).await.map(|(result, _)| result)
+        Verdict::NotApplied(error) if error.is_transient() => Attempt::Retry(RetryReason::Store(error)),
+        Verdict::NotApplied(error) => Attempt::Fail(RetryReason::Store(error)),
+        Verdict::Unknown => Attempt::Done(Err(TransactError::OutcomeUnknown)),
     }
 }

@@ -101,6 +101,9 @@ pub struct FaultStore {
     random: Mutex<ChaCha8Rng>,
     enabled: AtomicBool,
     counters: Counters,
+    /// Renewals still to fail on purpose (`fail_next_renewals`), and how long each takes to fail.
+    scripted_renewal_failures: AtomicU64,
+    scripted_renewal_failure_delay_ms: AtomicU64,
 }
 
 /// What to do with one write call.
@@ -112,7 +115,31 @@ enum WriteFault {
 impl FaultStore {
     pub fn new(inner: SharedStore, config: FaultConfig) -> FaultStore {
         let random = Mutex::new(ChaCha8Rng::seed_from_u64(config.seed));
-        FaultStore { inner, config, random, enabled: AtomicBool::new(true), counters: Counters::default() }
+        FaultStore {
+            inner,
+            config,
+            random,
+            enabled: AtomicBool::new(true),
+            counters: Counters::default(),
+            scripted_renewal_failures: AtomicU64::new(0),
+            scripted_renewal_failure_delay_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Makes the next `count` process-lease renewals fail (`Unavailable`, nothing applied), each
+    /// after `delay_ms`, as a renewal that times out would. Drawn from no random generator, so a
+    /// test can script exactly the failures it needs; seeded faults still apply to other calls.
+    pub fn fail_next_renewals(&self, count: u64, delay_ms: u64) {
+        self.scripted_renewal_failure_delay_ms.store(delay_ms, Ordering::SeqCst);
+        self.scripted_renewal_failures.store(count, Ordering::SeqCst);
+    }
+
+    /// Takes one scripted renewal failure, if any is left.
+    fn take_scripted_renewal_failure(&self) -> Option<u64> {
+        self.scripted_renewal_failures
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1))
+            .ok()
+            .map(|_| self.scripted_renewal_failure_delay_ms.load(Ordering::SeqCst))
     }
 
     /// Turns fault injection on or off (e.g. off for a final audit read).
@@ -240,6 +267,10 @@ impl Store for FaultStore {
     }
 
     async fn renew_holder(&self, holder: &HolderId, ttl_ms: u64) -> Result<HolderLease, StoreError> {
+        if let Some(delay_ms) = self.take_scripted_renewal_failure() {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            return Err(StoreError::unavailable("scripted renewal failure (FaultStore::fail_next_renewals)"));
+        }
         let fault = self.write_fault().await?;
         let result = self.inner.renew_holder(holder, ttl_ms).await;
         self.hide_outcome(fault, result)

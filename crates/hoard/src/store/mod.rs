@@ -9,13 +9,17 @@ pub mod apply;
 pub mod delta;
 pub mod encoded;
 pub mod error;
+/// The fault-injecting wrapper: tests and the simulator only (feature `testing`).
+#[cfg(feature = "testing")]
 pub mod fault;
 pub mod history;
 pub mod limits;
 pub mod memory;
 mod open;
+#[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod pruner;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 pub mod types;
 pub mod validate;

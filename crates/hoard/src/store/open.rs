@@ -4,11 +4,15 @@
 //! `SharedStore` and never branch on the backend again. Opening never creates a database where
 //! `must_exist` says one must already be, and never changes a database that is not hoard's.
 
+#[cfg(feature = "sqlite")]
 use std::path::PathBuf;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use std::sync::Arc;
 
 use super::limits::{HistoryPolicy, Limits};
+#[cfg(feature = "postgres")]
 use super::postgres::{PostgresOptions, PostgresStore};
+#[cfg(feature = "sqlite")]
 use super::sqlite::{SqliteOptions, SqliteStore};
 use super::{SharedStore, StoreError};
 
@@ -35,29 +39,56 @@ pub fn is_postgres_location(location: &str) -> bool {
 /// path of an SQLite database file (created, with its folder, if missing, unless
 /// `options.must_exist`). Every backend refuses what is not a hoard database (another
 /// application's SQLite file, a file that is not SQLite, a schema of a newer hoard) and leaves it
-/// as it was; errors name the cause and what to do.
+/// as it was; errors name the cause and what to do. A backend this build left out (features
+/// `sqlite`, `postgres`) is a clear `InvalidInput`.
 pub async fn open_store(location: &str, options: StoreOptions) -> Result<SharedStore, StoreError> {
     if is_postgres_location(location) {
-        let postgres_options = PostgresOptions {
-            url: location.to_string(),
-            limits: options.limits,
-            history_policy: options.history_policy,
-            must_exist: options.must_exist,
-            ..PostgresOptions::default()
-        };
-        let postgres_options = match options.postgres_schema {
-            Some(schema) => PostgresOptions { schema, ..postgres_options },
-            None => postgres_options,
-        };
-        Ok(Arc::new(PostgresStore::open(postgres_options).await?))
+        open_postgres(location, options).await
     } else {
-        let sqlite_options = SqliteOptions {
-            path: PathBuf::from(location),
-            limits: options.limits,
-            history_policy: options.history_policy,
-            must_exist: options.must_exist,
-            ..SqliteOptions::default()
-        };
-        Ok(Arc::new(SqliteStore::open(sqlite_options).await?))
+        open_sqlite(location, options).await
     }
+}
+
+#[cfg(feature = "postgres")]
+async fn open_postgres(location: &str, options: StoreOptions) -> Result<SharedStore, StoreError> {
+    let postgres_options = PostgresOptions {
+        url: location.to_string(),
+        limits: options.limits,
+        history_policy: options.history_policy,
+        must_exist: options.must_exist,
+        ..PostgresOptions::default()
+    };
+    let postgres_options = match options.postgres_schema {
+        Some(schema) => PostgresOptions { schema, ..postgres_options },
+        None => postgres_options,
+    };
+    Ok(Arc::new(PostgresStore::open(postgres_options).await?))
+}
+
+#[cfg(feature = "sqlite")]
+async fn open_sqlite(location: &str, options: StoreOptions) -> Result<SharedStore, StoreError> {
+    let sqlite_options = SqliteOptions {
+        path: PathBuf::from(location),
+        limits: options.limits,
+        history_policy: options.history_policy,
+        must_exist: options.must_exist,
+        ..SqliteOptions::default()
+    };
+    Ok(Arc::new(SqliteStore::open(sqlite_options).await?))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn open_postgres(_location: &str, _options: StoreOptions) -> Result<SharedStore, StoreError> {
+    Err(StoreError::InvalidInput(super::InvalidInput::Malformed {
+        what: "the database location",
+        expected: "an SQLite path: this hoard was built without the `postgres` feature",
+    }))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn open_sqlite(_location: &str, _options: StoreOptions) -> Result<SharedStore, StoreError> {
+    Err(StoreError::InvalidInput(super::InvalidInput::Malformed {
+        what: "the database location",
+        expected: "a postgres:// URL: this hoard was built without the `sqlite` feature",
+    }))
 }

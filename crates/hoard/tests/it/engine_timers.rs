@@ -9,6 +9,7 @@ use hoard::store::memory::MemoryStore;
 use hoard::store::{SharedStore, get};
 
 use crate::engine_sessions::players;
+use crate::probe_store::ProbeStore;
 
 fn memory() -> SharedStore {
     Arc::new(MemoryStore::new())
@@ -136,94 +137,9 @@ async fn sessions_can_be_started_from_spawned_tasks() {
     assert!(started.await.expect("task").expect("start") >= 1);
 }
 
-/// Counts the writes that reach the store, by kind.
-#[derive(Debug)]
-struct CountingStore {
-    inner: SharedStore,
-    commits: std::sync::atomic::AtomicU64,
-    renewals: std::sync::atomic::AtomicU64,
-}
-
-#[async_trait::async_trait]
-impl hoard::store::Store for CountingStore {
-    fn backend_name(&self) -> &'static str {
-        "counting"
-    }
-    fn limits(&self) -> &hoard::store::Limits {
-        self.inner.limits()
-    }
-    async fn now_ms(&self) -> Result<i64, hoard::store::StoreError> {
-        self.inner.now_ms().await
-    }
-    async fn get_many(
-        &self,
-        ids: &[hoard::store::DocId],
-    ) -> Result<Vec<hoard::store::Document>, hoard::store::StoreError> {
-        self.inner.get_many(ids).await
-    }
-    async fn list_keys(
-        &self,
-        store: &hoard::store::StoreName,
-        query: &hoard::store::ListQuery,
-    ) -> Result<hoard::store::KeyPage, hoard::store::StoreError> {
-        self.inner.list_keys(store, query).await
-    }
-    async fn commit(
-        &self,
-        commit: hoard::store::Commit,
-    ) -> Result<hoard::store::CommitOutcome, hoard::store::StoreError> {
-        self.commits.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.commit(commit).await
-    }
-    async fn list_versions(
-        &self,
-        id: &hoard::store::DocId,
-        query: &hoard::store::VersionQuery,
-    ) -> Result<Vec<hoard::store::VersionInfo>, hoard::store::StoreError> {
-        self.inner.list_versions(id, query).await
-    }
-    async fn get_version(
-        &self,
-        id: &hoard::store::DocId,
-        version: u64,
-    ) -> Result<Option<hoard::store::VersionRecord>, hoard::store::StoreError> {
-        self.inner.get_version(id, version).await
-    }
-    async fn prune_history(&self) -> Result<u64, hoard::store::StoreError> {
-        self.inner.prune_history().await
-    }
-    async fn renew_holder(
-        &self,
-        holder: &hoard::store::HolderId,
-        ttl_ms: u64,
-    ) -> Result<hoard::store::HolderLease, hoard::store::StoreError> {
-        self.renewals.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        self.inner.renew_holder(holder, ttl_ms).await
-    }
-    async fn release_holder(&self, holder: &hoard::store::HolderId) -> Result<(), hoard::store::StoreError> {
-        self.inner.release_holder(holder).await
-    }
-    async fn holder_lease(
-        &self,
-        holder: &hoard::store::HolderId,
-    ) -> Result<Option<hoard::store::HolderLease>, hoard::store::StoreError> {
-        self.inner.holder_lease(holder).await
-    }
-    async fn notify(&self, notification: hoard::store::Notification) -> Result<(), hoard::store::StoreError> {
-        self.inner.notify(notification).await
-    }
-    fn subscribe(&self) -> hoard::store::Subscription {
-        self.inner.subscribe()
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn keeping_many_clean_sessions_costs_one_renewal_per_interval_not_one_per_session() {
-    let counting = Arc::new(CountingStore {
-        inner: memory(),
-        commits: std::sync::atomic::AtomicU64::new(0),
-        renewals: std::sync::atomic::AtomicU64::new(0),
-    });
+    let counting = Arc::new(ProbeStore::new(memory()));
     let store: SharedStore = counting.clone();
     let engine = Engine::open(store, config("a")).await.expect("open");
     let mut sessions = Vec::with_capacity(10_000);
@@ -234,12 +150,12 @@ async fn keeping_many_clean_sessions_costs_one_renewal_per_interval_not_one_per_
     for session in &sessions {
         session.save_now().await.expect("save");
     }
-    let commits_before = counting.commits.load(std::sync::atomic::Ordering::SeqCst);
-    let renewals_before = counting.renewals.load(std::sync::atomic::Ordering::SeqCst);
+    let commits_before = counting.commits();
+    let renewals_before = counting.renewals();
     let minute = Duration::from_secs(60);
     tokio::time::sleep(minute).await;
-    let commits = counting.commits.load(std::sync::atomic::Ordering::SeqCst) - commits_before;
-    let renewals = counting.renewals.load(std::sync::atomic::Ordering::SeqCst) - renewals_before;
+    let commits = counting.commits() - commits_before;
+    let renewals = counting.renewals() - renewals_before;
     assert_eq!(commits, 0, "clean sessions write nothing");
     let interval = Duration::from_millis(engine.config().lease_renew_interval_ms);
     let expected = (minute.as_millis() / interval.as_millis()) as u64;
@@ -248,6 +164,53 @@ async fn keeping_many_clean_sessions_costs_one_renewal_per_interval_not_one_per_
         "{renewals} renewals in a minute for 10,000 sessions: one per interval, not per session"
     );
     assert!(renewals >= 1);
-    let stored = get(&*counting.inner, &id("p9999")).await.expect("read");
+    let stored = get(&**counting.inner(), &id("p9999")).await.expect("read");
     assert_eq!(stored.lease.holder.as_ref(), Some(engine.holder()), "every key is still held");
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_every_engine_handle_stops_its_renewal_and_its_keys_free_within_the_lease() {
+    let counting = Arc::new(ProbeStore::new(memory()));
+    let store: SharedStore = counting.clone();
+    let b = Engine::open(store.clone(), config("b")).await.expect("open");
+    {
+        let a = Engine::open(store.clone(), config("a")).await.expect("open");
+        a.start_session(&players(), "dropped-holder").await.expect("start");
+    }
+    let renewals = counting.renewals();
+    let lease = Duration::from_millis(EngineConfig::default().lease_ttl_ms);
+    tokio::time::sleep(lease + Duration::from_secs(1)).await;
+    assert_eq!(counting.renewals() - renewals, 3, "only B renews (every 5 s for 16 s), A's tasks are gone");
+    let options = StartOptions { held: HeldPolicy::FailFast, on_load_failure: LoadFailurePolicy::Fail };
+    b.start_session_with(&players(), "dropped-holder", options).await.expect("free once A's lease lapsed");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_stops_every_background_task() {
+    let counting = Arc::new(ProbeStore::new(memory()));
+    let store: SharedStore = counting.clone();
+    let engine = Engine::open(store, config("a")).await.expect("open");
+    let session = engine.start_session(&players(), "stopping").await.expect("start");
+    session.update(|p| p.coins = 9).expect("change");
+    let report = engine.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.saved.len(), 1);
+    let (renewals, commits) = (counting.renewals(), counting.commits());
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    assert_eq!(counting.renewals(), renewals, "no renewal after shutdown");
+    assert_eq!(counting.commits(), commits, "no autosave or flush after shutdown");
+}
+
+#[tokio::test(start_paused = true)]
+async fn shutdown_saves_a_session_the_game_began_ending_and_reports_it() {
+    let store = memory();
+    let engine = Engine::open(store.clone(), config("a")).await.expect("open");
+    let session = engine.start_session(&players(), "leaving").await.expect("start");
+    session.update(|p| p.coins = 77).expect("change");
+    let ending = session.end();
+    let report = engine.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.saved, vec![session.id().clone()], "the end in flight is waited for and reported");
+    ending.await.expect("the game's end succeeded too");
+    let document = get(&*store, session.id()).await.expect("read");
+    assert_eq!(document.value.expect("saved")["data"]["coins"], 77);
+    assert_eq!(document.lease.holder, None, "released");
 }

@@ -39,11 +39,11 @@ fn id(key: &str) -> DocId {
     DocId::parse("traders", key).expect("id")
 }
 
-fn coins(session: &Session<Trader>) -> i64 {
+pub fn coins(session: &Session<Trader>) -> i64 {
     session.read(|t| t.holdings.currencies.get("coins").copied().unwrap_or(0))
 }
 
-fn stored(document: &hoard::store::Document) -> Trader {
+pub fn stored(document: &hoard::store::Document) -> Trader {
     serde_json::from_value(document.value.as_ref().expect("saved")["data"].clone()).expect("trader")
 }
 
@@ -52,7 +52,7 @@ async fn seed_traders(engine: &Engine, count: usize) -> Vec<Session<Trader>> {
     seed_traders_named(engine, "t", count).await
 }
 
-async fn seed_traders_named(engine: &Engine, prefix: &str, count: usize) -> Vec<Session<Trader>> {
+pub async fn seed_traders_named(engine: &Engine, prefix: &str, count: usize) -> Vec<Session<Trader>> {
     let mut sessions = Vec::with_capacity(count);
     for n in 0..count {
         let session = engine.start_session(&traders(), &format!("{prefix}{n}")).await.expect("start");
@@ -70,7 +70,7 @@ async fn seed_traders_named(engine: &Engine, prefix: &str, count: usize) -> Vec<
     sessions
 }
 
-fn simple_trade(trade_id: &str, item: &str, amount: i64) -> Trade {
+pub fn simple_trade(trade_id: &str, item: &str, amount: i64) -> Trade {
     Trade {
         id: trade_id.into(),
         legs: vec![
@@ -410,7 +410,13 @@ pub async fn transactions_refuse_bad_parties(t: TestStore) {
     let on_a = seed_traders_named(&a, "x", 1).await;
     let on_b = seed_traders_named(&b, "y", 1).await;
     let foreign = a.transact(&[&on_a[0], &on_b[0]], &[], |_| Ok(())).await;
-    assert!(matches!(foreign, Err(TransactError::NotLive { .. })), "a session of another engine cannot take part");
+    match foreign {
+        Err(TransactError::OnAnotherEngine { id, holder }) => {
+            assert_eq!(&id, on_b[0].id(), "the refusal names the foreign party");
+            assert_eq!(&holder, b.holder(), "and the engine that holds it");
+        }
+        other => panic!("a session of another engine cannot take part, and the refusal says so: {other:?}"),
+    }
     let twice = a.transact(&[&on_a[0], &on_a[0]], &[], |_| Ok(())).await;
     assert!(matches!(twice, Err(TransactError::BadParties { .. })));
     let none: Result<(), _> = a.transact::<Trader, ()>(&[], &[], |_| Ok(())).await;

@@ -1,5 +1,10 @@
 mod backends;
+mod engine_cancellation;
+mod engine_inbox;
+mod engine_lease;
+mod engine_protocol;
 mod engine_schema;
+mod engine_schema_rules;
 mod engine_sessions;
 mod engine_shared_docs;
 mod engine_timers;
@@ -7,6 +12,8 @@ mod engine_trades;
 mod pg_cluster;
 mod postgres_backend;
 mod postgres_failover;
+mod probe_store;
+mod retry;
 mod sqlite_backend;
 /// The store conformance suite runs against every backend of the library.
 macro_rules! conformance_backends {

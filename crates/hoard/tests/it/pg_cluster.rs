@@ -5,8 +5,10 @@
 //!
 //! Invariant: a cluster is stopped (immediately) and its folder removed when it is dropped, so a
 //! failed test leaves no server running. The PostgreSQL server binaries come from
-//! `HOARD_TEST_POSTGRES_BIN` or the newest `/usr/lib/postgresql/<major>/bin`; without them the
-//! tests skip loudly, and fail under `CI=true` (where `.ci/run` installs PostgreSQL).
+//! `HOARD_TEST_POSTGRES_BIN` or the newest `/usr/lib/postgresql/<major>/bin`. These tests follow
+//! the workspace's PostgreSQL rule (`backends`): never green without PostgreSQL — missing binaries
+//! fail the test with what to do — and ignored under the explicit opt-out
+//! `HOARD_TEST_POSTGRES_URL=skip` (`cfg(hoard_postgres_tests_skipped)`).
 //!
 //! As root (CI), every command runs as the `postgres` user through `runuser`: `initdb` refuses to
 //! run as root.
@@ -50,19 +52,14 @@ pub fn server_binaries() -> Option<PathBuf> {
     majors.pop().map(|(_, bin)| bin)
 }
 
-/// The binaries, or `None` after saying loudly why the test is skipped (a failure under CI).
+/// The binaries; their absence fails the test with what to do (the PostgreSQL rule).
 pub fn binaries_or_skip(test: &str) -> Option<PathBuf> {
     match server_binaries() {
         Some(bin) => Some(bin),
-        None if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test}: PostgreSQL server binaries (initdb, pg_ctl) not found and CI=true: they must run in CI")
-        }
-        None => {
-            eprintln!(
-                "\n*** SKIPPED {test}: no PostgreSQL server binaries (install postgresql, or set HOARD_TEST_POSTGRES_BIN) ***\n"
-            );
-            None
-        }
+        None => panic!(
+            "{test}: PostgreSQL server binaries (initdb, pg_ctl) not found: install postgresql, set \
+             HOARD_TEST_POSTGRES_BIN, or opt out of PostgreSQL tests with HOARD_TEST_POSTGRES_URL=skip"
+        ),
     }
 }
 

@@ -217,6 +217,7 @@ async fn blocking<T: Send + 'static>(step: impl FnOnce() -> T + Send + 'static) 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(hoard_postgres_tests_skipped, ignore = "PostgreSQL tests opted out (HOARD_TEST_POSTGRES_URL=skip)")]
 async fn a_crash_and_restart_of_postgres_loses_no_acknowledged_commit_and_the_store_recovers_alone() {
     let Some(bin) = binaries_or_skip("postgres crash and restart") else { return };
     let cluster = Arc::new(blocking(move || PrivateCluster::start_primary(&bin, "restart")).await);
@@ -257,6 +258,7 @@ async fn a_crash_and_restart_of_postgres_loses_no_acknowledged_commit_and_the_st
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(hoard_postgres_tests_skipped, ignore = "PostgreSQL tests opted out (HOARD_TEST_POSTGRES_URL=skip)")]
 async fn failover_to_a_synchronous_standby_loses_no_acknowledged_commit_and_no_stale_epoch_commits() {
     let Some(bin) = binaries_or_skip("postgres failover") else { return };
     let primary = Arc::new(blocking(move || PrivateCluster::start_primary(&bin, "primary")).await);
@@ -312,6 +314,7 @@ async fn failover_to_a_synchronous_standby_loses_no_acknowledged_commit_and_no_s
 /// The control: the same audit on a standby that fell behind (asynchronous, stopped while the
 /// primary acknowledged commits, then promoted) must find the commits it never received.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(hoard_postgres_tests_skipped, ignore = "PostgreSQL tests opted out (HOARD_TEST_POSTGRES_URL=skip)")]
 async fn control_a_promoted_standby_that_fell_behind_is_caught_losing_acknowledged_commits() {
     let Some(bin) = binaries_or_skip("postgres failover control") else { return };
     let primary = Arc::new(blocking(move || PrivateCluster::start_primary(&bin, "control-primary")).await);

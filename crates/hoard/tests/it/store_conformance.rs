@@ -959,13 +959,20 @@ macro_rules! conformance {
             );
         }
     };
+    (@cases postgres, $config:ident; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(hoard_postgres_tests_skipped, ignore = "PostgreSQL tests opted out (HOARD_TEST_POSTGRES_URL=skip)")]
+            async fn $case() {
+                super::$case(crate::backends::postgres(super::$config()).await).await;
+            }
+        )*
+    };
     (@cases $backend:ident, $config:ident; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                if let Some(store) = crate::backends::$backend(super::$config()).await {
-                    super::$case(store).await;
-                }
+                super::$case(crate::backends::$backend(super::$config()).await).await;
             }
         )*
     };

@@ -227,8 +227,7 @@ async fn run_case(store: SharedStore, id: DocId, before: Vec<Edit>, after: Vec<E
     Ok(())
 }
 
-fn check_backend(opened: Option<crate::backends::TestStore>, runtime: &tokio::runtime::Runtime, cases: u32) {
-    let Some(opened) = opened else { return };
+fn check_backend(opened: crate::backends::TestStore, runtime: &tokio::runtime::Runtime, cases: u32) {
     let counter = std::sync::atomic::AtomicU64::new(0);
     let config = ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
     proptest!(config, |(before in prop::collection::vec(edit_strategy(), 1..40), after in prop::collection::vec(edit_strategy(), 0..12))| {
@@ -257,6 +256,7 @@ fn random_json_edits_restore_exactly_through_pruning_on_sqlite() {
 }
 
 #[test]
+#[cfg_attr(hoard_postgres_tests_skipped, ignore = "PostgreSQL tests opted out (HOARD_TEST_POSTGRES_URL=skip)")]
 fn random_json_edits_restore_exactly_through_pruning_on_postgres() {
     let runtime = runtime();
     let opened = runtime.block_on(crate::backends::postgres(test_config()));

@@ -237,8 +237,7 @@ async fn run_sequence(
 
 /// Runs the model test on one backend: `cases` random sequences of up to 40 commits, each in its
 /// own named store within one opened backend.
-fn check_backend(opened: Option<crate::backends::TestStore>, runtime: &tokio::runtime::Runtime, cases: u32) {
-    let Some(opened) = opened else { return };
+fn check_backend(opened: crate::backends::TestStore, runtime: &tokio::runtime::Runtime, cases: u32) {
     let counter = std::sync::atomic::AtomicU64::new(0);
     let config = ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() };
     proptest!(config, |(commits in prop::collection::vec(commit_strategy(), 1..40))| {
@@ -267,6 +266,7 @@ fn random_operation_sequences_match_the_model_on_sqlite() {
 }
 
 #[test]
+#[cfg_attr(hoard_postgres_tests_skipped, ignore = "PostgreSQL tests opted out (HOARD_TEST_POSTGRES_URL=skip)")]
 fn random_operation_sequences_match_the_model_on_postgres() {
     let runtime = runtime();
     let opened = runtime.block_on(crate::backends::postgres(Default::default()));

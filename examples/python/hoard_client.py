@@ -8,10 +8,15 @@ sessions, and sends trades, receipts and messages, keeping the client rules of h
   sent are rebased onto it (numbers by their difference, everything else by its new value);
 - one request per key at a time (this client is synchronous, so one call is one queue);
 - a request whose answer was lost is retried unchanged (same body, ids and Idempotency-Key),
-  never rebuilt, so the server can recognise it as a retry.
+  never rebuilt, so the server can recognise it as a retry;
+- a trade or purchase redelivered from new sessions (the game server restarted after a crash)
+  keeps its trade or purchase id, which decides, under a new default Idempotency-Key
+  (`request_key`), since its body differs.
 """
 
 import copy
+import hashlib
+import http.client
 import json
 import time
 import urllib.error
@@ -63,6 +68,20 @@ def rebase(new, sent, now):
     return copy.deepcopy(now)
 
 
+def request_key(kind, operation_id, sessions):
+    """The default Idempotency-Key of a trade or receipt: one per operation id *and* sessions.
+
+    Retries from the same sessions send the same body, so they share the key and the server
+    answers them as the first. A redelivery from new sessions (this game server restarted after a
+    crash, or the player moved) sends another body, so it needs another key: the trade or
+    purchase id then decides (`already_committed`, `already_granted`), where reusing the key
+    would be refused as `idempotency_key_reused`.
+    """
+    tokens = json.dumps([s.token for s in sessions], sort_keys=True)
+    digest = hashlib.sha256(f"{operation_id}\n{tokens}".encode()).hexdigest()[:40]
+    return f"{kind}-{digest}"
+
+
 class Hoard:
     def __init__(self, url, api_key, timeout_s=30):
         self.url = url.rstrip("/")
@@ -97,7 +116,9 @@ class Hoard:
                 transient = error.status in (408, 429, 503)
                 if not transient or attempt == REQUEST_ATTEMPTS_MAX - 1:
                     raise
-            except (urllib.error.URLError, TimeoutError, ConnectionError):
+            except (urllib.error.URLError, TimeoutError, ConnectionError, http.client.HTTPException):
+                # Refused, reset, or cut mid-answer (a server killed under the request): the
+                # outcome is unknown, so the same request goes again.
                 if attempt == REQUEST_ATTEMPTS_MAX - 1:
                     raise
             time.sleep(RETRY_BACKOFF_S * (2 ** attempt))
@@ -130,7 +151,7 @@ class Hoard:
             "legs": legs,
             "holdings_path": holdings_path,
         }
-        answer = self.call("POST", "/v1/trades", body, idempotency_key or f"trade-{trade_id}")
+        answer = self.call("POST", "/v1/trades", body, idempotency_key or request_key("trade", trade_id, sessions))
         for session, value, party in zip(sessions, sent, answer["parties"]):
             session.adopt(party["value"], party["version"], value)
         return answer
@@ -197,7 +218,8 @@ class Session:
             body = {"token": self.token, "purchase_id": purchase_id, "payload": payload, "grant": grant,
                     "value": sent, "base_version": self.version}
             try:
-                answer = self.hoard.call("POST", "/v1/receipts", body, idempotency_key or f"receipt-{purchase_id}")
+                key = idempotency_key or request_key("receipt", purchase_id, [self])
+                answer = self.hoard.call("POST", "/v1/receipts", body, key)
             except HoardError as error:
                 if error.code != "stale":
                     raise

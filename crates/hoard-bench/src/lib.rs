@@ -70,6 +70,7 @@ impl BenchSize {
                 trade_sessions: 8,
                 trade_clients: 4,
                 trades_total: 20,
+                cross_trades_total: 20,
                 receipt_sessions: 4,
                 receipts_total: 20,
                 handoff_keys: 2,
@@ -79,6 +80,8 @@ impl BenchSize {
                 shutdown_sessions: 20,
                 memory_sessions: 50,
                 storage_players: 10,
+                liveops_players: 200,
+                liveops_saves: 20,
                 storage_saves_per_player: 3,
                 curve_saves: 16,
                 curve_size_saves: 4,
@@ -90,6 +93,7 @@ impl BenchSize {
                 trade_sessions: 200,
                 trade_clients: 16,
                 trades_total: 2_000,
+                cross_trades_total: 1_000,
                 receipt_sessions: 100,
                 receipts_total: 2_000,
                 handoff_keys: 20,
@@ -99,6 +103,8 @@ impl BenchSize {
                 shutdown_sessions: 2_000,
                 memory_sessions: 10_000,
                 storage_players: 500,
+                liveops_players: 10_000,
+                liveops_saves: 2_000,
                 storage_saves_per_player: 20,
                 curve_saves: 1_000,
                 curve_size_saves: 200,
@@ -110,6 +116,7 @@ impl BenchSize {
                 trade_sessions: 1_000,
                 trade_clients: 16,
                 trades_total: 20_000,
+                cross_trades_total: 10_000,
                 receipt_sessions: 1_000,
                 receipts_total: 20_000,
                 handoff_keys: 200,
@@ -119,6 +126,8 @@ impl BenchSize {
                 shutdown_sessions: 10_000,
                 memory_sessions: 100_000,
                 storage_players: 2_000,
+                liveops_players: 100_000,
+                liveops_saves: 5_000,
                 storage_saves_per_player: 20,
                 curve_saves: 4_000,
                 curve_size_saves: 500,
@@ -136,9 +145,11 @@ pub struct Sizes {
     pub cycles_per_player: usize,
     /// Live sessions trades pick their parties from.
     pub trade_sessions: usize,
-    /// Trades in flight at once.
+    /// Trades in flight at once (and the cross-server workload's trader pairs).
     pub trade_clients: usize,
     pub trades_total: usize,
+    /// Cross-server trades of the cross_trades workload (and of its same-engine baseline).
+    pub cross_trades_total: usize,
     pub receipt_sessions: usize,
     pub receipts_total: usize,
     /// Keys handed from a live engine to a second one, one after another.
@@ -152,6 +163,9 @@ pub struct Sizes {
     pub memory_sessions: usize,
     /// Live sessions of the storage workload, and saves of each.
     pub storage_players: usize,
+    /// Profiles of the liveops workload (100,000 in a full run), and saves of its write-cost rows.
+    pub liveops_players: usize,
+    pub liveops_saves: usize,
     pub storage_saves_per_player: usize,
     /// Saves at each point of the clients curve.
     pub curve_saves: usize,

@@ -14,11 +14,12 @@ use serde::{Deserialize, Serialize};
 use crate::latency::Figures;
 
 /// The workloads, in report order.
-pub const WORKLOADS: [&str; 12] = [
+pub const WORKLOADS: [&str; 13] = [
     "storage",
     "autosave_storm",
     "session_cycle",
     "trades",
+    "cross_trades",
     "receipts",
     "handoff_live",
     "handoff_crashed",

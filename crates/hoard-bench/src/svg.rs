@@ -304,6 +304,8 @@ fn bar_panel(canvas: &mut Canvas, title: &str, rows: &[Row], log_scale: bool, re
 fn side_names(workload: &str) -> (&'static str, &'static str) {
     if workload.starts_with(&format!("{}/", crate::workloads::over_http::NAME)) {
         ("over HTTP", "in process")
+    } else if workload == crate::workloads::cross_trades::NAME {
+        ("across servers", "same engine")
     } else {
         ("hoard", "baseline (integers)")
     }

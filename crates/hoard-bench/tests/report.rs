@@ -55,7 +55,8 @@ async fn smoke_run_reports_every_figure_on_memory_and_sqlite() {
             let over_http = workload.starts_with("over_http/");
             let has_baseline = over_http
                 || store == "sqlite"
-                    && ["autosave_storm", "session_cycle", "trades", "receipts", "shutdown"].contains(&workload);
+                    && ["autosave_storm", "session_cycle", "trades", "receipts", "shutdown"].contains(&workload)
+                || workload == "cross_trades";
             if has_baseline {
                 assert_figures(row, "baseline");
                 assert!(row["ratio"].is_number(), "{workload} on {store}: ratio missing");

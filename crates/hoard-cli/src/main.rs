@@ -6,6 +6,7 @@
 //! prints goes through `output`, so a closed pipe ends it quietly instead of in a panic.
 
 mod bench;
+mod liveops;
 mod operator;
 mod output;
 mod serve;
@@ -25,7 +26,9 @@ pub const DEFAULT_DATABASE: &str = "hoard-data/hoard.sqlite3";
 #[command(name = "hoard", version, about = "hoard: a player-data engine for online games", long_about = None)]
 #[cfg_attr(
     not(feature = "sim"),
-    command(after_help = "`hoard sim` (the simulator) is in builds with the `sim` feature: cargo build --release -p hoard-cli --features sim")
+    command(
+        after_help = "`hoard sim` (the simulator) is in builds with the `sim` feature: cargo build --release -p hoard-cli --features sim"
+    )
 )]
 struct Cli {
     /// Database: an SQLite file path or a postgres:// URL. `serve`, `put`, `delete` and
@@ -43,8 +46,9 @@ struct Cli {
 enum Command {
     /// Run the HTTP/JSON service for game servers in any language (see `hoard serve --help`).
     Serve(serve::ServeArgs),
-    /// Run simulated game worlds against the engine under harsh faults and audit every
-    /// guarantee (dupes, losses, double grants, exclusive writers). Exits non-zero on a violation.
+    /// Run simulated game worlds against the engine (or, with `--path http`, hoard serve's HTTP
+    /// API) under harsh faults and audit every guarantee (dupes, losses, double grants,
+    /// exclusive writers). Exits non-zero on a violation.
     #[cfg(feature = "sim")]
     Sim(sim::SimArgs),
     /// `hoard sim` is left out of this build (it needs tokio's paused test clock and the
@@ -164,6 +168,76 @@ enum Command {
     Prune,
     /// Measure hoard beside plain-SQL baselines on this machine (table, --json, SVG plots).
     Bench(bench::BenchArgs),
+    /// Find every key carrying a platform user id (documents' user ids), a page at a time.
+    FindUser {
+        user_id: String,
+        /// The `next_after` of the previous page: its store …
+        #[arg(long)]
+        after_store: Option<String>,
+        /// … and its key.
+        #[arg(long)]
+        after_key: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Find which profiles hold an item (a member of a declared members or keys index).
+    FindItem {
+        store: String,
+        index: String,
+        member: String,
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Declare an index on a JSON path of a store (kind: number, members or keys) and fill it;
+    /// saves keep it in their own commit from then on.
+    Index { store: String, name: String, kind: String, path: String },
+    /// The highest values of a number index (a leaderboard).
+    Top {
+        store: String,
+        index: String,
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
+    /// Erase every key carrying a user id, with its history, index entries, trade log entries and
+    /// the payloads of its trade records and receipts; prints the tombstone kept.
+    Erase {
+        #[arg(long)]
+        user_id: String,
+        /// Why (kept in the tombstone).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Read the operators' audit log, oldest first.
+    Audit {
+        #[arg(long)]
+        after: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+    },
+    /// Inspect cross-server trades: one trade by id, or the trades with value still in escrow.
+    #[command(subcommand)]
+    Trade(TradeCommand),
+}
+
+/// `hoard trade …`: read only; nothing here settles or aborts a trade.
+#[derive(Debug, Subcommand)]
+enum TradeCommand {
+    /// Print a trade: status, creation time and deadline (store clock), prepared parties, abort
+    /// reason, each leg with the escrow it still holds, and each party's key holder, epoch,
+    /// whether that holder is alive and whether the party's profile still marks the trade pending.
+    Show { trade_id: String },
+    /// List the trades with value still in escrow (pending, or decided and not yet settled by
+    /// every party), with status, deadline and whether they are pending past it.
+    Stuck {
+        /// The `next_after` of the previous page (a trade id).
+        #[arg(long)]
+        after: Option<String>,
+        /// Trades per page (at most 100).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+    },
 }
 
 /// `hoard sim` in a build without it: takes any arguments, to answer with how to get it.

@@ -130,6 +130,13 @@ pub async fn run(location: &str, command: Command) -> Result<ExitCode> {
         // `main` runs `serve` itself; it is not an operator command.
         Command::Serve(_) => bail!("serve is not an operator command"),
         Command::Sim(_) => bail!("sim is not an operator command"),
+        Command::FindUser { .. }
+        | Command::FindItem { .. }
+        | Command::Index { .. }
+        | Command::Top { .. }
+        | Command::Erase { .. }
+        | Command::Audit { .. }
+        | Command::Trade(_) => crate::liveops::run(&store, command).await,
     }
 }
 

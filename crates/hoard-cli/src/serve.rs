@@ -25,7 +25,8 @@ pub struct ServeArgs {
     /// front for HTTPS. [default: 127.0.0.1:7420]
     #[arg(long, env = "HOARD_LISTEN")]
     listen: Option<SocketAddr>,
-    /// Optional TOML file: listen, db, postgres_schema, body_bytes_max, store_body_bytes_max,
+    /// Optional TOML file: listen, db, postgres_schema, postgres_profile, postgres_pooler,
+    /// postgres_listen_url, body_bytes_max, store_body_bytes_max,
     /// request_timeout_ms, concurrent_requests_max, header_read_timeout_ms, connections_max,
     /// lease_ttl_ms, shutdown_deadline_ms, api_keys_refresh_interval_ms and [[keys]] (name, scope,
     /// stores, sha256 or secret, rate_per_second, rate_burst). Unknown fields are refused.
@@ -39,6 +40,19 @@ pub struct ServeArgs {
     /// PostgreSQL only: the schema hoard's tables live in (processes share data within one).
     #[arg(long, env = "HOARD_POSTGRES_SCHEMA")]
     postgres_schema: Option<String>,
+    /// PostgreSQL only: `full` (stock PostgreSQL: LISTEN/NOTIFY, advisory locks, lz4) or
+    /// `portable` (what CockroachDB and YugabyteDB offer: polled notifications, no advisory locks,
+    /// SERIALIZABLE with retries). See docs/engines.md. [default: full]
+    #[arg(long, env = "HOARD_POSTGRES_PROFILE")]
+    postgres_profile: Option<String>,
+    /// PostgreSQL only: `transaction` when --db goes through a transaction-mode pooler such as
+    /// PgBouncer (no startup options, no prepared statements), else `none`. [default: none]
+    #[arg(long, env = "HOARD_POSTGRES_POOLER")]
+    postgres_pooler: Option<String>,
+    /// PostgreSQL only: a direct connection URL for LISTEN, needed with `--postgres-pooler
+    /// transaction` and the full profile (a pooler cannot hold a LISTEN).
+    #[arg(long, env = "HOARD_POSTGRES_LISTEN_URL")]
+    postgres_listen_url: Option<String>,
     /// Largest request body on the public routes, in bytes, after gzip decompression.
     /// [default: 5 MiB]
     #[arg(long, env = "HOARD_BODY_BYTES_MAX")]
@@ -124,6 +138,9 @@ fn overrides(db: &str, args: &ServeArgs) -> config::Overrides {
         listen: args.listen,
         db: (db != crate::DEFAULT_DATABASE).then(|| db.to_string()),
         postgres_schema: args.postgres_schema.clone(),
+        postgres_profile: args.postgres_profile.clone(),
+        postgres_pooler: args.postgres_pooler.clone(),
+        postgres_listen_url: args.postgres_listen_url.clone(),
         api_keys: args.api_keys.clone(),
         body_bytes_max: args.body_bytes_max,
         store_body_bytes_max: args.store_body_bytes_max,
@@ -158,6 +175,10 @@ fn settings_json(db: &str, settings: &config::Settings) -> serde_json::Value {
         "listen": settings.listen.to_string(),
         "db": db,
         "postgres_schema": settings.postgres_schema,
+        "postgres_profile": settings.postgres_profile.as_str(),
+        "postgres_pooler": settings.postgres_pooler.as_str(),
+        // A URL may carry a password: only whether one is set.
+        "postgres_listen_url_set": settings.postgres_listen_url.is_some(),
         "body_bytes_max": service.limits.body_bytes_max,
         "store_body_bytes_max": service.limits.store_body_bytes_max,
         "request_timeout_ms": service.limits.request_timeout_ms,
@@ -203,10 +224,26 @@ pub async fn run(db: &str, args: ServeArgs) -> Result<()> {
         };
         settings.service.keys.push(entry.into_key().map_err(anyhow::Error::msg)?);
     }
-    let options = StoreOptions { postgres_schema: settings.postgres_schema.clone(), ..StoreOptions::default() };
+    let options = StoreOptions {
+        postgres_schema: settings.postgres_schema.clone(),
+        postgres_profile: settings.postgres_profile,
+        postgres_pooler: settings.postgres_pooler,
+        postgres_listen_url: settings.postgres_listen_url.clone(),
+        ..StoreOptions::default()
+    };
     let store = open_store(&db, options).await.with_context(|| format!("opening {db}"))?;
     // Prunes history past retention while the server runs (stopped when dropped at the end).
     let _history_pruner = HistoryPruner::start(store.clone(), HistoryPruneOptions::default());
+    // Erasure requests a crash left pending (recorded by Roblox's webhook, not yet done) are
+    // finished in the background; a failure is logged and retried at the next start.
+    let resume_store = store.clone();
+    tokio::spawn(async move {
+        match hoard_server::routes::ops::webhook::resume_pending(&*resume_store).await {
+            Ok(0) => {}
+            Ok(finished) => tracing::info!(finished, "finished pending erasure requests"),
+            Err(error) => tracing::warn!(%error, "pending erasure requests were not finished; the next start retries"),
+        }
+    });
     let listen = settings.listen;
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;

@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{Args, ValueEnum};
-use hoard_sim::{FaultRates, SimConfig, StoreChoice, Strategy, sweep};
+use hoard_sim::{FaultRates, SimConfig, SimPath, StoreChoice, Strategy, sweep};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::DEFAULT_DATABASE;
@@ -23,10 +23,34 @@ pub const DURATION_SECONDS_DATABASE_DEFAULT: u64 = 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StrategyArg {
+    /// hoard: the engine in process, or hoard's own HTTP client over `--path http`.
     Hoard,
+    /// In process: load on join, unconditional saves, no lock (a control).
     Naive,
+    /// In process: a lease taken on join but never checked by saves (a control).
     Unfenced,
+    /// In process: a lock judged by each server's own skewed clock (a control).
     SkewedClock,
+    /// Over HTTP: a client that never adopts the values answers carry, against a service
+    /// weakened to fence session writes by the lease alone (a control).
+    NoAdopt,
+    /// Over HTTP: hoard's client retrying lost value moves with fresh ids (a control).
+    FreshIds,
+    /// In process: the engine, but a cross-server trade whose deciding record write failed is
+    /// taken as not committed and the party refunded (a control).
+    RecordFailureAsAbort,
+    /// In process: the engine, but a receiver takes the other party's escrow before the trade
+    /// is decided (a control).
+    EarlyEscrowRelease,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PathArg {
+    /// Each game server links the engine.
+    InProcess,
+    /// Each game server is a stateless HTTP client of an in-process `hoard serve` (memory
+    /// store only; replayable).
+    Http,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -55,9 +79,13 @@ pub struct SimArgs {
     /// on a database.
     #[arg(long)]
     duration: Option<u64>,
-    /// The design the game servers run: the real engine, or a control that must be caught.
+    /// The design the game servers run: hoard, or a control that must be caught.
     #[arg(long, value_enum, default_value_t = StrategyArg::Hoard)]
     strategy: StrategyArg,
+    /// How game servers reach their data: the engine in process, or the documented HTTP API of
+    /// an in-process `hoard serve` (with lost answers, late duplicates and service restarts).
+    #[arg(long, value_enum, default_value_t = PathArg::InProcess)]
+    path: PathArg,
     /// Where the data lives: memory (paused time, replayable), or the --db SQLite file or
     /// PostgreSQL URL (real time).
     #[arg(long, value_enum, default_value_t = StoreArg::Memory)]
@@ -71,22 +99,23 @@ pub struct SimArgs {
     /// No faults at all (overrides the rates below).
     #[arg(long)]
     no_faults: bool,
-    /// Store writes failing before they apply (probability per call).
+    /// In process: store writes failing before they apply (probability per call).
+    /// (Over HTTP the faults are the network's and the service's: the flags below.)
     #[arg(long)]
     error_before_apply: Option<f64>,
-    /// Store writes applying with the answer lost (probability per call).
+    /// In process: store writes applying with the answer lost (probability per call).
     #[arg(long)]
     error_after_apply: Option<f64>,
-    /// Store writes lost on the way with the answer "unknown" (probability per call).
+    /// In process: store writes lost on the way with the answer "unknown" (probability per call).
     #[arg(long)]
     unknown_without_apply: Option<f64>,
-    /// Store reads failing (probability per call).
+    /// In process: store reads failing (probability per call).
     #[arg(long)]
     read_error: Option<f64>,
-    /// Latency spikes of up to 2 s (probability per call).
+    /// In process: store latency spikes of up to 2 s (probability per call).
     #[arg(long)]
     latency_spike: Option<f64>,
-    /// Notifications lost (probability per notification).
+    /// In process: notifications lost (probability per notification).
     #[arg(long)]
     notification_loss: Option<f64>,
     /// Server crashes per minute, world-wide.
@@ -95,6 +124,18 @@ pub struct SimArgs {
     /// Server freezes longer than a lease per minute, world-wide.
     #[arg(long)]
     pauses_per_minute: Option<f64>,
+    /// `--path http`: requests applied whose answer is lost (probability per request).
+    #[arg(long)]
+    http_answer_lost: Option<f64>,
+    /// `--path http`: requests lost on the way, never applied (probability per request).
+    #[arg(long)]
+    http_request_lost: Option<f64>,
+    /// `--path http`: requests delivered twice, the copy up to 3 s later (probability).
+    #[arg(long)]
+    http_duplicated: Option<f64>,
+    /// `--path http`: restarts of the `hoard serve` process per minute.
+    #[arg(long)]
+    serve_restarts_per_minute: Option<f64>,
 }
 
 fn strategy(arg: StrategyArg) -> Strategy {
@@ -103,6 +144,10 @@ fn strategy(arg: StrategyArg) -> Strategy {
         StrategyArg::Naive => Strategy::Naive,
         StrategyArg::Unfenced => Strategy::Unfenced,
         StrategyArg::SkewedClock => Strategy::SkewedClock,
+        StrategyArg::NoAdopt => Strategy::NoAdopt,
+        StrategyArg::FreshIds => Strategy::FreshIds,
+        StrategyArg::RecordFailureAsAbort => Strategy::RecordFailureAsAbort,
+        StrategyArg::EarlyEscrowRelease => Strategy::EarlyEscrowRelease,
     }
 }
 
@@ -121,11 +166,19 @@ fn faults(args: &SimArgs) -> FaultRates {
     set(&mut rates.notification_loss, args.notification_loss);
     set(&mut rates.crashes_per_minute, args.crashes_per_minute);
     set(&mut rates.pauses_per_minute, args.pauses_per_minute);
+    set(&mut rates.http_answer_lost, args.http_answer_lost);
+    set(&mut rates.http_request_lost, args.http_request_lost);
+    set(&mut rates.http_duplicated, args.http_duplicated);
+    set(&mut rates.serve_restarts_per_minute, args.serve_restarts_per_minute);
     rates
 }
 
 fn config(db: &str, args: &SimArgs) -> Result<SimConfig, String> {
     let mut config = SimConfig::default_world(strategy(args.strategy));
+    config.path = match args.path {
+        PathArg::InProcess => SimPath::InProcess,
+        PathArg::Http => SimPath::Http,
+    };
     config.servers = args.servers;
     config.players = args.players;
     config.faults = faults(args);
@@ -188,9 +241,10 @@ pub fn run(db: &str, args: &SimArgs) -> ExitCode {
     });
     if !args.json {
         print_stderr(&format!(
-            "hoard sim: seed {seed}, {} world(s), strategy {}, {} servers, {} players",
+            "hoard sim: seed {seed}, {} world(s), strategy {}, path {}, {} servers, {} players",
             args.seeds,
             config.strategy.name(),
+            config.path.name(),
             config.servers,
             config.players
         ));

@@ -36,7 +36,11 @@ use crate::{auth, connections, metrics, routes};
 /// Builds the whole service for a state. Tests drive it in-process or on a socket.
 pub fn router(state: Arc<AppState>) -> Router {
     let limits = state.config.limits.clone();
-    let public = routes::health::routes();
+    // Keyless: the probes, the console's static assets (every call it makes carries a key) and
+    // Roblox's webhook (its HMAC signature authenticates it).
+    let public = routes::health::routes()
+        .merge(routes::ops::console::routes())
+        .merge(routes::ops::webhook::routes().layer(DefaultBodyLimit::max(limits.body_bytes_max)));
     let api = Router::new()
         .merge(routes::health::authed_routes())
         .merge(routes::documents::routes())
@@ -44,6 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .merge(routes::sessions::routes())
         .merge(routes::value::routes())
         .merge(routes::updates::routes())
+        .merge(routes::ops::routes())
         .layer(DefaultBodyLimit::max(limits.body_bytes_max));
     let raw = routes::raw::routes().layer(DefaultBodyLimit::max(limits.store_body_bytes_max));
     let authed = api.merge(raw).route_layer(from_fn_with_state(state.clone(), auth::require_key));

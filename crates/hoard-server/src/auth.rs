@@ -47,7 +47,11 @@ pub enum Scope {
     /// running the full engine against this service. It can write any key without a fence:
     /// give it only to trusted Rust servers.
     Engine,
-    /// Everything, including rollback, force-release and key management.
+    /// Live operations: reads of every store (hoard's records too), lookups, history, and
+    /// repair (rollback, restore of paths, inbox grants, freeing sessions, index declarations),
+    /// every action recorded in the audit log. Not keys, not erasure, not sessions.
+    Operator,
+    /// Everything, including rollback, force-release, erasure and key management.
     Admin,
 }
 
@@ -131,7 +135,7 @@ impl Principal {
         }
         let internal = store.starts_with(INTERNAL_STORE_PREFIX);
         let allowed = match self.scope {
-            Scope::Admin | Scope::Engine => true,
+            Scope::Admin | Scope::Engine | Scope::Operator => true,
             Scope::ReadOnly => self.names_store(store),
             Scope::GameServer => !internal && self.names_store(store),
         };
@@ -148,7 +152,7 @@ impl Principal {
         let internal = store.starts_with(INTERNAL_STORE_PREFIX);
         let allowed = match self.scope {
             Scope::Admin | Scope::Engine => true,
-            Scope::ReadOnly => false,
+            Scope::ReadOnly | Scope::Operator => false,
             Scope::GameServer => !internal && self.names_store(store),
         };
         if allowed {
@@ -165,6 +169,25 @@ impl Principal {
         match self.scope {
             Scope::Admin | Scope::Engine | Scope::GameServer => Ok(()),
             Scope::ReadOnly => Err(ApiError::forbidden("this key is read-only")),
+            Scope::Operator => Err(ApiError::forbidden("operator keys repair data; they hold no sessions")),
+        }
+    }
+
+    /// Live-operations repairs (operators and admins).
+    pub fn require_repair(&self) -> Result<(), ApiError> {
+        match self.scope {
+            Scope::Admin | Scope::Operator => Ok(()),
+            Scope::ReadOnly => Err(ApiError::forbidden("this key is read-only")),
+            _ => Err(ApiError::forbidden("this route needs an operator or admin key")),
+        }
+    }
+
+    /// Live-operations reads (lookups, history, logs): every scope but game servers' and
+    /// engines', which have the document routes.
+    pub fn require_ops_read(&self) -> Result<(), ApiError> {
+        match self.scope {
+            Scope::Admin | Scope::Operator | Scope::ReadOnly => Ok(()),
+            _ => Err(ApiError::forbidden("this route needs an operator, admin or read-only key")),
         }
     }
 
@@ -172,10 +195,11 @@ impl Principal {
         if self.scope == Scope::Admin { Ok(()) } else { Err(ApiError::forbidden("this route needs an admin key")) }
     }
 
-    /// Rollback and force-release of a key: admins, on any store but the API keys' (a rollback
-    /// there would bring a revoked key back without counting it).
+    /// Rollback, force-release and the other repairs of a key: admins and operators, on any
+    /// store but the API keys' (a rollback there would bring a revoked key back without
+    /// counting it).
     pub fn may_administer(&self, store: &str) -> Result<(), ApiError> {
-        self.require_admin()?;
+        self.require_repair()?;
         if is_api_keys_store(store) {
             return Err(ApiError::forbidden(format!(
                 "store {store:?} is changed only through /v1/admin/keys (admin keys)"

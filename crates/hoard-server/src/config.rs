@@ -80,6 +80,12 @@ pub struct ServiceConfig {
     /// The configured keys (runtime keys live in the store).
     pub keys: Vec<ApiKey>,
     pub api_keys_refresh_interval_ms: u64,
+    /// The secret of Roblox's right-to-erasure webhook (`roblox_webhook_secret` in the file);
+    /// `None`: the webhook route answers 404 (not configured).
+    pub roblox_webhook_secret: Option<String>,
+    /// Prepended to a Roblox UserId to make the hoard user id it erases (`roblox_user_id_prefix`;
+    /// empty by default: the game stored the bare UserId).
+    pub roblox_user_id_prefix: String,
 }
 
 impl Default for ServiceConfig {
@@ -89,6 +95,8 @@ impl Default for ServiceConfig {
             lease_ttl_ms: LEASE_TTL_MS_DEFAULT,
             keys: Vec::new(),
             api_keys_refresh_interval_ms: API_KEYS_REFRESH_INTERVAL_MS_DEFAULT,
+            roblox_webhook_secret: None,
+            roblox_user_id_prefix: String::new(),
         }
     }
 }
@@ -100,6 +108,11 @@ pub struct FileConfig {
     pub listen: Option<SocketAddr>,
     pub db: Option<String>,
     pub postgres_schema: Option<String>,
+    /// `full` or `portable` (hoard::store::PostgresProfile).
+    pub postgres_profile: Option<String>,
+    /// `none` or `transaction` (hoard::store::Pooler).
+    pub postgres_pooler: Option<String>,
+    pub postgres_listen_url: Option<String>,
     pub body_bytes_max: Option<usize>,
     pub store_body_bytes_max: Option<usize>,
     pub request_timeout_ms: Option<u64>,
@@ -109,6 +122,8 @@ pub struct FileConfig {
     pub lease_ttl_ms: Option<u64>,
     pub shutdown_deadline_ms: Option<u64>,
     pub api_keys_refresh_interval_ms: Option<u64>,
+    pub roblox_webhook_secret: Option<String>,
+    pub roblox_user_id_prefix: Option<String>,
     #[serde(default)]
     pub keys: Vec<KeyEntry>,
 }
@@ -198,6 +213,9 @@ pub struct Overrides {
     /// `--db`/`HOARD_DB` when not left at the default.
     pub db: Option<String>,
     pub postgres_schema: Option<String>,
+    pub postgres_profile: Option<String>,
+    pub postgres_pooler: Option<String>,
+    pub postgres_listen_url: Option<String>,
     /// `--api-keys`/`HOARD_API_KEYS`: added to the file's keys.
     pub api_keys: Option<String>,
     pub body_bytes_max: Option<usize>,
@@ -218,6 +236,9 @@ pub struct Settings {
     /// `None`: the command's default database.
     pub db: Option<String>,
     pub postgres_schema: Option<String>,
+    pub postgres_profile: hoard::store::PostgresProfile,
+    pub postgres_pooler: hoard::store::Pooler,
+    pub postgres_listen_url: Option<String>,
     pub service: ServiceConfig,
     pub shutdown_deadline_ms: u64,
 }
@@ -277,15 +298,28 @@ pub fn resolve(overrides: Overrides, file: FileConfig) -> Result<Settings, Strin
         Some(listen) => listen,
         None => DEFAULT_LISTEN.parse().map_err(|e| format!("default listen address: {e}"))?,
     };
+    let postgres_profile = match overrides.postgres_profile.or(file.postgres_profile) {
+        Some(text) => text.parse().map_err(|error| format!("postgres_profile: {error}"))?,
+        None => hoard::store::PostgresProfile::default(),
+    };
+    let postgres_pooler = match overrides.postgres_pooler.or(file.postgres_pooler) {
+        Some(text) => text.parse().map_err(|error| format!("postgres_pooler: {error}"))?,
+        None => hoard::store::Pooler::default(),
+    };
     Ok(Settings {
         listen,
         db: overrides.db.or(file.db),
         postgres_schema: overrides.postgres_schema.or(file.postgres_schema),
+        postgres_profile,
+        postgres_pooler,
+        postgres_listen_url: overrides.postgres_listen_url.or(file.postgres_listen_url),
         service: ServiceConfig {
             limits,
             lease_ttl_ms: overrides.lease_ttl_ms.or(file.lease_ttl_ms).unwrap_or(LEASE_TTL_MS_DEFAULT),
             keys,
             api_keys_refresh_interval_ms,
+            roblox_webhook_secret: file.roblox_webhook_secret,
+            roblox_user_id_prefix: file.roblox_user_id_prefix.unwrap_or_default(),
         },
         shutdown_deadline_ms: overrides
             .shutdown_deadline_ms

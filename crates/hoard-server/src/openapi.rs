@@ -14,8 +14,8 @@ use utoipa::openapi::{Content, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    api_keys, batch, documents, events, health, quarantine, raw, receipts, session_writes, sessions, sync, trades,
-    updates, value,
+    api_keys, batch, cross_trades, documents, events, health, ops, quarantine, raw, receipts, session_writes, sessions,
+    sync, trades, updates, value,
 };
 
 struct BearerKey;
@@ -111,10 +111,17 @@ impl Modify for SharedAnswers {
         sessions::register_holder, sessions::renew_holder, sessions::release_holder, events::holder_events,
         sessions::start, session_writes::save, session_writes::end, session_writes::read, session_writes::commit_many,
         sync::sync, batch::start_many, batch::end_many,
-        trades::trade, receipts::receipt, value::send_message,
+        trades::trade, cross_trades::prepare, cross_trades::settle, cross_trades::abort, cross_trades::read_trade,
+        receipts::receipt, value::send_message,
         updates::update,
         raw::info, raw::now, raw::commit, raw::get_many, raw::list, raw::versions, raw::version, raw::prune,
         raw::renew_holder, raw::release_holder, raw::read_holder, raw::notify, raw::subscribe,
+        ops::lookups::keys_by_user_id, ops::lookups::holder, ops::lookups::list_indexes, ops::lookups::declare_index,
+        ops::lookups::drop_index, ops::lookups::members, ops::lookups::top, ops::lookups::rank, ops::lookups::count,
+        ops::history::version_diff, ops::history::field_history, ops::history::trades, ops::history::receipts,
+        ops::history::audit_log, ops::repair::restore, ops::repair::grant, ops::repair::free, ops::repair::force_end,
+        ops::erasure::erase, ops::erasure::erasures, ops::webhook::roblox_erasure, ops::trades::trade,
+        ops::trades::stuck_trades,
     ),
     components(schemas(crate::error::ErrorBody, crate::wire::SessionToken, crate::wire::CurrentDocument, crate::wire::PartyState, crate::ops::Op)),
     modifiers(&BearerKey, &SharedAnswers),
@@ -126,6 +133,7 @@ impl Modify for SharedAnswers {
         (name = "value", description = "trades, receipts, messages"),
         (name = "updates", description = "lock-free updates as data"),
         (name = "store", description = "the raw store protocol of RemoteStore (engine and admin keys only)"),
+        (name = "liveops", description = "lookups, history, repairs, erasure, the audit log and Roblox's erasure webhook (operator, admin and read-only keys; the console at /console uses them)"),
     )
 )]
 pub struct ApiDoc;

@@ -23,6 +23,10 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// Set to true when shutdown begins: open WebSockets close.
     pub closing: tokio::sync::watch::Sender<bool>,
+    /// The simulator's control only (feature `sim-controls`): session writes fenced by the lease
+    /// alone, as before issue 11, so that the audit can be shown to catch a stale save.
+    #[cfg(feature = "sim-controls")]
+    pub lease_only_session_fence: bool,
 }
 
 impl AppState {
@@ -35,6 +39,19 @@ impl AppState {
             metrics: crate::metrics::install(),
             ready: AtomicBool::new(true),
             closing: tokio::sync::watch::Sender::new(false),
+            #[cfg(feature = "sim-controls")]
+            lease_only_session_fence: false,
         })
+    }
+
+    /// The simulator's weakened service (feature `sim-controls`, never in a release build):
+    /// session saves and ends are fenced by the lease alone, ignoring `base_version`.
+    #[cfg(feature = "sim-controls")]
+    pub fn weakened_for_the_simulator(store: SharedStore, config: ServiceConfig) -> Arc<AppState> {
+        let mut state = AppState::new(store, config);
+        if let Some(state) = Arc::get_mut(&mut state) {
+            state.lease_only_session_fence = true;
+        }
+        state
     }
 }

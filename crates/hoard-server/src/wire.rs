@@ -164,6 +164,8 @@ pub mod store {
         Lease { holder: String, epoch: u64 },
         /// No live holder, by the store's clock.
         LeaseFree,
+        /// The store's clock is before this time (ms since the Unix epoch), whatever the key.
+        Before(i64),
         /// Every one of these (flat, at most 4).
         All(Vec<Condition>),
     }
@@ -237,6 +239,7 @@ pub mod store {
         IncrementOverflow,
         InboxFull,
         ValueTooLarge,
+        DeadlinePassed,
     }
 
     /// Who holds a key, and its fencing epoch (`hoard::store::LeaseState`).

@@ -1,6 +1,7 @@
 //! Player actions: join (sometimes twice at once, mid-load), play, leave, hop to another server,
-//! trade with one or several players, buy (receipt delivered twice, and to two servers), receive
-//! gifts, deposit into a guild bank.
+//! trade with one or several players, trade with a player on another server (each server takes
+//! its party's part, at different moments, sometimes only one so the deadline aborts it), buy
+//! (receipt delivered twice, and to two servers), receive gifts, deposit into a guild bank.
 //!
 //! Invariant: each action picks its players and ids synchronously (deterministic draw order),
 //! then runs as a task; it records an acknowledgement in the audit only after the strategy
@@ -10,13 +11,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use hoard::engine::TradeLeg;
+use hoard::engine::{CrossTrade, TradeLeg};
 use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::audit::GiftAck;
 use crate::model::{Gift, Purchase, SimProfile, SimTrade, coins_map};
-use crate::strategies::{BuyAck, GameServer, OpError, TradeAck};
+use crate::strategies::{BuyAck, CrossAck, GameServer, OpError, TradeAck};
 use crate::world::{World, joined};
 
 /// Chance a join is sent twice at once to the same server (a rejoin mid-load).
@@ -42,6 +43,16 @@ pub const HOP_JOIN_DELAY_MS_MAX: u64 = 40;
 /// Chance a hop leaves the old server as it joins the new one; otherwise it joins the new one
 /// while the old one still holds the player (a handoff), and leaves the old one afterwards.
 pub const HOP_LEAVE_FIRST_PROBABILITY: f64 = 0.5;
+/// A cross-server trade's timeout (simulated time), uniform in this range.
+pub const CROSS_TRADE_TIMEOUT_MS_MIN: u64 = 2_000;
+pub const CROSS_TRADE_TIMEOUT_MS_MAX: u64 = 5_000;
+/// Chance only the first party's server takes its part (the deadline then aborts the trade).
+pub const CROSS_TRADE_ONE_SIDED_PROBABILITY: f64 = 0.15;
+/// The second party takes its part up to this many quarters of the timeout after the first
+/// (past 4 quarters: after the deadline).
+pub const CROSS_TRADE_SECOND_DELAY_QUARTERS_MAX: u64 = 5;
+/// Chance a party's server crashes right after its part answered `Pending`.
+pub const CROSS_TRADE_CRASH_AFTER_PENDING_PROBABILITY: f64 = 0.05;
 
 /// What one play action does to the profile, drawn before the task runs.
 #[derive(Clone, Debug)]
@@ -318,6 +329,121 @@ impl World {
             }
         });
         true
+    }
+
+    /// Draws what `giver` gives on one leg: up to `TRADE_ITEMS_PER_LEG_MAX` of its items and up
+    /// to `TRADE_COINS_PER_LEG_MAX` coins (`None`: nothing).
+    fn draw_leg(&self, giver: &SimProfile, from: usize, to: usize) -> Option<TradeLeg> {
+        let mut items: Vec<String> = giver.holdings.items.keys().cloned().collect();
+        items.shuffle(&mut *self.random());
+        let item_count = self.random().random_range(0..=TRADE_ITEMS_PER_LEG_MAX.min(items.len()));
+        items.truncate(item_count);
+        let coins_max = TRADE_COINS_PER_LEG_MAX.min(giver.coins());
+        let coins = if coins_max > 0 { self.random().random_range(0..=coins_max) } else { 0 };
+        (!items.is_empty() || coins > 0).then(|| TradeLeg { from, to, items, currencies: coins_map(coins) })
+    }
+
+    /// A trade between two players held by different servers: the first party's server takes
+    /// its part now, the second's later (sometimes past the deadline, sometimes never).
+    pub(crate) fn action_cross_trade(self: &Arc<Self>) -> bool {
+        if !self.config.strategy.trades_across_servers() || self.service.is_some() {
+            return false;
+        }
+        let idle = self.online_idle(None);
+        let Some(first) = self.pick(&idle) else { return false };
+        let Some(first_at) = self.location(first) else { return false };
+        let others: Vec<usize> =
+            idle.into_iter().filter(|p| self.location(*p).is_some_and(|s| s != first_at)).collect();
+        let Some(second) = self.pick(&others) else { return false };
+        let Some(second_at) = self.location(second) else { return false };
+        let (Some(first_game), Some(second_game)) = (self.server(first_at), self.server(second_at)) else {
+            return false;
+        };
+        let (Some(first_profile), Some(second_profile)) = (first_game.read(first), second_game.read(second)) else {
+            return false;
+        };
+        let legs: Vec<TradeLeg> =
+            [self.draw_leg(&first_profile, 0, 1), self.draw_leg(&second_profile, 1, 0)].into_iter().flatten().collect();
+        if legs.is_empty() {
+            return false;
+        }
+        let (Ok(first_id), Ok(second_id)) = (self.names.player_id(first), self.names.player_id(second)) else {
+            return false;
+        };
+        let timeout_ms = self.random().random_range(CROSS_TRADE_TIMEOUT_MS_MIN..=CROSS_TRADE_TIMEOUT_MS_MAX);
+        let one_sided = self.chance(CROSS_TRADE_ONE_SIDED_PROBABILITY);
+        let second_delay_ms = self.random().random_range(0..=timeout_ms * CROSS_TRADE_SECOND_DELAY_QUARTERS_MAX / 4);
+        let trade = Arc::new(CrossTrade {
+            id: format!("{}-x{}", self.names.namespace, self.fresh_id()),
+            parties: vec![first_id, second_id],
+            legs,
+            timeout_ms,
+        });
+        self.stats().cross_trades.insert(trade.id.clone(), Vec::new());
+        self.audit.player_event(
+            &[first, second],
+            &format!(
+                "{} between p{first} on s{first_at} and p{second} on s{second_at}, timeout {timeout_ms} ms, {}: {:?}",
+                trade.id,
+                if one_sided { "one-sided".to_string() } else { format!("second after {second_delay_ms} ms") },
+                trade.legs
+            ),
+        );
+        self.cross_trade_step(first, trade.clone());
+        if !one_sided {
+            let world = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(second_delay_ms)).await;
+                world.cross_trade_step(second, trade);
+            });
+        }
+        true
+    }
+
+    /// One party's part in a cross-server trade, on the server that holds it now.
+    fn cross_trade_step(self: &Arc<Self>, player: usize, trade: Arc<CrossTrade>) {
+        let server = self.location(player).filter(|s| self.servers_up().contains(s));
+        let guard = server.and_then(|_| self.busy(&[player]));
+        let (Some(server), Some(guard)) = (server, guard) else {
+            self.cross_trade_answer(&trade.id, "skipped");
+            self.audit.player_event(&[player], &format!("p{player} {}: offline or busy, takes no part", trade.id));
+            return;
+        };
+        let crash_after_pending = self.chance(CROSS_TRADE_CRASH_AFTER_PENDING_PROBABILITY);
+        let world = self.clone();
+        self.spawn_on(&[server], async move {
+            let _guard = guard;
+            let Some(game) = world.server(server) else { return };
+            let before = game.read(player);
+            let ack = game.trade_across(player, &trade).await;
+            world.cross_trade_answer(&trade.id, ack.name());
+            world.audit.player_event(&[player], &format!("p{player} {} on s{server}: {ack:?}", trade.id));
+            match &ack {
+                // Its prepare (or settle) committed the whole profile as it was before.
+                CrossAck::Pending | CrossAck::Committed => {
+                    if let Some(before) = before {
+                        world.audit.acknowledge(player, &before);
+                    }
+                }
+                CrossAck::Failed { reason, kicked: true } => {
+                    world.on_error(player, server, &OpError::Kicked(reason.clone()));
+                }
+                _ => {}
+            }
+            if ack == CrossAck::Pending && crash_after_pending && world.servers_up().len() >= 2 {
+                world
+                    .audit
+                    .player_event(&[player], &format!("crash s{server} right after {} answered pending", trade.id));
+                world.crash(server);
+            }
+        });
+    }
+
+    fn cross_trade_answer(&self, trade_id: &str, answer: &str) {
+        self.count_outcome(&format!("cross_trade.call.{answer}"));
+        if let Some(answers) = self.stats().cross_trades.get_mut(trade_id) {
+            answers.push(answer.to_string());
+        }
     }
 
     pub(crate) fn action_buy(self: &Arc<Self>) -> bool {

@@ -9,14 +9,21 @@
 //!   and deposits are one commit), so the same checks run continuously and at the end.
 //! - A violation is counted once per (kind, key) and carries the last events on its key
 //!   (a bounded ring, `RING_EVENTS_PER_KEY`).
+//! - Cross-server trades (G3 across servers): an item is in exactly one profile or one escrow
+//!   document, coins are conserved counting escrows, an escrow leaves only into its receiver
+//!   after `committed` or its giver after `aborted` (seen on every applied commit, checked
+//!   against the observed record then, in apply order on memory, and the durable record), and
+//!   once the world has settled no escrow and no pending mark is left (`check_settled`).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
-use hoard::store::{Commit, CommitOutcome, DocId, LeaseOp, ValueOp};
+use hoard::engine::TradeRecord;
+use hoard::engine::trade::{Escrow, STATUS_ABORTED, STATUS_COMMITTED, TRADE_ESCROW_STORE, TRADE_RECORD_STORE};
+use hoard::store::{Commit, CommitOutcome, Condition, DocId, LeaseOp, ValueOp, Write};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Names, SimProfile};
+use crate::model::{COINS, Names, SimProfile};
 
 /// Recent events kept per key, printed with a violation on that key.
 pub const RING_EVENTS_PER_KEY: usize = 24;
@@ -64,6 +71,12 @@ pub struct AuditFigures {
     pub currency_drift: u64,
     /// Writes to a key by a server that did not hold it (G1).
     pub exclusive_writer: u64,
+    /// Escrows of cross-server trades released before the trade was decided, or to the wrong side.
+    #[serde(default)]
+    pub escrow_misreleased: u64,
+    /// Escrows and pending marks still there once the world settled.
+    #[serde(default)]
+    pub unsettled_trades: u64,
     pub violations: u64,
     pub invariants_checked: u64,
     pub audits: u64,
@@ -76,6 +89,21 @@ pub struct WorldSnapshot {
     /// Gift ids waiting in each player's inbox.
     pub inbox_gifts: BTreeMap<usize, Vec<String>>,
     pub bank_coins: Vec<i64>,
+    /// Cross-server trades' escrow documents of this world, by key (`<trade id>/<leg>`).
+    pub escrows: BTreeMap<String, Escrow>,
+    /// The durable records of the trades whose escrows were released since the last audit.
+    pub records: BTreeMap<String, TradeRecord>,
+}
+
+/// An escrow seen leaving the store: the commit that deleted it, and what it wrote with it.
+#[derive(Clone, Debug)]
+struct Release {
+    trade_id: String,
+    leg: usize,
+    /// The profiles the same commit wrote (the one the escrow went into).
+    into: Vec<DocId>,
+    /// The trade's status as last observed when the release applied.
+    status_then: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -91,8 +119,16 @@ struct State {
     epochs: BTreeMap<DocId, BTreeMap<u64, usize>>,
     /// Per key: the link that acquired it last (strategies without store leases).
     owner: BTreeMap<DocId, usize>,
+    /// HTTP path: holder id (as `hoard serve` registered it) → the link of the game server
+    /// incarnation that registered it, so writes through the one service are attributed to
+    /// the game server whose token they carry.
+    holder_links: BTreeMap<String, usize>,
     /// Value writes whose epoch's acquirer was not yet known when observed: checked at the end.
     unresolved_writes: Vec<(DocId, usize, u64)>,
+    /// Cross-server trades: the status of each record as last observed written.
+    observed_status: BTreeMap<String, String>,
+    /// Escrow releases not yet checked against the durable record.
+    releases: Vec<Release>,
     figures: AuditFigures,
     seen: BTreeSet<(String, String)>,
     violations: Vec<Violation>,
@@ -103,11 +139,24 @@ pub struct Audit {
     names: Names,
     started: tokio::time::Instant,
     state: Mutex<State>,
+    /// Commits are observed in the store's apply order (the memory store), so the order of a
+    /// record's decision and an escrow's release can be checked as observed.
+    observed_in_apply_order: std::sync::atomic::AtomicBool,
 }
 
 impl Audit {
     pub fn new(names: Names) -> Audit {
-        Audit { names, started: tokio::time::Instant::now(), state: Mutex::new(State::default()) }
+        Audit {
+            names,
+            started: tokio::time::Instant::now(),
+            state: Mutex::new(State::default()),
+            observed_in_apply_order: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Says that commits are observed in apply order (the memory store).
+    pub fn set_observed_in_apply_order(&self, ordered: bool) {
+        self.observed_in_apply_order.store(ordered, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -202,14 +251,48 @@ impl Audit {
         self.event(&[id.key.to_string()], &format!("link{link} owns {id}"));
     }
 
+    /// HTTP path: game server `link` registered `holder` with `hoard serve`.
+    pub fn holder_registered(&self, holder: &str, link: usize) {
+        self.lock().holder_links.insert(holder.to_string(), link);
+    }
+
+    /// The game server a write through `hoard serve` came from: the holder it acquires for, or
+    /// the holder its lease condition names (a session token's fence).
+    fn writer_by_holder(&self, write: &Write) -> Option<usize> {
+        fn fenced_holder(condition: &Condition) -> Option<&str> {
+            match condition {
+                Condition::Lease { holder, .. } => Some(holder.as_str()),
+                Condition::All(conditions) => conditions.iter().find_map(fenced_holder),
+                _ => None,
+            }
+        }
+        let holder = match &write.lease {
+            LeaseOp::Acquire(holder) => Some(holder.as_str()),
+            _ => fenced_holder(&write.condition),
+        }?;
+        self.lock().holder_links.get(holder).copied()
+    }
+
     /// Called by a link for every commit the store applied, synchronously after the store
     /// answered, so on the memory store observation order is apply order.
     pub fn observe_commit(&self, link: usize, commit: &Commit, outcome: &CommitOutcome) {
+        self.observe_commit_with(commit, outcome, &|_| Some(link));
+    }
+
+    /// `observe_commit` for the one link under `hoard serve`: each write is attributed to the
+    /// game server whose holder it names (writes naming none are not a session's).
+    pub fn observe_commit_by_holder(&self, commit: &Commit, outcome: &CommitOutcome) {
+        self.observe_commit_with(commit, outcome, &|write| self.writer_by_holder(write));
+    }
+
+    fn observe_commit_with(&self, commit: &Commit, outcome: &CommitOutcome, writer: &dyn Fn(&Write) -> Option<usize>) {
         let CommitOutcome::Committed { applied, .. } = outcome else { return };
+        self.observe_trade_writes(commit);
         for (write, applied) in commit.writes.iter().zip(applied) {
             if self.names.player_of(&write.id).is_none() {
                 continue;
             }
+            let Some(link) = writer(write) else { continue };
             let key = write.id.key.to_string();
             if let LeaseOp::Acquire(_) = &write.lease {
                 self.lock().epochs.entry(write.id.clone()).or_default().insert(applied.epoch, link);
@@ -227,6 +310,112 @@ impl Audit {
                 &format!("link{link} wrote {} v{} epoch {}", write.id, applied.version, applied.epoch),
             );
             self.check_writer(&write.id, link, applied.epoch);
+        }
+    }
+
+    /// Cross-server trades: remembers each record's status as written, and each escrow deleted
+    /// with the profiles written in the same commit.
+    fn observe_trade_writes(&self, commit: &Commit) {
+        let trade_prefix = format!("{}-x", self.names.namespace);
+        let mut state = self.lock();
+        for write in &commit.writes {
+            let key = write.id.key.as_str();
+            if !key.starts_with(&trade_prefix) {
+                continue;
+            }
+            let store = write.id.store.as_str();
+            if store == TRADE_RECORD_STORE {
+                if let ValueOp::Put(value) = &write.value
+                    && let Some(status) = value.get("status").and_then(serde_json::Value::as_str)
+                {
+                    state.observed_status.insert(key.to_string(), status.to_string());
+                }
+            } else if store == TRADE_ESCROW_STORE && matches!(write.value, ValueOp::Delete) {
+                let Some((trade_id, leg)) = key.rsplit_once('/') else { continue };
+                let Ok(leg) = leg.parse() else { continue };
+                let into: Vec<DocId> = commit
+                    .writes
+                    .iter()
+                    .filter(|w| self.names.player_of(&w.id).is_some() && matches!(w.value, ValueOp::Put(_)))
+                    .map(|w| w.id.clone())
+                    .collect();
+                let status_then = state.observed_status.get(trade_id).cloned();
+                state.releases.push(Release { trade_id: trade_id.to_string(), leg, into, status_then });
+            }
+        }
+    }
+
+    /// The trades whose released escrows wait to be checked against their durable records.
+    pub fn released_trades(&self) -> Vec<String> {
+        let state = self.lock();
+        let ids: BTreeSet<String> = state.releases.iter().map(|r| r.trade_id.clone()).collect();
+        ids.into_iter().collect()
+    }
+
+    fn check_releases(&self, state: &mut State, snapshot: &WorldSnapshot) {
+        let ordered = self.observed_in_apply_order.load(std::sync::atomic::Ordering::Relaxed);
+        for release in std::mem::take(&mut state.releases) {
+            state.figures.invariants_checked += 1;
+            let record = snapshot.records.get(&release.trade_id);
+            let leg = record.and_then(|record| record.legs.get(release.leg));
+            let key = release
+                .into
+                .first()
+                .or(leg.map(|leg| &leg.from))
+                .map_or_else(|| release.trade_id.clone(), |id| id.key.to_string());
+            let status = record.map(|record| record.status.as_str());
+            let then = release.status_then.as_deref();
+            let decided = |status: Option<&str>| matches!(status, Some(STATUS_COMMITTED | STATUS_ABORTED));
+            let problem = if ordered && !decided(then) {
+                Some(format!("released while the trade was {}", then.unwrap_or("unrecorded")))
+            } else if !decided(status) {
+                Some(format!("released, and the durable record is {}", status.unwrap_or("absent")))
+            } else {
+                let leg = leg.map(|leg| (leg.from.clone(), leg.to.clone()));
+                let rightful = match (status, leg) {
+                    (Some(STATUS_COMMITTED), Some((_, to))) => Some(to),
+                    (_, Some((from, _))) => Some(from),
+                    (_, None) => None,
+                };
+                match rightful {
+                    Some(rightful) if release.into == [rightful.clone()] => None,
+                    Some(rightful) => Some(format!(
+                        "the trade is {}: it belongs to {rightful}, it went into {:?}",
+                        status.unwrap_or(""),
+                        release.into.iter().map(ToString::to_string).collect::<Vec<_>>()
+                    )),
+                    None => Some(format!("the record has no leg {}", release.leg)),
+                }
+            };
+            if let Some(problem) = problem {
+                let detail = format!("escrow {}/{} of a cross-server trade: {problem}", release.trade_id, release.leg);
+                if self.violate(state, "escrow_misreleased", &key, detail) {
+                    state.figures.escrow_misreleased += 1;
+                }
+            }
+        }
+    }
+
+    /// At the end of a world, once everything settled: no escrow and no pending mark is left.
+    pub fn check_settled(&self, snapshot: &WorldSnapshot) {
+        let mut state = self.lock();
+        for (player, profile) in &snapshot.profiles {
+            state.figures.invariants_checked += 1;
+            if !profile.holdings.pending_trades.is_empty() {
+                let key = self.names.player_key(*player);
+                let trades: Vec<&String> = profile.holdings.pending_trades.keys().collect();
+                let detail = format!("player {player} still holds cross-server trades {trades:?} pending at the end");
+                if self.violate(&mut state, "unsettled_trade", &key, detail) {
+                    state.figures.unsettled_trades += 1;
+                }
+            }
+        }
+        for (escrow_key, escrow) in &snapshot.escrows {
+            state.figures.invariants_checked += 1;
+            let detail = format!("escrow {escrow_key} ({escrow:?}) is still there at the end");
+            if self.violate(&mut state, "unsettled_trade", &escrow.from.key.to_string(), detail) {
+                state.figures.unsettled_trades += 1;
+            }
         }
     }
 
@@ -283,25 +472,32 @@ impl Audit {
         self.check_progress(&mut state, snapshot);
         self.check_purchases(&mut state, snapshot);
         self.check_gifts(&mut state, snapshot);
+        self.check_releases(&mut state, snapshot);
     }
 
     fn check_items(&self, state: &mut State, snapshot: &WorldSnapshot) {
-        let mut holders: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        // Holders: players by index (`p3`), escrows by key (`escrow <trade>/<leg>`).
+        let mut holders: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         let mut births: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
         for (player, profile) in &snapshot.profiles {
             for item in profile.holdings.items.keys() {
-                holders.entry(item).or_default().push(*player);
+                holders.entry(item).or_default().push(format!("p{player}"));
             }
             for item in &profile.minted {
                 births.entry(item).or_default().push(*player);
             }
         }
+        for (key, escrow) in &snapshot.escrows {
+            for item in escrow.items.keys() {
+                holders.entry(item).or_default().push(format!("escrow {key}"));
+            }
+        }
         for (item, born_in) in &births {
             state.figures.invariants_checked += 1;
-            let held_by = holders.get(item).map(Vec::as_slice).unwrap_or(&[]);
+            let held_by: &[String] = holders.get(item).map(Vec::as_slice).unwrap_or(&[]);
             let key = self.names.player_key(born_in[0]);
             if born_in.len() > 1 || held_by.len() > 1 {
-                let detail = format!("item {item} born in {born_in:?}, held by players {held_by:?}");
+                let detail = format!("item {item} born in {born_in:?}, held by {held_by:?}");
                 if self.violate(state, "dupe", &key, detail) {
                     state.figures.dupes += 1;
                 }
@@ -315,7 +511,10 @@ impl Audit {
         for (item, held_by) in &holders {
             state.figures.invariants_checked += 1;
             if !births.contains_key(item) {
-                let key = self.names.player_key(held_by[0]);
+                let key = held_by[0]
+                    .strip_prefix('p')
+                    .and_then(|p| p.parse().ok())
+                    .map_or_else(|| held_by[0].clone(), |player: usize| self.names.player_key(player));
                 let detail = format!("item {item} held by {held_by:?} was never born in any durable profile");
                 if self.violate(state, "dupe", &key, detail) {
                     state.figures.dupes += 1;
@@ -337,11 +536,14 @@ impl Audit {
 
     fn check_currency(&self, state: &mut State, snapshot: &WorldSnapshot) {
         state.figures.invariants_checked += 1;
-        let held: i64 =
-            snapshot.profiles.values().map(SimProfile::coins).sum::<i64>() + snapshot.bank_coins.iter().sum::<i64>();
+        let escrowed: i64 = snapshot.escrows.values().map(|e| e.currencies.get(COINS).copied().unwrap_or(0)).sum();
+        let held: i64 = snapshot.profiles.values().map(SimProfile::coins).sum::<i64>()
+            + snapshot.bank_coins.iter().sum::<i64>()
+            + escrowed;
         let born: i64 = snapshot.profiles.values().map(SimProfile::coins_born_minus_spent).sum();
         if held != born {
-            let detail = format!("coins held (profiles + guild banks) {held} != coins born minus spent {born}");
+            let detail =
+                format!("coins held (profiles + guild banks + escrows) {held} != coins born minus spent {born}");
             if self.violate(state, "currency_drift", "world", detail) {
                 state.figures.currency_drift += 1;
             }

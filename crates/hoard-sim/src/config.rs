@@ -19,6 +19,26 @@ pub enum StoreChoice {
     Database { location: String },
 }
 
+/// How the game servers reach their data.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SimPath {
+    /// Each game server links the engine, over its own faulty link to the store.
+    #[default]
+    InProcess,
+    /// Each game server is a stateless HTTP client of one in-process `hoard serve` (its real
+    /// router, driven in memory), speaking only the documented API (`crate::http`).
+    Http,
+}
+
+impl SimPath {
+    pub fn name(self) -> &'static str {
+        match self {
+            SimPath::InProcess => "in-process",
+            SimPath::Http => "http",
+        }
+    }
+}
+
 /// Relative weights of the player actions the world picks from.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActionWeights {
@@ -30,11 +50,15 @@ pub struct ActionWeights {
     pub buy: u32,
     pub gift: u32,
     pub deposit: u32,
+    /// A trade between two players on different servers (each server takes its party's part;
+    /// in process, for the strategies that trade across servers).
+    #[serde(default)]
+    pub cross_trade: u32,
 }
 
 impl Default for ActionWeights {
     fn default() -> ActionWeights {
-        ActionWeights { join: 14, play: 40, leave: 6, hop: 8, trade: 12, buy: 5, gift: 6, deposit: 5 }
+        ActionWeights { join: 14, play: 40, leave: 6, hop: 8, trade: 12, buy: 5, gift: 6, deposit: 5, cross_trade: 6 }
     }
 }
 
@@ -54,6 +78,25 @@ pub struct FaultRates {
     pub pauses_per_minute: f64,
     /// Upper bound of each store call's network latency, each way.
     pub link_latency_ms_max: u64,
+    /// HTTP path: a request applied by `hoard serve` whose answer is lost (probability each).
+    #[serde(default)]
+    pub http_answer_lost: f64,
+    /// HTTP path: a request lost on the way, never applied; the client times out.
+    #[serde(default)]
+    pub http_request_lost: f64,
+    /// HTTP path: a request delivered twice, the copy up to `http_duplicate_delay_ms_max` later
+    /// (so it arrives out of order, after later requests).
+    #[serde(default)]
+    pub http_duplicated: f64,
+    #[serde(default)]
+    pub http_duplicate_delay_ms_max: u64,
+    /// HTTP path: restarts of the `hoard serve` process per simulated minute (in-flight requests
+    /// are cut; the new process serves the same store after a downtime).
+    #[serde(default)]
+    pub serve_restarts_per_minute: f64,
+    /// HTTP path: how long `hoard serve` stays down at a restart (connections refused).
+    #[serde(default)]
+    pub serve_down_ms_max: u64,
 }
 
 impl FaultRates {
@@ -72,6 +115,12 @@ impl FaultRates {
             crashes_per_minute: 4.0,
             pauses_per_minute: 4.0,
             link_latency_ms_max: 8,
+            http_answer_lost: 0.08,
+            http_request_lost: 0.05,
+            http_duplicated: 0.05,
+            http_duplicate_delay_ms_max: 3_000,
+            serve_restarts_per_minute: 2.0,
+            serve_down_ms_max: 1_000,
         }
     }
 
@@ -87,6 +136,12 @@ impl FaultRates {
             crashes_per_minute: 0.0,
             pauses_per_minute: 0.0,
             link_latency_ms_max: 0,
+            http_answer_lost: 0.0,
+            http_request_lost: 0.0,
+            http_duplicated: 0.0,
+            http_duplicate_delay_ms_max: 0,
+            serve_restarts_per_minute: 0.0,
+            serve_down_ms_max: 0,
         }
     }
 
@@ -107,6 +162,9 @@ impl FaultRates {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SimConfig {
     pub strategy: Strategy,
+    /// In process (the engine) or over HTTP (clients of an in-process `hoard serve`).
+    #[serde(default)]
+    pub path: SimPath,
     pub store: StoreChoice,
     pub servers: usize,
     pub players: usize,
@@ -141,6 +199,7 @@ impl SimConfig {
     pub fn default_world(strategy: Strategy) -> SimConfig {
         SimConfig {
             strategy,
+            path: SimPath::InProcess,
             store: StoreChoice::Memory,
             servers: 4,
             players: 40,
@@ -171,6 +230,24 @@ impl SimConfig {
         }
         if self.guild_banks == 0 || self.action_gap_ms_mean == 0 || self.audit_interval_ms == 0 {
             return Err("guild_banks, action_gap_ms_mean and audit_interval_ms must be positive".into());
+        }
+        match self.path {
+            SimPath::InProcess if self.strategy.is_http_only() => {
+                return Err(format!(
+                    "strategy {} is a client of hoard serve: run it with --path http",
+                    self.strategy.name()
+                ));
+            }
+            SimPath::Http if !self.strategy.runs_over_http() => {
+                return Err(format!(
+                    "strategy {} is an in-process design; over HTTP run hoard, no-adopt or fresh-ids",
+                    self.strategy.name()
+                ));
+            }
+            SimPath::Http if self.store != StoreChoice::Memory => {
+                return Err("--path http runs on the memory store (paused time, replayable)".into());
+            }
+            _ => {}
         }
         if self.pause_ms_min > self.pause_ms_max || self.restart_ms_min > self.restart_ms_max {
             return Err("pause and restart ranges must have min <= max".into());

@@ -30,6 +30,8 @@ impl World {
         let per_tick = |per_minute: f64| (per_minute * FAULT_TICK_MS as f64 / 60_000.0).clamp(0.0, 1.0);
         let crash_chance = per_tick(self.config.faults.crashes_per_minute);
         let pause_chance = per_tick(self.config.faults.pauses_per_minute);
+        let serve_restart_chance =
+            if self.service.is_some() { per_tick(self.config.faults.serve_restarts_per_minute) } else { 0.0 };
         while tokio::time::Instant::now() + Duration::from_millis(FAULT_TICK_MS) < end {
             tokio::time::sleep(Duration::from_millis(FAULT_TICK_MS)).await;
             if self.chance(crash_chance) {
@@ -49,7 +51,24 @@ impl World {
                     tokio::spawn(async move { world.freeze(index).await });
                 }
             }
+            if serve_restart_chance > 0.0 && self.chance(serve_restart_chance) {
+                let world = self.clone();
+                tokio::spawn(async move { world.restart_service().await });
+            }
         }
+    }
+
+    /// HTTP path: kills the `hoard serve` process (every request in it is cut) and starts a new
+    /// one over the same store after a downtime (requests meanwhile are refused).
+    async fn restart_service(self: Arc<Self>) {
+        let Some(service) = self.service.clone() else { return };
+        let down_ms = self.random().random_range(0..=self.config.faults.serve_down_ms_max);
+        let incarnation = service.kill();
+        self.stats().serve_restarts += 1;
+        self.audit.event(&[], &format!("CRASH hoard serve process {incarnation}; down {down_ms} ms"));
+        tokio::time::sleep(Duration::from_millis(down_ms)).await;
+        service.restart();
+        self.audit.event(&[], "hoard serve restarted over the same store");
     }
 
     /// Crashes server `index` now: its actions are aborted, its process state is gone, its link

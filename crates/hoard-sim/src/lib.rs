@@ -7,11 +7,17 @@
 //! - One `u64` seed decides a memory world entirely: the same (config, seed) gives the same
 //!   event log (`tests/sim.rs` replays a seed twice and compares the full logs).
 //! - The simulator never weakens the engine to make a control fail: the controls are separate
-//!   designs in `strategies::control`, over the raw `Store`.
+//!   designs in `strategies::control`, over the raw `Store`, and, over HTTP, clients that break
+//!   one client rule each (`http::client::ClientRules`). The one weakened server is the no-adopt
+//!   control's (`hoard-server`'s test-only `sim-controls` feature: session writes fenced by the
+//!   lease alone); hoard's own client always runs against the unchanged router.
+//! - A world on either path (`SimConfig::path`: in process, or HTTP clients of an in-process
+//!   `hoard serve`) is replayable from its seed on the memory store.
 //! - The audit reads durable state from the inner store only, and checks only promises a
 //!   strategy made (see `audit`).
 //!
-//! Map: `world` (servers, players, loop), `actions` (player actions), `faults` (crash, freeze),
+//! Map: `world` (servers, players, loop), `actions` (player actions), `faults` (crash, freeze,
+//! service restarts), `http` (the HTTP path: service, network, client),
 //! `link` (latency, pause, kill, commit observation), `audit` (ledger and checks), `strategies`
 //! (hoard and the controls), `model` (the profile and its ids), `report` (figures), `config`.
 
@@ -19,13 +25,14 @@ pub mod actions;
 pub mod audit;
 pub mod config;
 pub mod faults;
+pub mod http;
 pub mod link;
 pub mod model;
 pub mod report;
 pub mod strategies;
 pub mod world;
 
-pub use config::{ActionWeights, FaultRates, SimConfig, StoreChoice};
+pub use config::{ActionWeights, FaultRates, SimConfig, SimPath, StoreChoice};
 pub use report::{SweepReport, WorldReport};
 pub use strategies::Strategy;
 pub use world::run_world;

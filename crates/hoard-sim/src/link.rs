@@ -41,6 +41,9 @@ pub struct SimLink {
     /// order of the latency draws after a resume differ between runs of one seed.
     resumed: Notify,
     killed: AtomicBool,
+    /// The link under `hoard serve` (HTTP path): commits are attributed to the game server whose
+    /// holder each write names, not to this link.
+    attribute_by_holder: bool,
 }
 
 impl SimLink {
@@ -54,7 +57,15 @@ impl SimLink {
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
             killed: AtomicBool::new(false),
+            attribute_by_holder: false,
         }
+    }
+
+    /// The store link of the in-process `hoard serve` of the HTTP path: no latency (the network
+    /// faults are between the game servers and the service), never paused or killed, and every
+    /// applied commit attributed to the game server whose holder it names.
+    pub fn for_service(id: usize, inner: SharedStore, audit: Arc<Audit>) -> SimLink {
+        SimLink { attribute_by_holder: true, ..SimLink::new(id, inner, audit, 0, 0) }
     }
 
     pub fn id(&self) -> usize {
@@ -135,7 +146,11 @@ impl Store for SimLink {
         let observed = commit.clone();
         let result = self.inner.commit(commit).await;
         if let Ok(outcome) = &result {
-            self.audit.observe_commit(self.id, &observed, outcome);
+            if self.attribute_by_holder {
+                self.audit.observe_commit_by_holder(&observed, outcome);
+            } else {
+                self.audit.observe_commit(self.id, &observed, outcome);
+            }
         }
         self.travel().await;
         result

@@ -118,7 +118,9 @@ pub fn apply_purchase(profile: &mut SimProfile, purchase: &Purchase) {
 /// The profile kind every strategy uses: the same stored envelope, the same inbox handler.
 pub fn profile_kind() -> Result<ProfileKind<SimProfile>, String> {
     let store = StoreName::new(PLAYER_STORE).map_err(|e| e.to_string())?;
-    Ok(ProfileKind::new(store, ProfileSchema::new(SimProfile::default)).on_message(apply_message))
+    // Tradable: the engine settles a player's pending cross-server trades on load, when a
+    // decision arrives, and at the deadline.
+    Ok(ProfileKind::new(store, ProfileSchema::new(SimProfile::default)).on_message(apply_message).tradable())
 }
 
 /// Where one world's documents live. Memory worlds use the seed alone (replayable); worlds on a
@@ -164,9 +166,13 @@ pub fn decode_stored_profile(value: &Value) -> Result<SimProfile, String> {
     serde_json::from_value(data.clone()).map_err(|e| e.to_string())
 }
 
-/// A guild bank's stored value: `{"coins": n}`; absent counts as empty.
+/// A guild bank's stored value: `{"coins": n}` in process (a lock-free document), or holdings
+/// `{"holdings": {"currencies": {"coins": n}}}` over HTTP (a trade party); absent counts as empty.
 pub fn bank_coins(value: Option<&Value>) -> i64 {
-    value.and_then(|v| v.get(COINS)).and_then(Value::as_i64).unwrap_or(0)
+    value
+        .and_then(|v| v.get(COINS).or_else(|| v.pointer(&format!("/holdings/currencies/{COINS}"))))
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
 }
 
 /// One trade as the world asks for it: legs by index into `players`.

@@ -17,6 +17,9 @@ use crate::world::World;
 pub struct WorldReport {
     pub seed: u64,
     pub strategy: String,
+    /// `in-process` or `http`.
+    #[serde(default)]
+    pub path: String,
     pub store: String,
     /// Simulated time the world ran, play plus settle and shutdown.
     pub sim_ms: u64,
@@ -28,6 +31,9 @@ pub struct WorldReport {
     pub faults: BTreeMap<String, u64>,
     pub engine: BTreeMap<String, u64>,
     pub figures: AuditFigures,
+    /// Cross-server trades by how they ended (see `World::cross_trade_outcomes`).
+    #[serde(default)]
+    pub cross_trades: BTreeMap<String, u64>,
     pub violations: Vec<Violation>,
     pub event_log_lines: u64,
     /// The full event log (compared by the replay test; not printed).
@@ -51,6 +57,22 @@ pub(crate) fn world_report(world: &World, sim_ms: u64) -> WorldReport {
             *faults.entry(name.to_string()).or_insert(0) += count;
         }
     }
+    for link in &stats.http_links {
+        let c = link.counts();
+        for (name, count) in [
+            ("http_requests", c.requests),
+            ("http_requests_lost", c.requests_lost),
+            ("http_answers_lost", c.answers_lost),
+            ("http_duplicated", c.duplicated),
+            ("http_cut_by_restarts", c.cut_by_restarts),
+            ("http_refused", c.refused),
+        ] {
+            *faults.entry(name.to_string()).or_insert(0) += count;
+        }
+    }
+    if world.service.is_some() {
+        faults.insert("serve_restarts".into(), stats.serve_restarts);
+    }
     faults.insert("crashes".into(), stats.crashes);
     faults.insert("freezes".into(), stats.pauses);
     faults.insert("restarts".into(), stats.restarts);
@@ -67,6 +89,7 @@ pub(crate) fn world_report(world: &World, sim_ms: u64) -> WorldReport {
     WorldReport {
         seed: world.seed,
         strategy: world.config.strategy.name().to_string(),
+        path: world.config.path.name().to_string(),
         store: match &world.config.store {
             crate::config::StoreChoice::Memory => "memory".to_string(),
             crate::config::StoreChoice::Database { location } => world_store_name(location),
@@ -79,6 +102,7 @@ pub(crate) fn world_report(world: &World, sim_ms: u64) -> WorldReport {
         faults,
         engine,
         figures: world.audit.figures(),
+        cross_trades: BTreeMap::new(),
         violations: world.audit.violations(),
         event_log_lines: event_log.len() as u64,
         event_log,
@@ -93,6 +117,8 @@ fn world_store_name(location: &str) -> String {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SweepReport {
     pub strategy: String,
+    #[serde(default)]
+    pub path: String,
     pub store: String,
     pub first_seed: u64,
     pub worlds: u64,
@@ -105,9 +131,17 @@ pub struct SweepReport {
     pub phantom_gifts: u64,
     pub currency_drift: u64,
     pub exclusive_writer: u64,
+    #[serde(default)]
+    pub escrow_misreleased: u64,
+    #[serde(default)]
+    pub unsettled_trades: u64,
     pub violations: u64,
     pub invariants_checked: u64,
     pub audits: u64,
+    /// Cross-server trades by how they ended: committed, aborted, pending_then_settled (a party
+    /// heard `pending`, then it was decided), refused, undecided, not_started.
+    #[serde(default)]
+    pub cross_trades: BTreeMap<String, u64>,
     pub sim_ms: u64,
     pub wall_ms: u64,
     pub ops_by_kind: BTreeMap<String, u64>,
@@ -133,6 +167,7 @@ fn add_all(into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>) {
 impl SweepReport {
     pub fn add(&mut self, world: &WorldReport) {
         self.strategy.clone_from(&world.strategy);
+        self.path.clone_from(&world.path);
         self.store.clone_from(&world.store);
         self.worlds += 1;
         self.ops += world.ops;
@@ -145,6 +180,9 @@ impl SweepReport {
         self.phantom_gifts += f.phantom_gifts;
         self.currency_drift += f.currency_drift;
         self.exclusive_writer += f.exclusive_writer;
+        self.escrow_misreleased += f.escrow_misreleased;
+        self.unsettled_trades += f.unsettled_trades;
+        add_all(&mut self.cross_trades, &world.cross_trades);
         self.violations += f.violations;
         self.invariants_checked += f.invariants_checked;
         self.audits += f.audits;
@@ -174,8 +212,8 @@ impl SweepReport {
         let seconds = (elapsed_ms as f64 / 1000.0).max(0.001);
         let _ = writeln!(
             out,
-            "hoard sim: strategy {}, store {}, {} world(s) from seed {}",
-            self.strategy, self.store, self.worlds, self.first_seed
+            "hoard sim: strategy {}, path {}, store {}, {} world(s) from seed {}",
+            self.strategy, self.path, self.store, self.worlds, self.first_seed
         );
         let _ = writeln!(
             out,
@@ -188,6 +226,9 @@ impl SweepReport {
         );
         let _ = writeln!(out, "  operations: {}", join_counts(&self.ops_by_kind));
         let _ = writeln!(out, "  outcomes:   {}", join_counts(&self.outcomes));
+        if !self.cross_trades.is_empty() {
+            let _ = writeln!(out, "  cross-server trades: {}", join_counts(&self.cross_trades));
+        }
         let _ = writeln!(out, "  faults:     {}", join_counts(&self.faults));
         if self.engine.values().any(|v| *v > 0) {
             let _ = writeln!(out, "  engine:     {}", join_counts(&self.engine));
@@ -195,7 +236,7 @@ impl SweepReport {
         let _ = writeln!(out, "  invariants checked: {} in {} audits", self.invariants_checked, self.audits);
         let _ = writeln!(
             out,
-            "  dupes {}, lost items {}, lost acknowledged {}, double grants {}, double gifts {}, phantom gifts {}, currency drift {}, exclusive-writer {}",
+            "  dupes {}, lost items {}, lost acknowledged {}, double grants {}, double gifts {}, phantom gifts {}, currency drift {}, exclusive-writer {}, escrow misreleased {}, unsettled trades {}",
             self.dupes,
             self.lost_items,
             self.lost_acknowledged,
@@ -203,7 +244,9 @@ impl SweepReport {
             self.double_gifts,
             self.phantom_gifts,
             self.currency_drift,
-            self.exclusive_writer
+            self.exclusive_writer,
+            self.escrow_misreleased,
+            self.unsettled_trades
         );
         for (seed, error) in &self.errors {
             let _ = writeln!(out, "  ERROR seed {seed}: {error}");
@@ -220,7 +263,11 @@ impl SweepReport {
                 let _ = writeln!(out, "      {line}");
             }
         }
-        let _ = writeln!(out, "  replay one with: hoard sim --strategy {} --seed <seed>", self.strategy);
+        let _ = writeln!(
+            out,
+            "  replay one with: hoard sim --path {} --strategy {} --seed <seed>",
+            self.path, self.strategy
+        );
         out
     }
 }

@@ -16,22 +16,29 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures_util::FutureExt;
+use hoard::engine::TradeRecord;
+use hoard::engine::trade::{Escrow, STATUS_ABORTED, STATUS_COMMITTED, TRADE_ESCROW_STORE, record_id};
 use hoard::store::fault::FaultStore;
 use hoard::store::memory::MemoryStore;
-use hoard::store::{DocId, HolderId, SharedStore, StoreOptions, open_store};
+use hoard::store::{DocId, HolderId, ListQuery, SharedStore, StoreName, StoreOptions, open_store};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use tokio::task::AbortHandle;
 
 use crate::audit::{Audit, WorldSnapshot};
-use crate::config::{SimConfig, StoreChoice};
+use crate::config::{SimConfig, SimPath, StoreChoice};
+use crate::http::{HttpContext, HttpLink, HttpServer, SimService, client_rules};
 use crate::link::SimLink;
-use crate::model::{Names, decode_stored_profile, gift_of_message};
+use crate::model::{Names, SimProfile, decode_stored_profile, gift_of_message};
 use crate::report::WorldReport;
 use crate::strategies::{GameServer, ServerContext, open_server};
 
 /// Tries to open a server incarnation before giving up on it for this world.
 pub const SERVER_OPEN_ATTEMPTS_MAX: u32 = 5;
+/// At the end of play: rounds of rejoining and settling players who hold cross-server trades.
+pub const END_SETTLE_ROUNDS_MAX: u32 = 20;
+/// Simulated time between two such rounds.
+pub const END_SETTLE_ROUND_MS: u64 = 1_000;
 
 /// A split-mix step: derives independent seeds for the world's parts from the world seed.
 pub fn derive_seed(seed: u64, part: u64, index: u64) -> u64 {
@@ -46,9 +53,46 @@ pub(crate) const SEED_PART_FAULTS: u64 = 2;
 pub(crate) const SEED_PART_LINK: u64 = 3;
 pub(crate) const SEED_PART_ENGINE: u64 = 4;
 
+/// A game server's link: to the store (in process) or to `hoard serve` (HTTP path).
+#[derive(Clone, Debug)]
+pub(crate) enum ServerLink {
+    Store(Arc<SimLink>),
+    Http(Arc<HttpLink>),
+}
+
+impl ServerLink {
+    pub fn id(&self) -> usize {
+        match self {
+            ServerLink::Store(link) => link.id(),
+            ServerLink::Http(link) => link.id(),
+        }
+    }
+
+    pub fn pause(&self) {
+        match self {
+            ServerLink::Store(link) => link.pause(),
+            ServerLink::Http(link) => link.pause(),
+        }
+    }
+
+    pub fn resume(&self) {
+        match self {
+            ServerLink::Store(link) => link.resume(),
+            ServerLink::Http(link) => link.resume(),
+        }
+    }
+
+    pub fn kill(&self) {
+        match self {
+            ServerLink::Store(link) => link.kill(),
+            ServerLink::Http(link) => link.kill(),
+        }
+    }
+}
+
 pub(crate) struct ServerSlot {
     pub incarnation: u64,
-    pub link: Arc<SimLink>,
+    pub link: ServerLink,
     /// `None` while the server is down (crashed, not yet restarted).
     pub server: Option<Arc<dyn GameServer>>,
     pub frozen: bool,
@@ -69,12 +113,18 @@ pub(crate) struct Stats {
     pub crashes: u64,
     pub pauses: u64,
     pub restarts: u64,
+    /// HTTP path: restarts of the `hoard serve` process.
+    pub serve_restarts: u64,
     pub shutdown_saved: u64,
     pub shutdown_failed: u64,
     pub shutdown_timed_out: u64,
     /// Every incarnation's fault injector and server, for the report's totals.
     pub fault_stores: Vec<Arc<FaultStore>>,
+    /// HTTP path: every incarnation's network to the service.
+    pub http_links: Vec<Arc<HttpLink>>,
     pub all_servers: Vec<Arc<dyn GameServer>>,
+    /// Every cross-server trade started, by id: its parties' answers, in order.
+    pub cross_trades: BTreeMap<String, Vec<String>>,
 }
 
 pub(crate) struct World {
@@ -82,6 +132,8 @@ pub(crate) struct World {
     pub seed: u64,
     pub names: Names,
     pub inner: SharedStore,
+    /// HTTP path: the one in-process `hoard serve` every game server talks to.
+    pub service: Option<Arc<SimService>>,
     pub audit: Arc<Audit>,
     pub random: Mutex<ChaCha8Rng>,
     pub servers: Mutex<Vec<ServerSlot>>,
@@ -148,14 +200,34 @@ impl World {
         };
         let names = Names { namespace };
         let players = vec![PlayerSlot::default(); config.players];
+        let audit = Arc::new(Audit::new(names.clone()));
+        audit.set_observed_in_apply_order(config.store == StoreChoice::Memory);
+        let next_link = AtomicU64::new(0);
+        let service = match config.path {
+            SimPath::InProcess => None,
+            SimPath::Http => {
+                let id = usize::try_from(next_link.fetch_add(1, Ordering::Relaxed)).unwrap_or(usize::MAX);
+                let store: SharedStore = Arc::new(SimLink::for_service(id, inner.clone(), audit.clone()));
+                let weakened = config.strategy == crate::Strategy::NoAdopt;
+                audit.event(
+                    &[],
+                    &format!(
+                        "hoard serve up on link{id}{}",
+                        if weakened { " (weakened: lease-only session fence)" } else { "" }
+                    ),
+                );
+                Some(Arc::new(SimService::start(store, config.engine.lease_ttl_ms, weakened)))
+            }
+        };
         let world = Arc::new(World {
-            audit: Arc::new(Audit::new(names.clone())),
+            audit,
+            service,
             random: Mutex::new(ChaCha8Rng::seed_from_u64(derive_seed(seed, SEED_PART_WORLD, 0))),
             servers: Mutex::new(Vec::new()),
             players: Mutex::new(players),
             stats: Mutex::new(Stats::default()),
             next_id: AtomicU64::new(0),
-            next_link: AtomicU64::new(0),
+            next_link,
             config,
             seed,
             names,
@@ -192,6 +264,9 @@ impl World {
     pub(crate) async fn open_incarnation(&self, index: usize, incarnation: u64) -> Result<ServerSlot, String> {
         let link_id = usize::try_from(self.next_link.fetch_add(1, Ordering::Relaxed)).unwrap_or(usize::MAX);
         let part = (index as u64) << 32 | incarnation;
+        if let Some(service) = &self.service {
+            return self.open_http_incarnation(service, index, incarnation, link_id, part).await;
+        }
         let link = Arc::new(SimLink::new(
             link_id,
             self.inner.clone(),
@@ -227,7 +302,52 @@ impl World {
             &[],
             &format!("server s{index} incarnation {incarnation} up as link{link_id} (clock skew {clock_skew_ms} ms)"),
         );
-        Ok(ServerSlot { incarnation, link, server: Some(server), frozen: false, tasks: Vec::new() })
+        Ok(ServerSlot {
+            incarnation,
+            link: ServerLink::Store(link),
+            server: Some(server),
+            frozen: false,
+            tasks: Vec::new(),
+        })
+    }
+
+    /// The HTTP path's incarnation: a client of the world's `hoard serve` over its own network.
+    async fn open_http_incarnation(
+        &self,
+        service: &Arc<SimService>,
+        index: usize,
+        incarnation: u64,
+        link_id: usize,
+        part: u64,
+    ) -> Result<ServerSlot, String> {
+        let link = Arc::new(HttpLink::new(
+            link_id,
+            service.clone(),
+            self.config.faults.clone(),
+            derive_seed(self.seed, SEED_PART_LINK, part),
+        ));
+        let context = HttpContext {
+            config: self.config.clone(),
+            names: self.names.clone(),
+            audit: self.audit.clone(),
+            link: link.clone(),
+            label: format!("s{index}-i{incarnation}"),
+        };
+        let server: Arc<dyn GameServer> =
+            Arc::new(HttpServer::open(client_rules(self.config.strategy)?, context).await?);
+        {
+            let mut stats = self.stats();
+            stats.http_links.push(link.clone());
+            stats.all_servers.push(server.clone());
+        }
+        self.audit.event(&[], &format!("server s{index} incarnation {incarnation} up as link{link_id} (HTTP client)"));
+        Ok(ServerSlot {
+            incarnation,
+            link: ServerLink::Http(link),
+            server: Some(server),
+            frozen: false,
+            tasks: Vec::new(),
+        })
     }
 
     /// The live, unfrozen server `index`, if it is up.
@@ -309,11 +429,16 @@ impl World {
         let _ = faults.await;
         self.audit.event(&[], "play ends; settling");
         tokio::time::sleep(Duration::from_millis(self.config.settle_ms)).await;
+        self.settle_cross_trades().await?;
         self.shutdown_all().await;
-        self.audit_durable_state().await?;
+        let snapshot = self.audit_durable_state().await?;
+        self.audit.check_settled(&snapshot);
         self.audit.check_unresolved_writers();
+        let cross_trades = self.cross_trade_outcomes().await?;
         let sim_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Ok(crate::report::world_report(&self, sim_ms))
+        let mut report = crate::report::world_report(&self, sim_ms);
+        report.cross_trades = cross_trades;
+        Ok(report)
     }
 
     async fn shutdown_all(&self) {
@@ -337,8 +462,151 @@ impl World {
         self.audit.event(&[], "every server shut down");
     }
 
+    /// At the end of play: every player whose durable profile holds a cross-server trade pending
+    /// rejoins (if offline) and is settled, until none is left or the rounds run out (the final
+    /// audit then reports what stayed).
+    async fn settle_cross_trades(self: &Arc<Self>) -> Result<(), String> {
+        if !self.config.strategy.trades_across_servers() || self.service.is_some() {
+            return Ok(());
+        }
+        for round in 0..END_SETTLE_ROUNDS_MAX {
+            let pending: Vec<usize> = self
+                .read_profiles()
+                .await?
+                .into_iter()
+                .filter(|(_, profile)| !profile.holdings.pending_trades.is_empty())
+                .map(|(player, _)| player)
+                .collect();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            self.audit.event(&[], &format!("settling round {round}: players {pending:?} hold cross-server trades"));
+            for player in pending {
+                let up = self.servers_up();
+                let here = self.players().get(player).and_then(|slot| slot.at).filter(|s| up.contains(s));
+                let Some(server) = here.or_else(|| self.pick(&up)) else { continue };
+                let Some(game) = self.server(server) else { continue };
+                let Some(_guard) = self.busy(&[player]) else { continue };
+                if here.is_none() {
+                    let joined = game.join(player, true).await;
+                    self.audit.player_event(&[player], &format!("p{player} rejoins s{server} to settle: {joined:?}"));
+                    if joined.is_err() {
+                        continue;
+                    }
+                    self.count_outcome("cross_trade.end.rejoined");
+                    self.set_location(player, Some(server));
+                }
+                let left = game.settle_pending(player).await;
+                self.count_outcome(if left == Some(0) {
+                    "cross_trade.end.settled"
+                } else {
+                    "cross_trade.end.still_pending"
+                });
+                if left.is_none_or(|left| left > 0 && round > 0) {
+                    // Perhaps a stale session: leave, and rejoin next round (loading settles too).
+                    let _ = game.leave(player).await;
+                    self.set_location(player, None);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(END_SETTLE_ROUND_MS)).await;
+        }
+        Ok(())
+    }
+
+    /// Every player's durable profile (no faults, no latency).
+    async fn read_profiles(&self) -> Result<BTreeMap<usize, SimProfile>, String> {
+        let ids: Vec<DocId> = (0..self.config.players).map(|p| self.names.player_id(p)).collect::<Result<_, _>>()?;
+        let mut profiles = BTreeMap::new();
+        let page = self.inner.limits().page_size_max.max(1);
+        let mut index = 0;
+        for chunk in ids.chunks(page) {
+            for document in self.inner.get_many(chunk).await.map_err(|e| format!("audit read failed: {e}"))? {
+                if let Some(value) = &document.value {
+                    let profile =
+                        decode_stored_profile(value).map_err(|e| format!("unreadable profile {}: {e}", document.id))?;
+                    profiles.insert(index, profile);
+                }
+                index += 1;
+            }
+        }
+        Ok(profiles)
+    }
+
+    /// The world's escrow documents (`hoard.escrow/<trade id>/<leg>` of its trades), by key.
+    async fn read_escrows(&self) -> Result<BTreeMap<String, Escrow>, String> {
+        let store = StoreName::new(TRADE_ESCROW_STORE).map_err(|e| e.to_string())?;
+        let prefix = format!("{}-x", self.names.namespace);
+        let mut keys = Vec::new();
+        let mut after = None;
+        loop {
+            let query = ListQuery { prefix: prefix.clone(), after, limit: 0 };
+            let page = self.inner.list_keys(&store, &query).await.map_err(|e| format!("audit list failed: {e}"))?;
+            keys.extend(page.keys);
+            match page.next_after {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let ids: Vec<DocId> = keys.into_iter().map(|key| DocId::new(store.clone(), key)).collect();
+        let mut escrows = BTreeMap::new();
+        for chunk in ids.chunks(self.inner.limits().page_size_max.max(1)) {
+            for document in self.inner.get_many(chunk).await.map_err(|e| format!("audit read failed: {e}"))? {
+                let Some(value) = document.value else { continue };
+                let escrow: Escrow =
+                    serde_json::from_value(value).map_err(|e| format!("unreadable escrow {}: {e}", document.id))?;
+                escrows.insert(document.id.key.to_string(), escrow);
+            }
+        }
+        Ok(escrows)
+    }
+
+    /// The durable records of `trade_ids` (absent: never written).
+    async fn read_records(&self, trade_ids: &[String]) -> Result<BTreeMap<String, TradeRecord>, String> {
+        let ids: Vec<DocId> =
+            trade_ids.iter().map(|id| record_id(id).map_err(|e| e.to_string())).collect::<Result<_, _>>()?;
+        let mut records = BTreeMap::new();
+        for chunk in ids.chunks(self.inner.limits().page_size_max.max(1)) {
+            for document in self.inner.get_many(chunk).await.map_err(|e| format!("audit read failed: {e}"))? {
+                let Some(value) = document.value else { continue };
+                let record: TradeRecord =
+                    serde_json::from_value(value).map_err(|e| format!("unreadable record {}: {e}", document.id))?;
+                records.insert(document.id.key.to_string(), record);
+            }
+        }
+        Ok(records)
+    }
+
+    /// Cross-server trades by how they ended, from their durable records and their parties'
+    /// answers: `committed`, `aborted`, `pending_then_settled` (a party heard `pending`, and the
+    /// trade was decided later), `refused` (a party could not give), `undecided` (a record still
+    /// pending), `not_started` (no party prepared).
+    async fn cross_trade_outcomes(&self) -> Result<BTreeMap<String, u64>, String> {
+        let trades: Vec<(String, Vec<String>)> =
+            self.stats().cross_trades.iter().map(|(id, answers)| (id.clone(), answers.clone())).collect();
+        let ids: Vec<String> = trades.iter().map(|(id, _)| id.clone()).collect();
+        let records = self.read_records(&ids).await?;
+        let mut counts: BTreeMap<String, u64> = BTreeMap::new();
+        let mut count = |name: &str| *counts.entry(name.to_string()).or_insert(0) += 1;
+        for (id, answers) in &trades {
+            let status = records.get(id).map(|record| record.status.as_str());
+            match status {
+                Some(STATUS_COMMITTED) => count("committed"),
+                Some(STATUS_ABORTED) => count("aborted"),
+                Some(_) => count("undecided"),
+                None => count("not_started"),
+            }
+            if answers.iter().any(|a| a == "pending") && matches!(status, Some(STATUS_COMMITTED | STATUS_ABORTED)) {
+                count("pending_then_settled");
+            }
+            if answers.iter().any(|a| a == "refused") {
+                count("refused");
+            }
+        }
+        Ok(counts)
+    }
+
     /// Reads the world's durable state from the inner store (no faults, no latency) and audits it.
-    pub async fn audit_durable_state(&self) -> Result<(), String> {
+    pub async fn audit_durable_state(&self) -> Result<WorldSnapshot, String> {
         let mut ids: Vec<DocId> = Vec::with_capacity(self.config.players + self.config.guild_banks);
         for player in 0..self.config.players {
             ids.push(self.names.player_id(player)?);
@@ -352,6 +620,10 @@ impl World {
             documents.extend(self.inner.get_many(chunk).await.map_err(|e| format!("audit read failed: {e}"))?);
         }
         let mut snapshot = WorldSnapshot::default();
+        if self.config.strategy.trades_across_servers() {
+            snapshot.escrows = self.read_escrows().await?;
+            snapshot.records = self.read_records(&self.audit.released_trades()).await?;
+        }
         for (index, document) in documents.iter().enumerate() {
             if index >= self.config.players {
                 snapshot.bank_coins.push(crate::model::bank_coins(document.value.as_ref()));
@@ -369,7 +641,7 @@ impl World {
             }
         }
         self.audit.check_snapshot(&snapshot);
-        Ok(())
+        Ok(snapshot)
     }
 
     /// Picks and starts one player action.
@@ -384,6 +656,7 @@ impl World {
             ("buy", weights.buy),
             ("gift", weights.gift),
             ("deposit", weights.deposit),
+            ("cross_trade", weights.cross_trade),
         ];
         let total: u32 = table.iter().map(|(_, w)| w).sum();
         if total == 0 {
@@ -406,6 +679,7 @@ impl World {
             "buy" => self.action_buy(),
             "gift" => self.action_gift(),
             "deposit" => self.action_deposit(),
+            "cross_trade" => self.action_cross_trade(),
             _ => self.action_play(),
         };
         if started {

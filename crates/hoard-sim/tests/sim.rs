@@ -1,7 +1,13 @@
 //! The simulator's CI: a short sweep of hoard finds nothing, a short sweep of each control finds
-//! something, and a replayed seed gives the identical event log.
+//! something, and a replayed seed gives the identical event log — in process here, over HTTP in
+//! `sim/http_path.rs`; cross-server trades and their controls in `sim/cross_trades.rs`.
 
 use hoard_sim::{SimConfig, Strategy, run_world, sweep};
+
+#[path = "sim/cross_trades.rs"]
+mod cross_trades;
+#[path = "sim/http_path.rs"]
+mod http_path;
 
 /// A small world: enough for every action and fault to happen, quick in a debug build.
 fn small_world(strategy: Strategy) -> SimConfig {
@@ -13,7 +19,7 @@ fn small_world(strategy: Strategy) -> SimConfig {
     config
 }
 
-fn seed_from_env(default: u64) -> u64 {
+pub(crate) fn seed_from_env(default: u64) -> u64 {
     std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 

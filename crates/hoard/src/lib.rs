@@ -16,5 +16,6 @@
 //! See ARCHITECTURE.md for the map and the invariants.
 
 pub mod engine;
+pub mod liveops;
 pub mod retry;
 pub mod store;

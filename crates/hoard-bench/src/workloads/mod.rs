@@ -9,9 +9,11 @@
 //! interval.
 
 pub mod autosave;
+pub mod cross_trades;
 pub mod curves;
 pub mod cycle;
 pub mod handoff;
+pub mod liveops;
 pub mod memory;
 pub mod over_http;
 pub mod receipts;
@@ -372,15 +374,17 @@ fn tracing_free_warning(error: &str) {
 /// Every workload but memory on one target, in order. Over HTTP comes last: its ratios are
 /// against the in-process rows of this same run.
 /// The names `hoard bench --only` takes, in the order the workloads run.
-pub const SELECTABLE: [&str; 10] = [
+pub const SELECTABLE: [&str; 12] = [
     "storage",
     "autosave_storm",
     "session_cycle",
     "trades",
+    "cross_trades",
     "receipts",
     "handoff",
     "shutdown",
     "over_http",
+    "liveops",
     "memory",
     "curves",
 ];
@@ -408,6 +412,9 @@ pub async fn run_target(
     if config.runs("trades") {
         results.push(trades::run(target, sizes, progress).await);
     }
+    if config.runs("cross_trades") {
+        results.push(cross_trades::run(target, sizes, progress).await);
+    }
     if config.runs("receipts") {
         results.push(receipts::run(target, sizes, progress).await);
     }
@@ -421,6 +428,9 @@ pub async fn run_target(
     if config.runs("over_http") {
         let over_http = over_http::run(target, sizes, progress, &results).await;
         results.extend(over_http);
+    }
+    if config.runs("liveops") && target.store.operator().is_some() {
+        results.push(liveops::run(target, sizes, progress).await);
     }
     results
 }

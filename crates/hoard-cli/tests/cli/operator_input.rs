@@ -343,7 +343,9 @@ step put2 --db "$DIR/hoard.sqlite3" put players alice '{{"coins": 2}}'
 /// explicit opt-out, under which these tests are ignored (`cfg(hoard_postgres_tests_skipped)`).
 fn postgres_url() -> String {
     match std::env::var("HOARD_TEST_POSTGRES_URL") {
-        Ok(url) if url == "skip" => panic!("HOARD_TEST_POSTGRES_URL=skip, yet this PostgreSQL test ran without its ignore attribute"),
+        Ok(url) if url == "skip" => {
+            panic!("HOARD_TEST_POSTGRES_URL=skip, yet this PostgreSQL test ran without its ignore attribute")
+        }
         Ok(url) => url,
         Err(_) => "postgres://postgres@127.0.0.1:5432/test".to_string(),
     }

@@ -51,11 +51,12 @@ const ACKS_BEFORE_KILL_MAX: u64 = 400;
 const WRITER_WAIT_S: u64 = 60;
 const STORE: &str = "players";
 
-/// A small deterministic generator (xorshift64*): the rounds replay from their seed.
-struct Rng(u64);
+/// A small deterministic generator (xorshift64*): the rounds replay from their seed (the crash
+/// rounds use it too).
+pub struct Rng(u64);
 
 impl Rng {
-    fn new(seed: u64) -> Rng {
+    pub fn new(seed: u64) -> Rng {
         Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
@@ -66,7 +67,7 @@ impl Rng {
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 
-    fn below(&mut self, bound: u64) -> u64 {
+    pub fn below(&mut self, bound: u64) -> u64 {
         self.next() % bound.max(1)
     }
 }

@@ -32,12 +32,17 @@ impl Served {
     /// Starts `hoard serve --listen 127.0.0.1:0 --db DB` in `folder` with only the given `HOARD_*`
     /// variables; panics with its output if it does not start.
     pub fn start(folder: &std::path::Path, db: &str, environment: &[(&str, &str)]) -> Served {
+        Served::start_at(folder, db, "127.0.0.1:0", environment)
+    }
+
+    /// As `start`, listening on `listen` (a restarted server takes its predecessor's address).
+    pub fn start_at(folder: &std::path::Path, db: &str, listen: &str, environment: &[(&str, &str)]) -> Served {
         let mut command = Command::new(env!("CARGO_BIN_EXE_hoard"));
         for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("HOARD_")) {
             command.env_remove(name);
         }
         // Plain log lines (no colour codes) for the tests that read them.
-        command.current_dir(folder).env("NO_COLOR", "1").args(["serve", "--listen", "127.0.0.1:0", "--db", db]);
+        command.current_dir(folder).env("NO_COLOR", "1").args(["serve", "--listen", listen, "--db", db]);
         for (name, value) in environment {
             command.env(name, value);
         }

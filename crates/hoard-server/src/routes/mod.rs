@@ -5,9 +5,11 @@
 
 pub mod api_keys;
 pub mod batch;
+pub mod cross_trades;
 pub mod documents;
 pub mod events;
 pub mod health;
+pub mod ops;
 pub mod quarantine;
 pub mod raw;
 pub mod receipts;

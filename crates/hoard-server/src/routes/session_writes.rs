@@ -101,12 +101,18 @@ pub struct EndAnswer {
 }
 
 /// The fence of a session write: the token's lease, then the version the value is based on.
-fn fenced_on(lease: Condition, base_version: u64) -> Condition {
+fn fenced_on(state: &AppState, lease: Condition, base_version: u64) -> Condition {
+    // The simulator's weakened control only (never compiled into a release build).
+    #[cfg(feature = "sim-controls")]
+    if state.lease_only_session_fence {
+        return lease;
+    }
+    let _ = state;
     Condition::All(vec![lease, Condition::Version(base_version)])
 }
 
-fn save_write(id: DocId, lease: Condition, save: &SaveBody) -> Write {
-    let mut write = Write::put(id, save.value.clone()).when(fenced_on(lease, save.base_version));
+fn save_write(state: &AppState, id: DocId, lease: Condition, save: &SaveBody) -> Write {
+    let mut write = Write::put(id, save.value.clone()).when(fenced_on(state, lease, save.base_version));
     write.attributes = save.attributes.clone();
     write.user_ids = save.user_ids.clone();
     write.inbox_ack_through = save.ack_inbox_through;
@@ -152,7 +158,7 @@ fn other_conflict(kind: ConflictKind, id: &DocId) -> ApiError {
 /// Saves one session's value, fenced by its token and `base_version`.
 pub async fn save_session(state: &AppState, principal: &Principal, save: &SaveBody) -> Result<SaveAnswer, ApiError> {
     let (id, lease) = fence(principal, &save.token, state)?;
-    let write = save_write(id.clone(), lease.clone(), save);
+    let write = save_write(state, id.clone(), lease.clone(), save);
     match state.store.commit(Commit::single(write)).await? {
         CommitOutcome::Committed { applied, .. } => {
             metrics::count(metrics::SAVES, "saved");
@@ -187,7 +193,8 @@ pub async fn save_session(state: &AppState, principal: &Principal, save: &SaveBo
 /// fenced by the token and `base_version`.
 pub async fn end_session(state: &AppState, principal: &Principal, end: &EndBody) -> Result<EndAnswer, ApiError> {
     let (id, lease) = fence(principal, &end.token, state)?;
-    let mut write = Write::new(id.clone()).when(fenced_on(lease.clone(), end.base_version)).lease(LeaseOp::Release);
+    let mut write =
+        Write::new(id.clone()).when(fenced_on(state, lease.clone(), end.base_version)).lease(LeaseOp::Release);
     if let Some(value) = &end.value {
         write = write.value(ValueOp::Put(value.clone()));
     }
@@ -341,7 +348,7 @@ pub async fn commit_many(
     let mut writes = Vec::with_capacity(saves.len() + 1);
     for save in saves {
         let (id, lease) = fence(&principal, &save.token, &state)?;
-        writes.push(save_write(id.clone(), lease.clone(), save));
+        writes.push(save_write(&state, id.clone(), lease.clone(), save));
         fenced.push((id, lease));
     }
     if writes.is_empty() {

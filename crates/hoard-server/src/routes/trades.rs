@@ -109,15 +109,20 @@ fn holdings_of(value: Option<&Value>, path: &str, party: &DocId) -> Result<Holdi
         )
     };
     let Some(at) = at else { return Ok(Holdings::default()) };
+    // `[]` is an empty table as Roblox's JSONEncode writes it: no holdings, like `{}`.
     let currencies = match at.get("currencies") {
         None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Array(empty)) if empty.is_empty() => BTreeMap::new(),
         Some(found) => serde_json::from_value(found.clone()).map_err(|_| unreadable())?,
     };
     let items = match at.get("items") {
         None | Some(Value::Null) => BTreeMap::new(),
+        Some(Value::Array(empty)) if empty.is_empty() => BTreeMap::new(),
         Some(found) => serde_json::from_value(found.clone()).map_err(|_| unreadable())?,
     };
-    Ok(Holdings { currencies, items })
+    // A local trade leaves the pending cross-server trades as they are (`with_holdings` never
+    // writes them).
+    Ok(Holdings { currencies, items, ..Holdings::default() })
 }
 
 fn with_holdings(value: Option<&Value>, path: &str, holdings: &Holdings) -> Result<Value, ApiError> {
@@ -128,7 +133,7 @@ fn with_holdings(value: Option<&Value>, path: &str, holdings: &Holdings) -> Resu
     crate::ops::apply(value, &ops).map_err(|e| ApiError::unprocessable("not_tradable", e.to_string()))
 }
 
-fn trade_error(error: TradeError) -> ApiError {
+pub fn trade_error(error: TradeError) -> ApiError {
     match error {
         TradeError::Invalid { reason } => ApiError::unprocessable("invalid_trade", reason),
         error @ TradeError::ItemNotHeld { .. } => ApiError::conflict("item_not_held", error.to_string()),

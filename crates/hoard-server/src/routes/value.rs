@@ -35,6 +35,7 @@ pub fn routes() -> Router<Arc<AppState>> {
     Router::new()
         .route("/v1/stores/{store}/keys/{key}/messages", post(send_message))
         .merge(super::trades::routes())
+        .merge(super::cross_trades::routes())
         .merge(super::receipts::routes())
 }
 

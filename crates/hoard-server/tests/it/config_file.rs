@@ -13,6 +13,9 @@ const EVERY_FIELD: &str = r#"
 listen = "127.0.0.1:7999"
 db = "postgres://postgres@127.0.0.1/hoard_from_file"
 postgres_schema = "from_file"
+postgres_profile = "portable"
+postgres_pooler = "transaction"
+postgres_listen_url = "postgres://postgres@127.0.0.1:5432/hoard_from_file"
 body_bytes_max = 1111
 store_body_bytes_max = 2222
 request_timeout_ms = 33333
@@ -56,6 +59,9 @@ fn every_file_field_lands_in_the_settings() {
     assert_eq!(settings.listen.to_string(), "127.0.0.1:7999");
     assert_eq!(settings.db.as_deref(), Some("postgres://postgres@127.0.0.1/hoard_from_file"));
     assert_eq!(settings.postgres_schema.as_deref(), Some("from_file"));
+    assert_eq!(settings.postgres_profile, hoard::store::PostgresProfile::Portable);
+    assert_eq!(settings.postgres_pooler, hoard::store::Pooler::Transaction);
+    assert_eq!(settings.postgres_listen_url.as_deref(), Some("postgres://postgres@127.0.0.1:5432/hoard_from_file"));
     let service = &settings.service;
     assert_eq!(service.limits.body_bytes_max, 1111);
     assert_eq!(service.limits.store_body_bytes_max, 2222);
@@ -83,6 +89,9 @@ fn an_empty_file_gives_the_named_defaults() {
     let settings = config::resolve(Overrides::default(), config::load_file(&path).expect("loads")).expect("resolves");
     assert_eq!(settings.listen.to_string(), config::DEFAULT_LISTEN);
     assert_eq!(settings.db, None);
+    assert_eq!(settings.postgres_profile, hoard::store::PostgresProfile::Full);
+    assert_eq!(settings.postgres_pooler, hoard::store::Pooler::None);
+    assert_eq!(settings.postgres_listen_url, None);
     assert_eq!(settings.service.limits, config::HttpLimits::default());
     assert_eq!(settings.service.lease_ttl_ms, config::LEASE_TTL_MS_DEFAULT);
     assert_eq!(settings.shutdown_deadline_ms, config::SHUTDOWN_DEADLINE_MS_DEFAULT);
@@ -96,6 +105,9 @@ fn flags_and_environment_win_over_the_file_field_by_field() {
         listen: Some("0.0.0.0:8000".parse().expect("address")),
         db: Some("flag.sqlite3".into()),
         postgres_schema: Some("from_flag".into()),
+        postgres_profile: Some("full".into()),
+        postgres_pooler: Some("none".into()),
+        postgres_listen_url: Some("postgres://flag".into()),
         api_keys: Some("cli-key:read_only:*:secret:from-flag".into()),
         body_bytes_max: Some(1),
         store_body_bytes_max: Some(2),
@@ -111,6 +123,9 @@ fn flags_and_environment_win_over_the_file_field_by_field() {
     assert_eq!(settings.listen.to_string(), "0.0.0.0:8000");
     assert_eq!(settings.db.as_deref(), Some("flag.sqlite3"));
     assert_eq!(settings.postgres_schema.as_deref(), Some("from_flag"));
+    assert_eq!(settings.postgres_profile, hoard::store::PostgresProfile::Full);
+    assert_eq!(settings.postgres_pooler, hoard::store::Pooler::None);
+    assert_eq!(settings.postgres_listen_url.as_deref(), Some("postgres://flag"));
     let limits = &settings.service.limits;
     assert_eq!(
         (limits.body_bytes_max, limits.store_body_bytes_max, limits.request_timeout_ms, limits.concurrent_requests_max),
@@ -153,6 +168,8 @@ fn settings_out_of_bounds_and_clashing_keys_are_refused_with_a_message() {
         ("api_keys_refresh_interval_ms = 1\n", "api_keys_refresh_interval_ms"),
         ("header_read_timeout_ms = 5\n", "header_read_timeout_ms"),
         ("connections_max = 0\n", "connections_max"),
+        ("postgres_profile = \"cockroach\"\n", "full or portable"),
+        ("postgres_pooler = \"session\"\n", "none or transaction"),
         (
             "[[keys]]\nname = \"a\"\nscope = \"admin\"\nsecret = \"s\"\n[[keys]]\nname = \"a\"\nscope = \"admin\"\nsecret = \"t\"\n",
             "two API keys are named a",

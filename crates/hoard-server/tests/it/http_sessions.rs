@@ -233,6 +233,33 @@ async fn trades_move_value_once_by_trade_id_and_by_idempotency_key() {
 }
 
 #[tokio::test]
+async fn a_trade_reads_an_empty_json_array_as_empty_holdings_as_roblox_encodes_an_empty_table() {
+    let server = start_memory().await;
+    let client = Client::new(&server.url);
+    let holder = holder(&client, "roblox").await;
+    let (_, alice) = start_session(&client, &holder, "alice", "fail_fast").await;
+    let (_, bob) = start_session(&client, &holder, "bob", "fail_fast").await;
+    let trade = json!({"trade_id": "t-empty", "parties": [alice["token"], bob["token"]],
+        "party_states": [
+            {"value": {"currencies": {"gold": 10}, "items": {"sword-1": {"dmg": 5}}}, "base_version": 0},
+            {"value": {"currencies": [], "items": []}, "base_version": 0}],
+        "legs": [{"from": 0, "to": 1, "items": ["sword-1"], "currencies": {"gold": 4}}]});
+    let (status, answer) = client.post("/v1/trades", GAME_SECRET, &trade).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["parties"][1]["value"]["items"]["sword-1"], json!({"dmg": 5}));
+    assert_eq!(answer["parties"][1]["value"]["currencies"]["gold"], 4);
+    assert_eq!(answer["parties"][0]["value"]["currencies"]["gold"], 6);
+    let mut bad = trade.clone();
+    bad["trade_id"] = json!("t-bad");
+    bad["party_states"][0] =
+        json!({"value": answer["parties"][0]["value"], "base_version": answer["parties"][0]["version"]});
+    bad["party_states"][1] =
+        json!({"value": {"items": ["not", "a map"]}, "base_version": answer["parties"][1]["version"]});
+    let (status, refused) = client.post("/v1/trades", GAME_SECRET, &bad).await;
+    assert_eq!((status, refused["error"].clone()), (422, json!("not_tradable")), "{refused}");
+}
+
+#[tokio::test]
 async fn a_receipt_grants_once_across_retries_and_refuses_another_payload() {
     let server = start_memory().await;
     let client = Client::new(&server.url);

@@ -12,13 +12,17 @@ mod local_backends;
 
 mod backends;
 mod config_file;
+mod console_browser;
 mod database_outage;
 mod http_api_keys;
 mod http_auth;
 mod http_bad_input;
 mod http_batch;
+mod http_cross_trades;
 mod http_depth;
 mod http_fencing;
+mod http_liveops;
+mod http_liveops_grants;
 mod http_property;
 mod http_quarantine;
 mod http_scoping;

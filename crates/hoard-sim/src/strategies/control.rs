@@ -119,9 +119,9 @@ impl Inner {
 
     async fn acquire(&self, player: usize) -> Result<i64, OpError> {
         match self.strategy {
-            Strategy::Naive | Strategy::Hoard => Ok(0),
             Strategy::Unfenced => self.acquire_lease(player).await.map(|()| 0),
             Strategy::SkewedClock => self.acquire_lock_document(player).await,
+            _ => Ok(0),
         }
     }
 
@@ -249,7 +249,7 @@ impl Inner {
                     self.renew_lock_document(player).await;
                 }
             }
-            Strategy::Naive | Strategy::Hoard => {}
+            _ => {}
         }
     }
 

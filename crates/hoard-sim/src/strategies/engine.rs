@@ -2,20 +2,25 @@
 //! API (sessions, trades, receipts, inbox, transactions over shared documents, crash, shutdown).
 //!
 //! Invariant: this file only translates; every rule is the engine's, so a violation found here is
-//! a bug in hoard, never in the simulator's copy of it.
+//! a bug in hoard, never in the simulator's copy of it. The one exception is `flaw`, set only by
+//! the cross-server trade controls: its broken steps live in `cross_controls`.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use std::sync::Arc;
+
 use hoard::engine::{
-    Engine, HeldPolicy, LoadFailurePolicy, ProfileKind, ReceiptOutcome, SendError, Session, SessionError, StartOptions,
-    Trade, TradeError, TradeOutcome, TransactError,
+    CrossOutcome, CrossTrade, Engine, HeldPolicy, LoadFailurePolicy, ProfileKind, ReceiptOutcome, SendError, Session,
+    SessionError, StartOptions, Trade, TradeError, TradeOutcome, TransactError,
 };
+use hoard::store::SharedStore;
 use serde_json::json;
 
-use super::{BuyAck, GameServer, OpError, ServerContext, ShutdownSummary, TradeAck};
+use super::cross_controls::{CrossFlaw, TapStore, refund_in_memory, take_escrows_early};
+use super::{BuyAck, CrossAck, GameServer, OpError, ServerContext, ShutdownSummary, TradeAck};
 use crate::audit::GiftAck;
 use crate::model::{Gift, Purchase, SimProfile, SimTrade, apply_purchase, profile_kind};
 
@@ -24,6 +29,10 @@ pub struct EngineServer {
     engine: Engine,
     kind: ProfileKind<SimProfile>,
     sessions: Mutex<BTreeMap<usize, Session<SimProfile>>>,
+    /// The cross-server trade controls' broken step (`None`: hoard as it is).
+    flaw: Option<CrossFlaw>,
+    /// `record-failure-as-abort`: the engine's store, telling which deciding writes failed.
+    tap: Option<Arc<TapStore>>,
 }
 
 impl std::fmt::Debug for EngineServer {
@@ -42,13 +51,19 @@ fn session_error(error: SessionError) -> OpError {
 }
 
 impl EngineServer {
-    pub async fn open(context: ServerContext) -> Result<EngineServer, String> {
+    pub async fn open(context: ServerContext, flaw: Option<CrossFlaw>) -> Result<EngineServer, String> {
         let mut config = context.config.engine.clone();
         config.server_label = context.holder.to_string();
-        let engine = Engine::open_with_holder(context.store.clone(), config, context.holder.clone(), context.seed)
+        let tap =
+            (flaw == Some(CrossFlaw::RecordFailureAsAbort)).then(|| Arc::new(TapStore::new(context.store.clone())));
+        let store: SharedStore = match &tap {
+            Some(tap) => tap.clone(),
+            None => context.store.clone(),
+        };
+        let engine = Engine::open_with_holder(store, config, context.holder.clone(), context.seed)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(EngineServer { kind: profile_kind()?, context, engine, sessions: Mutex::new(BTreeMap::new()) })
+        Ok(EngineServer { kind: profile_kind()?, context, engine, sessions: Mutex::new(BTreeMap::new()), flaw, tap })
     }
 
     fn sessions(&self) -> MutexGuard<'_, BTreeMap<usize, Session<SimProfile>>> {
@@ -112,6 +127,51 @@ impl GameServer for EngineServer {
             Err(TradeError::Transaction(TransactError::OutcomeUnknown)) => TradeAck::Unknown,
             Err(_) => TradeAck::NotCommitted,
         }
+    }
+
+    async fn trade_across(&self, player: usize, trade: &CrossTrade) -> CrossAck {
+        let session = match self.session(player) {
+            Ok(session) => session,
+            Err(error) => return CrossAck::Failed { reason: error.to_string(), kicked: true },
+        };
+        if self.flaw == Some(CrossFlaw::EarlyEscrowRelease) {
+            take_escrows_early(&self.engine, &session, trade).await;
+        }
+        let before = session.read(SimProfile::clone);
+        let result = self.engine.trade_across(&session, trade).await;
+        if let (Some(tap), Ok(CrossOutcome::Committed(_))) = (&self.tap, &result)
+            && tap.take_failed_decision(&trade.id)
+        {
+            refund_in_memory(&session, trade, &before);
+        }
+        match result {
+            Ok(CrossOutcome::Pending(_)) => CrossAck::Pending,
+            Ok(CrossOutcome::Committed(_)) => CrossAck::Committed,
+            Ok(CrossOutcome::Aborted(_)) => CrossAck::Aborted,
+            Err(
+                error @ (TradeError::InsufficientBalance { .. }
+                | TradeError::ItemNotHeld { .. }
+                | TradeError::Invalid { .. }),
+            ) => CrossAck::Refused(error.to_string()),
+            Err(
+                error @ TradeError::Transaction(
+                    TransactError::FencedOut { .. }
+                    | TransactError::OutcomeUnknown
+                    | TransactError::NotLive { .. }
+                    | TransactError::OnAnotherEngine { .. },
+                ),
+            ) => CrossAck::Failed { reason: error.to_string(), kicked: true },
+            Err(error) => CrossAck::Failed { reason: error.to_string(), kicked: false },
+        }
+    }
+
+    async fn settle_pending(&self, player: usize) -> Option<usize> {
+        let session = self.session(player).ok()?;
+        let pending: Vec<String> = session.read(|profile| profile.holdings.pending_trades.keys().cloned().collect());
+        for trade_id in &pending {
+            let _ = self.engine.settle_trade(&session, trade_id).await;
+        }
+        Some(session.read(|profile| profile.holdings.pending_trades.len()))
     }
 
     async fn buy(&self, player: usize, purchase: &Purchase) -> BuyAck {

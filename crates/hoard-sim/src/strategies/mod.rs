@@ -1,18 +1,22 @@
 //! Strategies: what a game server does for its players. `hoard` runs the real engine; the
 //! controls (`naive`, `unfenced`, `skewed-clock`) are deliberately weaker designs written over
-//! the raw `Store`, to prove the audit catches what they get wrong.
+//! the raw `Store`, to prove the audit catches what they get wrong; the cross-server trade
+//! controls (`record-failure-as-abort`, `early-escrow-release`, in `cross_controls`) run the
+//! engine with one broken step of the cross-server trade protocol written beside it.
 //!
 //! Invariant: every strategy answers the world through `GameServer` with the same meaning: `Ok`
 //! (or `Committed`, `Granted`, `Sent`) is a promise to the player that the change is durable, and
 //! the audit holds each strategy to exactly the promises it made.
 
 pub mod control;
+pub mod cross_controls;
 pub mod engine;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use hoard::engine::CrossTrade;
 use hoard::store::{HolderId, SharedStore};
 use serde::{Deserialize, Serialize};
 
@@ -31,10 +35,32 @@ pub enum Strategy {
     Unfenced,
     /// A lock whose liveness each server judges by its own (skewed) clock.
     SkewedClock,
+    /// HTTP only: a client that never adopts the values answers carry (as before issue 11),
+    /// against a `hoard serve` weakened to fence session writes by the lease alone.
+    NoAdopt,
+    /// HTTP only: hoard's client, except that it retries a value move (trade, receipt, gift)
+    /// whose answer was lost with a fresh id instead of the same one.
+    FreshIds,
+    /// The engine, except that a cross-server trade whose deciding record write was answered
+    /// with an error is taken as "not committed": the party gets back what it escrowed, in
+    /// memory, although the record may have committed (the seed's own flaw).
+    RecordFailureAsAbort,
+    /// The engine, except that a receiver takes what the other party escrowed as soon as it is
+    /// there, before the trade is decided.
+    EarlyEscrowRelease,
 }
 
 impl Strategy {
-    pub const ALL: [Strategy; 4] = [Strategy::Hoard, Strategy::Naive, Strategy::Unfenced, Strategy::SkewedClock];
+    pub const ALL: [Strategy; 8] = [
+        Strategy::Hoard,
+        Strategy::Naive,
+        Strategy::Unfenced,
+        Strategy::SkewedClock,
+        Strategy::NoAdopt,
+        Strategy::FreshIds,
+        Strategy::RecordFailureAsAbort,
+        Strategy::EarlyEscrowRelease,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -42,7 +68,27 @@ impl Strategy {
             Strategy::Naive => "naive",
             Strategy::Unfenced => "unfenced",
             Strategy::SkewedClock => "skewed-clock",
+            Strategy::NoAdopt => "no-adopt",
+            Strategy::FreshIds => "fresh-ids",
+            Strategy::RecordFailureAsAbort => "record-failure-as-abort",
+            Strategy::EarlyEscrowRelease => "early-escrow-release",
         }
+    }
+
+    /// The strategies whose servers trade across servers (the engine and its two cross-server
+    /// trade controls, in process).
+    pub fn trades_across_servers(self) -> bool {
+        matches!(self, Strategy::Hoard | Strategy::RecordFailureAsAbort | Strategy::EarlyEscrowRelease)
+    }
+
+    /// The controls that exist only as clients of `hoard serve`.
+    pub fn is_http_only(self) -> bool {
+        matches!(self, Strategy::NoAdopt | Strategy::FreshIds)
+    }
+
+    /// What `--path http` can run: hoard's own client and the HTTP controls.
+    pub fn runs_over_http(self) -> bool {
+        self == Strategy::Hoard || self.is_http_only()
     }
 
     pub fn parse(text: &str) -> Option<Strategy> {
@@ -75,6 +121,38 @@ pub enum TradeAck {
     Unknown,
 }
 
+/// What one party's server was told by its part in a cross-server trade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CrossAck {
+    /// Prepared (escrowed); waiting for the others or the deadline.
+    Pending,
+    Committed,
+    Aborted,
+    /// This party could not give what the trade says (the trade aborts).
+    Refused(String),
+    /// It failed; `kicked`: the server lost the player's key (or the outcome is unknown).
+    Failed {
+        reason: String,
+        kicked: bool,
+    },
+    /// This strategy has no cross-server trades.
+    Unsupported,
+}
+
+impl CrossAck {
+    /// The outcome's short name, for counts and logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            CrossAck::Pending => "pending",
+            CrossAck::Committed => "committed",
+            CrossAck::Aborted => "aborted",
+            CrossAck::Refused(_) => "refused",
+            CrossAck::Failed { .. } => "failed",
+            CrossAck::Unsupported => "unsupported",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BuyAck {
     Granted,
@@ -104,6 +182,15 @@ pub trait GameServer: Send + Sync + std::fmt::Debug {
     /// Saves, releases and forgets the player; `Ok` means the final save is durable.
     async fn leave(&self, player: usize) -> Result<(), OpError>;
     async fn trade(&self, trade: &SimTrade) -> TradeAck;
+    /// Takes `player`'s part in a cross-server trade (the other parties' servers take theirs).
+    async fn trade_across(&self, _player: usize, _trade: &CrossTrade) -> CrossAck {
+        CrossAck::Unsupported
+    }
+    /// Settles every cross-server trade `player` holds pending here that is decided (aborting
+    /// one past its deadline first); returns how many stay pending (`None`: no session here).
+    async fn settle_pending(&self, _player: usize) -> Option<usize> {
+        None
+    }
     async fn buy(&self, player: usize, purchase: &Purchase) -> BuyAck;
     async fn send_gift(&self, player: usize, gift: &Gift) -> GiftAck;
     /// Moves coins from the player into a guild bank; `Ok` means durable.
@@ -138,9 +225,16 @@ pub struct ServerContext {
 /// Opens one server incarnation of the strategy.
 pub async fn open_server(strategy: Strategy, context: ServerContext) -> Result<Arc<dyn GameServer>, String> {
     match strategy {
-        Strategy::Hoard => Ok(Arc::new(engine::EngineServer::open(context).await?)),
+        Strategy::Hoard => Ok(Arc::new(engine::EngineServer::open(context, None).await?)),
+        Strategy::RecordFailureAsAbort => Ok(Arc::new(
+            engine::EngineServer::open(context, Some(cross_controls::CrossFlaw::RecordFailureAsAbort)).await?,
+        )),
+        Strategy::EarlyEscrowRelease => Ok(Arc::new(
+            engine::EngineServer::open(context, Some(cross_controls::CrossFlaw::EarlyEscrowRelease)).await?,
+        )),
         Strategy::Naive | Strategy::Unfenced | Strategy::SkewedClock => {
             Ok(Arc::new(control::ControlServer::open(strategy, context).await?))
         }
+        Strategy::NoAdopt | Strategy::FreshIds => Err(format!("{} runs over HTTP only", strategy.name())),
     }
 }

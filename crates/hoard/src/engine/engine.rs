@@ -29,7 +29,7 @@ use super::receipt::{self, ReceiptOutcome};
 use super::session::{Profile, ProfileKind, Session};
 use super::shared_docs::SharedDocs;
 use super::start::{self, StartOptions};
-use super::trade::{self, Tradable, Trade, TradeError, TradeOutcome, TradeRecord};
+use super::trade::{self, CrossOutcome, CrossTrade, Tradable, Trade, TradeError, TradeOutcome, TradeRecord};
 use super::transaction::{self, TransactError, TxContext};
 
 /// The engine. Cheap to clone; all clones are the same engine.
@@ -123,13 +123,47 @@ impl Engine {
 
     /// Trades items and currencies among sessions held by this engine, atomically (G3).
     /// Idempotent by `trade.id`: a retry returns the first result and moves nothing. A session of
-    /// another engine is refused (`TransactError::OnAnotherEngine`).
+    /// another engine is refused at once (`TransactError::OnAnotherEngine`): players on different
+    /// servers trade with `trade_across`.
     pub async fn trade<P: Tradable>(
         &self,
         sessions: &[&Session<P>],
         trade: &Trade,
     ) -> Result<TradeOutcome, TradeError> {
         trade::trade_local(&self.core, sessions, trade).await
+    }
+
+    /// Takes `session`'s part in a trade among players who may be on different servers (G3):
+    /// every party's server calls this with the same `CrossTrade`. This party's gives go into
+    /// escrow in one fenced commit; the last party to do so decides `committed`; each side is
+    /// settled by whichever server holds it. Idempotent by `trade.id`. Returns `Pending` until
+    /// the others have prepared: the session then sees `SessionEvent::TradeSettled` when it is
+    /// settled, and past `trade.timeout_ms` the trade aborts by itself. The kind must be declared
+    /// `ProfileKind::tradable()`.
+    pub async fn trade_across<P: Tradable>(
+        &self,
+        session: &Session<P>,
+        trade: &CrossTrade,
+    ) -> Result<CrossOutcome, TradeError> {
+        trade::trade_across(&self.core, session, trade).await
+    }
+
+    /// Settles `session`'s side of a cross-server trade it holds pending, if decided (aborting it
+    /// first if its deadline passed). The engine does this by itself; this is for a game that
+    /// wants the answer now.
+    pub async fn settle_trade<P: Tradable>(
+        &self,
+        session: &Session<P>,
+        trade_id: &str,
+    ) -> Result<CrossOutcome, TradeError> {
+        trade::settle_pending(&self.core, session, trade_id).await
+    }
+
+    /// Aborts a cross-server trade that is still pending (a player declined, or an operator
+    /// acts); parties that escrowed get it back. Returns the decided record: aborted now, or
+    /// what was decided first.
+    pub async fn abort_trade(&self, trade_id: &str, reason: &str) -> Result<TradeRecord, TradeError> {
+        trade::abort_trade(&self.core, trade_id, reason).await
     }
 
     /// Reads a trade's record.

@@ -54,10 +54,14 @@ pub use protocol::{
 };
 pub use receipt::{ReceiptOutcome, ReceiptRecord};
 pub use schema::{FieldChange, ProfileMeta, ProfileSchema};
-pub use session::{Profile, ProfileKind, SaveKind, SaveOutcome, Session, SessionEvent, SessionStatus};
+pub use session::{
+    Profile, ProfileKind, SaveKind, SaveOutcome, Session, SessionEvent, SessionStatus, TRADE_DECISION_MESSAGE_FIELD,
+};
 pub use shared_docs::{
     FlushAllReport, FlushReport, PendingUpdate, SharedDocError, SharedDocs, UpdateOutcome, UpdateVerdict,
 };
 pub use start::{LoadFailurePolicy, QUARANTINE_STORE, StartOptions, quarantine_write};
-pub use trade::{Holdings, Tradable, Trade, TradeError, TradeLeg, TradeOutcome, TradeRecord};
+pub use trade::{
+    CrossOutcome, CrossTrade, Holdings, PendingTrade, Tradable, Trade, TradeError, TradeLeg, TradeOutcome, TradeRecord,
+};
 pub use transaction::{TransactError, TxContext};

@@ -34,7 +34,7 @@ use super::protocol::{
 };
 use super::registry::{Admission, LiveSession, LoadTicket};
 use super::schema::DecodeError;
-use super::session::{NewSession, Profile, ProfileKind, Session, SessionCore, SessionStatus};
+use super::session::{NewSession, PendingTradesCause, Profile, ProfileKind, Session, SessionCore, SessionStatus};
 
 /// What to do when the profile cannot be loaded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +135,8 @@ async fn load_in_task<P: Profile>(
             return;
         }
         autosave::start(&core, &session);
+        // Cross-server trades left pending in the profile are resolved from their records (G3).
+        session.resolve_pending_trades(PendingTradesCause::Loaded);
         core.counters().one(Counter::SessionsStarted);
         if let Err(Ok(orphan)) = answer.send(Ok(Session::from_core(session))) {
             // The caller went away: nobody plays this session, so end it now.
@@ -208,7 +210,12 @@ async fn give_back(core: &Core, id: &DocId, epoch: u64) {
 /// holding `{store, key, version, reason}`. The value itself stays in the key and its history;
 /// the record only points at it. Shared by the engine and `hoard serve`, so operators find every
 /// quarantined key in one place. An error when the record's key would be over the key limit.
-pub fn quarantine_write(id: &DocId, version: u64, reason: &str, limits: &crate::store::Limits) -> Result<Write, StoreError> {
+pub fn quarantine_write(
+    id: &DocId,
+    version: u64,
+    reason: &str,
+    limits: &crate::store::Limits,
+) -> Result<Write, StoreError> {
     let store = StoreName::new(QUARANTINE_STORE)?;
     let key = Key::with_limits(format!("{}/{}/v{version}", id.store, id.key), limits)?;
     let record = json!({ "store": id.store.as_str(), "key": id.key.as_str(), "version": version, "reason": reason });

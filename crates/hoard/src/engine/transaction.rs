@@ -13,7 +13,8 @@
 //! - A commit whose outcome is unknown is resolved by reading back before anything is reported;
 //!   the change function is never re-run on a state that may already contain its effect.
 //! - Only sessions of this engine take part; a session of another engine is refused with
-//!   `OnAnotherEngine` (a cross-server trade is a different protocol: escrow and a decided record).
+//!   `OnAnotherEngine` (a cross-server trade is a different protocol, `trade::across`: escrow, a
+//!   decided record and a deadline).
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -28,6 +29,7 @@ use crate::store::{
 
 use super::core::Core;
 use super::counters::Counter;
+use super::listener::check_inbox_soon;
 use super::session::PartyStanding;
 use super::session::{PartySnapshot, Profile, Session, SessionCore, SessionStatus};
 
@@ -40,7 +42,7 @@ pub enum TransactError {
     #[error("a transaction takes 1 to {parties_max} distinct parties (transaction_parties_max); got {count}")]
     BadParties { count: usize, parties_max: usize },
     #[error(
-        "session {id} belongs to another engine (holder {holder}); a transaction or trade takes only sessions of the engine running it (cross-server trades are not supported yet)"
+        "session {id} belongs to another engine (holder {holder}); a transaction or trade takes only sessions of the engine running it; players on different servers trade with Engine::trade_across"
     )]
     OnAnotherEngine { id: DocId, holder: HolderId },
     #[error("session {id} is not live on this engine ({status:?}); it cannot take part")]
@@ -90,6 +92,8 @@ impl<P> TxContext<P> {
 struct Parties<P: Profile> {
     sessions: Vec<Arc<SessionCore<P>>>,
     _turns: Vec<OwnedMutexGuard<()>>,
+    /// Parties whose inbox holds a message they passed over while busy: checked on release.
+    recheck_inbox: Option<(Arc<Core>, Vec<DocId>)>,
 }
 
 impl<P: Profile> Parties<P> {
@@ -117,7 +121,7 @@ impl<P: Profile> Parties<P> {
         for session in &sessions {
             session.set_in_transaction(true);
         }
-        Ok(Parties { sessions, _turns: turns })
+        Ok(Parties { sessions, _turns: turns, recheck_inbox: None })
     }
 }
 
@@ -126,6 +130,11 @@ impl<P: Profile> Drop for Parties<P> {
         // Before the turns are released (fields drop after this), so no save slips in between.
         for session in &self.sessions {
             session.set_in_transaction(false);
+        }
+        if let Some((core, ids)) = self.recheck_inbox.take() {
+            for id in &ids {
+                check_inbox_soon(&core, id);
+            }
         }
     }
 }
@@ -224,7 +233,7 @@ fn adopt<P: Profile>(parties: &Parties<P>, prepared: Prepared<P>, confirmed_gene
 /// Sends the commit and takes in its answer, whatever happens to the caller.
 async fn commit_in_task<P: Profile>(
     core: Arc<Core>,
-    parties: Parties<P>,
+    mut parties: Parties<P>,
     prepared: Prepared<P>,
 ) -> (Parties<P>, Verdict) {
     let mut prepared = prepared;
@@ -234,9 +243,26 @@ async fn commit_in_task<P: Profile>(
     let generation = core.lease().generation();
     let vouched = || (core.lease().generation() == generation && core.lease().is_valid_now()).then_some(generation);
     let verdict = match core.store().commit(commit).await {
-        Ok(CommitOutcome::Committed { at_ms, .. }) => {
+        Ok(CommitOutcome::Committed { at_ms, applied, .. }) => {
             core.counters().add(Counter::Saves, parties.sessions.len() as u64);
+            // A message that arrived while a party was busy was passed over (it reads again
+            // later): as a save does, look again when the commit shows one still waiting.
+            let waiting: Vec<DocId> = parties
+                .sessions
+                .iter()
+                .zip(&prepared.parties)
+                .filter(|(session, snapshot)| {
+                    applied.iter().any(|applied| {
+                        &applied.id == session.id() && applied.inbox_last_waiting_seq > snapshot.inbox_applied_through
+                    })
+                })
+                .map(|(session, _)| session.id().clone())
+                .collect();
             adopt(&parties, prepared, vouched());
+            if !waiting.is_empty() {
+                // Looked at once the parties are no longer busy (when the guard drops).
+                parties.recheck_inbox = Some((core.clone(), waiting));
+            }
             Verdict::Committed { at_ms: Some(at_ms) }
         }
         Ok(CommitOutcome::Conflict(conflict)) => {

@@ -66,6 +66,8 @@ pub fn check_condition(current: &Current, condition: &Condition, now_ms: i64) ->
         }
         Condition::LeaseFree if lease_is_live(current, now_ms) => Err(ConflictKind::LeaseHeld),
         Condition::LeaseFree => Ok(()),
+        Condition::Before(deadline_ms) if now_ms >= *deadline_ms => Err(ConflictKind::DeadlinePassed),
+        Condition::Before(_) => Ok(()),
         Condition::All(conditions) => {
             conditions.iter().try_for_each(|condition| check_condition(current, condition, now_ms))
         }

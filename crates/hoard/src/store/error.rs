@@ -99,7 +99,13 @@ impl StoreError {
     }
 
     /// A key's stored `field` (at `version`) whose JSON text `raw` did not parse.
-    pub fn unreadable(id: &DocId, version: u64, field: &'static str, reason: impl std::fmt::Display, raw: &str) -> StoreError {
+    pub fn unreadable(
+        id: &DocId,
+        version: u64,
+        field: &'static str,
+        reason: impl std::fmt::Display,
+        raw: &str,
+    ) -> StoreError {
         StoreError::Unreadable(Box::new(Unreadable {
             id: id.clone(),
             version,
@@ -112,7 +118,9 @@ impl StoreError {
 
 /// What `StoreError::Unreadable` knows of an unreadable key.
 #[derive(Clone, Debug, Error, PartialEq, Eq)]
-#[error("the stored {field} of {id} (version {version}) cannot be read: {reason}; it is quarantined: read it raw and repair it")]
+#[error(
+    "the stored {field} of {id} (version {version}) cannot be read: {reason}; it is quarantined: read it raw and repair it"
+)]
 pub struct Unreadable {
     pub id: DocId,
     /// The row's version (the history version, for a history entry).

@@ -302,4 +302,9 @@ impl Store for FaultStore {
     fn group_commit_stats(&self) -> Option<GroupCommitStats> {
         self.inner.group_commit_stats()
     }
+
+    /// Lookups go to the inner store unfaulted: faults model the commit path, not operators.
+    fn operator(&self) -> Option<&dyn super::OperatorStore> {
+        self.inner.operator()
+    }
 }

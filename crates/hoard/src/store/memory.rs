@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use super::apply::{Current, apply_commit};
 use super::history::{RowMeta, doomed_rows};
 use super::limits::{HistoryPolicy, Limits};
+use super::memory_index::MemoryIndexes;
 use super::types::{
     CommitOutcome, DocId, Document, HolderId, HolderLease, KeyPage, ListQuery, Notification, StoreName, VersionInfo,
     VersionQuery, VersionRecord,
@@ -44,10 +45,12 @@ impl MemoryClock {
 }
 
 #[derive(Debug, Default)]
-struct State {
-    docs: BTreeMap<DocId, Document>,
-    history: BTreeMap<DocId, BTreeMap<u64, VersionRecord>>,
+pub(super) struct State {
+    pub(super) docs: BTreeMap<DocId, Document>,
+    pub(super) history: BTreeMap<DocId, BTreeMap<u64, VersionRecord>>,
     holders: HashMap<HolderId, i64>,
+    /// Index declarations and rows (`memory_index`), changed under the same lock as `docs`.
+    pub(super) indexes: MemoryIndexes,
 }
 
 #[derive(Debug)]
@@ -75,7 +78,7 @@ impl MemoryStore {
         MemoryStore { state: Mutex::new(State::default()), limits, history_policy, clock, notifications }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave a half-applied commit: commits are computed
         // first and inserted after, so the state is usable even if poisoned.
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -165,6 +168,7 @@ impl Store for MemoryStore {
                     user_ids: doc.user_ids.clone(),
                 };
                 state.history.entry(doc.id.clone()).or_default().insert(doc.version, record);
+                state.indexes.reindex(&next.doc);
             }
             state.docs.insert(next.doc.id.clone(), next.doc);
         }
@@ -255,5 +259,9 @@ impl Store for MemoryStore {
 
     fn subscribe(&self) -> Subscription {
         self.notifications.subscribe()
+    }
+
+    fn operator(&self) -> Option<&dyn super::OperatorStore> {
+        Some(self)
     }
 }

@@ -13,11 +13,15 @@ pub mod error;
 #[cfg(feature = "testing")]
 pub mod fault;
 pub mod history;
+pub mod index;
 pub mod limits;
 pub mod memory;
+mod memory_index;
 mod open;
+pub mod operator;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod postgres_choices;
 pub mod pruner;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
@@ -32,6 +36,8 @@ use tokio::sync::broadcast;
 pub use error::{InvalidInput, RawText, StoreError, Unreadable};
 pub use limits::{HistoryPolicy, Limits};
 pub use open::{StoreOptions, is_postgres_location, open_store};
+pub use operator::OperatorStore;
+pub use postgres_choices::{Pooler, PostgresProfile};
 pub use types::*;
 
 /// A stream of notifications from every process sharing the store. Lossy by design: a slow
@@ -100,6 +106,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// How commits were grouped into database transactions, for backends that group-commit.
     fn group_commit_stats(&self) -> Option<GroupCommitStats> {
+        None
+    }
+
+    /// The operators' lookups and purges (`operator::OperatorStore`), for backends that keep
+    /// index rows: memory, SQLite and PostgreSQL. A remote store answers `None`: operators ask
+    /// the `hoard serve` in front of the database instead.
+    fn operator(&self) -> Option<&dyn OperatorStore> {
         None
     }
 }

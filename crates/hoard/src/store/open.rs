@@ -24,6 +24,13 @@ pub struct StoreOptions {
     /// PostgreSQL only: the schema hoard's tables live in (`None`: the backend's default).
     /// Processes sharing a database share data only within one schema.
     pub postgres_schema: Option<String>,
+    /// PostgreSQL only: which of its features hoard relies on (`Portable` for distributed SQL).
+    pub postgres_profile: super::PostgresProfile,
+    /// PostgreSQL only: what sits between hoard and the database (`Transaction` for PgBouncer's
+    /// transaction mode).
+    pub postgres_pooler: super::Pooler,
+    /// PostgreSQL only: a direct connection for LISTEN, when `location` goes through a pooler.
+    pub postgres_listen_url: Option<String>,
     /// Open only a database that is already there (a hoard SQLite file, or a PostgreSQL schema
     /// with hoard's tables) and refuse, creating nothing, otherwise: for operators' reads, so a
     /// mistyped `--db` says so instead of answering from a new, empty database.
@@ -56,6 +63,9 @@ async fn open_postgres(location: &str, options: StoreOptions) -> Result<SharedSt
         limits: options.limits,
         history_policy: options.history_policy,
         must_exist: options.must_exist,
+        profile: options.postgres_profile,
+        pooler: options.postgres_pooler,
+        listen_url: options.postgres_listen_url,
         ..PostgresOptions::default()
     };
     let postgres_options = match options.postgres_schema {

@@ -214,6 +214,10 @@ pub enum Condition {
     /// No live holder: the lease is unset, or its holder's lease has expired by the store's
     /// clock, or its holder is gone.
     LeaseFree,
+    /// The store's clock, when the commit is judged, is before this time (milliseconds since the
+    /// Unix epoch). It does not look at the key: a deadline that no server's clock can stretch,
+    /// e.g. a cross-server trade's, after which it can only abort.
+    Before(i64),
     /// Every one of these (flat: no nested `All`; at most `CONDITIONS_PER_WRITE_MAX`). The first
     /// that fails is reported.
     All(Vec<Condition>),
@@ -403,6 +407,8 @@ pub enum ConflictKind {
     InboxFull,
     /// The value would exceed `Limits::value_bytes_max` (an increment or inbox push that grew it).
     ValueTooLarge,
+    /// `Before(t)` was asked, and the store's clock had reached `t`.
+    DeadlinePassed,
 }
 
 /// The key-level facts a failed condition is judged on.

@@ -125,6 +125,24 @@ macro_rules! backend_suite {
             )*
         }
     };
+    (@one postgres_portable, $config:expr, [$($case:ident),* $(,)?]) => {
+        crate::backends::backend_suite!(@postgres_variant postgres_portable, $config, [$($case),*]);
+    };
+    (@one postgres_pooled, $config:expr, [$($case:ident),* $(,)?]) => {
+        crate::backends::backend_suite!(@postgres_variant postgres_pooled, $config, [$($case),*]);
+    };
+    // The PostgreSQL deployment variants of hoard's own test crate (`postgres_profiles`).
+    (@postgres_variant $variant:ident, $config:expr, [$($case:ident),* $(,)?]) => {
+        mod $variant {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                #[cfg_attr(hoard_postgres_tests_skipped, ignore = "PostgreSQL tests opted out (HOARD_TEST_POSTGRES_URL=skip)")]
+                async fn $case() {
+                    super::$case(crate::postgres_profiles::$variant($config).await).await;
+                }
+            )*
+        }
+    };
     (@one $backend:ident, $config:expr, [$($case:ident),* $(,)?]) => {
         mod $backend {
             $(

@@ -1,5 +1,6 @@
 mod backends;
 mod engine_cancellation;
+mod engine_cross_trades;
 mod engine_inbox;
 mod engine_lease;
 mod engine_protocol;
@@ -10,8 +11,11 @@ mod engine_shared_docs;
 mod engine_timers;
 mod engine_trades;
 mod pg_cluster;
+mod pgbouncer;
 mod postgres_backend;
+mod postgres_cross_trades;
 mod postgres_failover;
+mod postgres_profiles;
 mod probe_store;
 mod retry;
 mod sqlite_backend;
@@ -21,6 +25,8 @@ macro_rules! conformance_backends {
         $suite!(memory);
         $suite!(sqlite);
         $suite!(postgres);
+        $suite!(postgres_portable);
+        $suite!(postgres_pooled);
     };
 }
 mod store_conformance;
@@ -29,5 +35,6 @@ mod store_faults;
 mod store_history;
 mod store_migrations;
 mod store_model;
+mod store_operator;
 mod store_pruner;
 mod tidy;

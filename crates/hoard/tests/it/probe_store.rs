@@ -1,7 +1,9 @@
 //! A store wrapper for engine tests: counts what reaches the inner store, measures how many reads
-//! are in flight at once, and can delay reads and commits (on paused time, a delay is exact).
+//! are in flight at once, can delay reads and commits (on paused time, a delay is exact), and can
+//! stop the process at one chosen commit, before or after it reaches the inner store (a crash
+//! point: the commit's caller never hears back, and the test crashes the engine).
 //!
-//! Invariant: it never changes an answer; it only counts and waits.
+//! Invariant: it never changes an answer; it only counts and waits (a stopped commit waits forever).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,9 +14,18 @@ use hoard::store::{
     SharedStore, Store, StoreError, StoreName, Subscription, VersionInfo, VersionQuery, VersionRecord,
 };
 
-#[derive(Debug)]
+/// Which commit stops, and whether it reaches the inner store first.
+type StopPredicate = Box<dyn Fn(&Commit) -> bool + Send + Sync>;
+
+struct StopAt {
+    matches: StopPredicate,
+    applied_first: bool,
+}
+
 pub struct ProbeStore {
     inner: SharedStore,
+    stop_at: std::sync::Mutex<Option<StopAt>>,
+    stopped: tokio::sync::watch::Sender<bool>,
     read_delay_ms: AtomicU64,
     commit_delay_ms: AtomicU64,
     reads: AtomicU64,
@@ -33,10 +44,18 @@ impl Drop for InFlight<'_> {
     }
 }
 
+impl std::fmt::Debug for ProbeStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProbeStore").field("commits", &self.commits).field("reads", &self.reads).finish()
+    }
+}
+
 impl ProbeStore {
     pub fn new(inner: SharedStore) -> ProbeStore {
         ProbeStore {
             inner,
+            stop_at: std::sync::Mutex::new(None),
+            stopped: tokio::sync::watch::channel(false).0,
             read_delay_ms: AtomicU64::new(0),
             commit_delay_ms: AtomicU64::new(0),
             reads: AtomicU64::new(0),
@@ -59,6 +78,18 @@ impl ProbeStore {
     /// Every commit from now on waits this long before reaching the inner store.
     pub fn delay_commits(&self, delay_ms: u64) {
         self.commit_delay_ms.store(delay_ms, Ordering::SeqCst);
+    }
+
+    /// The first commit from now on for which `matches` holds never answers: it stops before the
+    /// inner store, or (`applied_first`) after the inner store applied it.
+    pub fn stop_at_commit(&self, applied_first: bool, matches: impl Fn(&Commit) -> bool + Send + Sync + 'static) {
+        *self.stop_at.lock().expect("stop point") = Some(StopAt { matches: Box::new(matches), applied_first });
+    }
+
+    /// Waits until the chosen commit has stopped.
+    pub async fn stopped(&self) {
+        let mut stopped = self.stopped.subscribe();
+        stopped.wait_for(|stopped| *stopped).await.expect("the probe outlives its waiters");
     }
 
     pub fn reads(&self) -> u64 {
@@ -111,7 +142,19 @@ impl Store for ProbeStore {
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
         self.commits.fetch_add(1, Ordering::SeqCst);
         wait_ms(&self.commit_delay_ms).await;
-        self.inner.commit(commit).await
+        let stop = {
+            let mut stop_at = self.stop_at.lock().expect("stop point");
+            match stop_at.as_ref() {
+                Some(stop) if (stop.matches)(&commit) => stop_at.take(),
+                _ => None,
+            }
+        };
+        let Some(stop) = stop else { return self.inner.commit(commit).await };
+        if stop.applied_first {
+            let _answer_never_heard = self.inner.commit(commit).await;
+        }
+        self.stopped.send_replace(true);
+        std::future::pending().await
     }
     async fn list_versions(&self, id: &DocId, query: &VersionQuery) -> Result<Vec<VersionInfo>, StoreError> {
         self.inner.list_versions(id, query).await

@@ -834,6 +834,28 @@ pub async fn combined_conditions_must_all_hold(t: TestStore) {
     assert_eq!(get(store, &id).await.expect("read").value, Some(json!(2)));
 }
 
+/// `Before(t)` holds while the store's clock is before `t`, on any key, alone or combined; once
+/// the clock has reached `t` the commit is refused whole (a cross-server trade's deadline).
+pub async fn before_condition_follows_the_stores_clock(t: TestStore) {
+    let store = &*t.store;
+    let (record, escrow) = (doc("hoard.trades", "deadline-1"), doc("hoard.escrow", "deadline-1/0"));
+    let now_ms = store.now_ms().await.expect("clock");
+    let later = Condition::All(vec![Condition::Absent, Condition::Before(now_ms + 60_000)]);
+    commit_ok(store, vec![Write::put(record.clone(), json!("pending")).when(later)]).await;
+    let past = Condition::All(vec![Condition::Version(1), Condition::Before(now_ms - 1)]);
+    let conflict = commit_conflict(
+        store,
+        vec![
+            Write::put(escrow.clone(), json!({"sword": {}})).when(Condition::Absent),
+            Write::put(record.clone(), json!("committed")).when(past),
+        ],
+    )
+    .await;
+    assert_eq!((conflict.id, conflict.kind), (record.clone(), ConflictKind::DeadlinePassed));
+    assert_eq!(get(store, &record).await.expect("read").value, Some(json!("pending")), "nothing applied");
+    assert!(!get(store, &escrow).await.expect("read").exists(), "not the other write either");
+}
+
 /// Limits the suite configures: small inboxes keep the inbox-full case quick.
 pub fn suite_config() -> TestConfig {
     TestConfig {
@@ -952,6 +974,7 @@ macro_rules! conformance {
                 holder_renewal_extends_and_release_removes,
                 write_can_combine_value_lease_and_inbox_changes,
                 combined_conditions_must_all_hold,
+                before_condition_follows_the_stores_clock,
                 mixed_concurrent_writes_keep_every_versions_value
             );
             conformance!(@cases $backend, zero_retention_config;
@@ -965,6 +988,21 @@ macro_rules! conformance {
             #[cfg_attr(hoard_postgres_tests_skipped, ignore = "PostgreSQL tests opted out (HOARD_TEST_POSTGRES_URL=skip)")]
             async fn $case() {
                 super::$case(crate::backends::postgres(super::$config()).await).await;
+            }
+        )*
+    };
+    (@cases postgres_portable, $config:ident; $($case:ident),* $(,)?) => {
+        conformance!(@postgres_cases crate::postgres_profiles::postgres_portable, $config; $($case),*);
+    };
+    (@cases postgres_pooled, $config:ident; $($case:ident),* $(,)?) => {
+        conformance!(@postgres_cases crate::postgres_profiles::postgres_pooled, $config; $($case),*);
+    };
+    (@postgres_cases $open:path, $config:ident; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            #[cfg_attr(hoard_postgres_tests_skipped, ignore = "PostgreSQL tests opted out (HOARD_TEST_POSTGRES_URL=skip)")]
+            async fn $case() {
+                super::$case($open(super::$config()).await).await;
             }
         )*
     };

@@ -169,7 +169,7 @@ async fn a_sqlite_file_of_schema_1_opens_and_reads_back_identically_history_incl
     };
     let store = SqliteStore::open(options).await.expect("open the old file");
     assert_eq!(store.schema_version().await.expect("schema version"), SQLITE_SCHEMA_VERSION);
-    assert_eq!(SQLITE_SCHEMA_VERSION, 2);
+    assert_eq!(SQLITE_SCHEMA_VERSION, 3);
     assert_reads_back(&store, &id, &history).await;
     assert_new_versions_build_on_old_ones(&store, &id, &history).await;
 }
@@ -250,7 +250,7 @@ async fn a_postgres_schema_of_version_2_opens_and_reads_back_identically_history
         .expect("schema version")
         .get(0);
     assert_eq!(version, hoard::store::postgres::SCHEMA_VERSION_LATEST);
-    assert_eq!(version, 3);
+    assert_eq!(version, 5);
     assert_reads_back(&store, &id, &history).await;
     assert_new_versions_build_on_old_ones(&store, &id, &history).await;
     drop(store);

@@ -36,7 +36,9 @@ use super::lease::LeaseClock;
 use super::schema::{FieldChange, ProfileMeta};
 
 pub use handle::Session;
+pub(crate) use kind::PendingTradesCause;
 pub use kind::{Profile, ProfileKind};
+pub use state::TRADE_DECISION_MESSAGE_FIELD;
 pub(crate) use state::{NewSession, PartySnapshot, PartyStanding};
 
 /// Capacity of each session's event channel; a slow listener skips events (`Lagged`).
@@ -81,6 +83,12 @@ pub enum SessionEvent {
     },
     MessageApplied {
         seq: u64,
+    },
+    /// A cross-server trade this player took part in was settled here: what it received (when
+    /// `committed`) or got back (when not) is in the profile now.
+    TradeSettled {
+        trade_id: String,
+        committed: bool,
     },
     /// Kick the player: another server holds the key now.
     FencedOut,
@@ -128,6 +136,9 @@ struct SessionState<P> {
     /// A multi-session transaction is committing this session: changes wait (`Busy`). Set and
     /// cleared only by the transaction's `Parties` guard.
     in_transaction: bool,
+    /// An inbox check passed this session over while it was in a transaction: check again when
+    /// the transaction releases it.
+    inbox_recheck: bool,
     /// The lease generation this session was last confirmed in (`LeaseClock`).
     lease_generation: u64,
 }

@@ -20,11 +20,34 @@ use crate::store::{Condition, DocId, Document, HolderId, InboxMessage};
 use super::super::core::Core;
 use super::super::counters::Counter;
 use super::super::error::SessionError;
+use super::super::listener::check_inbox_soon;
 use super::super::registry::LiveSession;
 use super::super::schema::{ProfileMeta, changed_fields};
+use super::kind::PendingTradesCause;
 use super::{
     Profile, ProfileKind, SESSION_EVENT_CHANNEL_CAPACITY, SessionCore, SessionEvent, SessionState, SessionStatus,
 };
+
+/// What one pass over the inbox did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct InboxPass {
+    /// Game messages applied by the kind's handler.
+    pub applied: usize,
+    /// Trade decisions seen (marked applied; settled by the pending-trades hook).
+    pub trade_decisions: usize,
+}
+
+/// The field of an inbox message body by which hoard tells a party that a cross-server trade was
+/// decided (`{"hoard_trade": {"trade_id": …, "status": …}}`). Such messages are hoard's, never
+/// handed to the game's handler.
+pub const TRADE_DECISION_MESSAGE_FIELD: &str = "hoard_trade";
+
+/// True for a message hoard sent to tell a party of a trade's decision: the field at the top, or
+/// in the body of an engine message's envelope.
+fn is_trade_decision(body: &Value) -> bool {
+    body.get(TRADE_DECISION_MESSAGE_FIELD).is_some()
+        || body.get("body").and_then(|inner| inner.get(TRADE_DECISION_MESSAGE_FIELD)).is_some()
+}
 
 /// Everything a new session starts with.
 pub(crate) struct NewSession<'a, P> {
@@ -95,6 +118,7 @@ impl<P: Profile> SessionCore<P> {
             inbox_applied_through: 0,
             inbox_durable_through: 0,
             in_transaction: false,
+            inbox_recheck: false,
             lease_generation: core.lease().generation(),
         };
         Arc::new(SessionCore {
@@ -291,37 +315,63 @@ impl<P: Profile> SessionCore<P> {
     }
 
     /// Applies waiting inbox messages in order, once each; the acknowledgement goes out with the
-    /// next save, in the same write as the changes (G7).
-    pub(crate) fn apply_messages(&self, inbox: &[InboxMessage]) -> usize {
-        let Some(handler) = self.kind.message_handler().cloned() else { return 0 };
+    /// next save, in the same write as the changes (G7). A trade's decision (a message hoard
+    /// itself sends, `TRADE_DECISION_MESSAGE_FIELD`) is not the game's: it is marked applied and
+    /// settled by the kind's pending-trades hook. Without a game handler, the first game message
+    /// stops the pass (it waits untouched, and acknowledgements cover a prefix only).
+    pub(crate) fn apply_messages(self: &Arc<Self>, inbox: &[InboxMessage]) -> InboxPass {
+        let handler = self.kind.message_handler().cloned();
         let mut applied = Vec::new();
+        let mut trade_decisions = 0;
         {
             let mut state = self.lock();
             if self.check_can_change(&state).is_err() || state.status != SessionStatus::Active {
-                // Errored sessions never save an acknowledgement; busy or lapsed ones read again later.
-                return 0;
+                // Errored sessions never save an acknowledgement; busy or lapsed ones read again
+                // later (a busy one when its transaction releases it).
+                if state.in_transaction {
+                    state.inbox_recheck = true;
+                }
+                return InboxPass::default();
             }
             let mut messages: Vec<&InboxMessage> =
                 inbox.iter().filter(|m| m.seq > state.inbox_applied_through).collect();
             messages.sort_by_key(|m| m.seq);
             for message in messages {
-                handler(&mut state.profile, message);
+                if is_trade_decision(&message.body) {
+                    trade_decisions += 1;
+                } else if let Some(handler) = &handler {
+                    handler(&mut state.profile, message);
+                    state.revision += 1;
+                    applied.push(message.seq);
+                } else {
+                    break;
+                }
                 state.inbox_applied_through = message.seq;
-                state.revision += 1;
-                applied.push(message.seq);
             }
         }
         for seq in &applied {
             self.emit(SessionEvent::MessageApplied { seq: *seq });
         }
-        applied.len()
+        InboxPass { applied: applied.len(), trade_decisions }
     }
 
-    /// Reads the key's inbox and applies what is new.
+    /// Reads the key's inbox and applies what is new; a trade decision among it is settled.
     pub(crate) async fn check_inbox(self: &Arc<Self>) -> Result<usize, SessionError> {
         let core = self.engine.upgrade().ok_or(SessionError::Ended)?;
         let document = core.read(&self.id).await.map_err(|error| SessionError::Store { message: error.to_string() })?;
-        Ok(self.apply_messages(&document.inbox))
+        let pass = self.apply_messages(&document.inbox);
+        if pass.trade_decisions > 0 {
+            self.resolve_pending_trades(PendingTradesCause::Decided);
+        }
+        Ok(pass.applied)
+    }
+
+    /// Lets the kind's hook resolve this session's pending cross-server trades (a no-op for a
+    /// kind that is not tradable).
+    pub(crate) fn resolve_pending_trades(self: &Arc<Self>, cause: PendingTradesCause) {
+        if let Some(hook) = self.kind.pending_trades_hook() {
+            hook(self, cause);
+        }
     }
 
     // ---- What a transaction reads and sets (only through `transaction::Parties`). ----
@@ -344,6 +394,11 @@ impl<P: Profile> SessionCore<P> {
         let mut state = self.lock();
         debug_assert_ne!(state.in_transaction, busy, "a party is locked and unlocked exactly once");
         state.in_transaction = busy;
+        let recheck = !busy && std::mem::take(&mut state.inbox_recheck);
+        drop(state);
+        if recheck && let Some(core) = self.engine() {
+            check_inbox_soon(&core, &self.id);
+        }
     }
 
     pub(crate) fn party_snapshot(&self) -> PartySnapshot<P> {

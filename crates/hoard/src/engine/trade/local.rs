@@ -16,7 +16,7 @@ use super::super::core::Core;
 use super::super::session::Session;
 use super::super::transaction::{TransactError, transact};
 use super::legs::{apply_legs, check_shape};
-use super::record::{already, log_id, record_for, record_id};
+use super::record::{already, log_id, read_record, record_for, record_id};
 use super::{TRADE_LOG_STORE, Tradable, Trade, TradeError, TradeOutcome, TradeRecord};
 
 /// Trades items and currencies among sessions held by this engine, atomically (G3).
@@ -78,6 +78,11 @@ pub(crate) async fn trade_local<P: Tradable>(
             }
             Err(refusal.unwrap_or(TradeError::Invalid { reason }))
         }
+        // Nothing was attempted: no record to read (a party of another engine trades with
+        // `Engine::trade_across`).
+        Err(error @ (TransactError::OnAnotherEngine { .. } | TransactError::BadParties { .. })) => {
+            Err(TradeError::Transaction(error))
+        }
         Err(error) => {
             // A replay whose party has since ended or been fenced out still learns that the
             // trade committed (nothing was read before the attempt).
@@ -91,13 +96,7 @@ pub(crate) async fn trade_local<P: Tradable>(
 
 /// Reads a trade's record.
 pub(crate) async fn trade_record(core: &Core, trade_id: &str) -> Result<Option<TradeRecord>, TradeError> {
-    let id = record_id(trade_id)?;
-    let document = core.read(&id).await.map_err(TradeError::Store)?;
-    let Some(value) = document.value else { return Ok(None) };
-    let mut record: TradeRecord = serde_json::from_value(value)
-        .map_err(|e| TradeError::Store(StoreError::corrupt(format!("trade record {trade_id}: {e}"))))?;
-    record.committed_at_ms = document.created_at_ms;
-    Ok(Some(record))
+    Ok(read_record(core, trade_id).await?.record)
 }
 
 /// Lists a player's trades (ids), oldest id first, a page at a time.

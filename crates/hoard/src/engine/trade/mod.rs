@@ -9,18 +9,27 @@
 //! - The trade record is written with `Condition::Absent`, so a trade id commits at most once: a
 //!   retry returns the first result and never moves value twice.
 //!
-//! Cross-server trades (a later issue) fit this record: its `status` will gain `prepared` and
-//! `aborted`, and `escrow` will name the escrow document holding items in flight; a same-engine
-//! trade is recorded as `committed` with no escrow.
+//! - A cross-server trade shares the record store: `pending` until decided once, `committed` or
+//!   `aborted` (`across`). A same-engine trade is recorded `committed` with no timeout, and a
+//!   replay of a trade id is only ever matched against a record of its own kind.
 //!
 //! Layout: the vocabulary here; `legs` (shape checks and moving value, pure, shared with
 //! `hoard serve`), `record` (record and log documents, replays), `local` (a trade among sessions
-//! of one engine, as one transaction). A cross-server trade adds its own flow beside `local`
-//! (escrow legs, a decided record, a deadline), reusing `legs` and `record`.
+//! of one engine, as one transaction), `across` (a trade among players of different servers:
+//! escrow, one decided record, a deadline).
 
+mod across;
 mod legs;
 mod local;
 mod record;
+
+pub use across::{
+    CROSS_TRADE_PARTIES_MAX, CROSS_TRADE_TIMEOUT_MS_DEFAULT, CROSS_TRADE_TIMEOUT_MS_MAX, CROSS_TRADE_TIMEOUT_MS_MIN,
+    CrossOutcome, CrossTrade, Escrow, PENDING_TRADES_PER_PROFILE_MAX, TRADE_ESCROW_STORE, cross_record, deadline_ms,
+    decision_message, escrow_id, escrow_out, legs_to_settle, parties_to_tell, party_of, settle_in, with_aborted,
+    with_prepared,
+};
+pub(crate) use across::{abort_trade, settle_pending, trade_across};
 
 pub use legs::{apply_legs_to_holdings, check_shape};
 pub(crate) use local::{trade_local, trade_record, trades_of};
@@ -53,6 +62,19 @@ pub struct Holdings {
     pub currencies: BTreeMap<String, i64>,
     /// Item id → item data. Ids are unique across the game: an id is held by one profile only.
     pub items: BTreeMap<String, Value>,
+    /// Cross-server trades this player has taken part in and not yet settled, by trade id (the
+    /// seed's `pending_trades`). Written by hoard only, in the same commit that escrows what the
+    /// player gives; resolved from the trade's record on the next load, wherever that is. It
+    /// holds no value: what is in flight is in the escrow documents.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pending_trades: BTreeMap<String, PendingTrade>,
+}
+
+/// A player's mark of a cross-server trade it has prepared and not yet settled.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingTrade {
+    /// This player's index among the trade's parties.
+    pub party: usize,
 }
 
 /// A profile that carries `Holdings`.
@@ -93,14 +115,34 @@ pub struct TradeRecord {
     pub trade_id: String,
     pub parties: Vec<DocId>,
     pub legs: Vec<RecordedLeg>,
-    /// `committed` for every trade this engine makes; cross-server trades will add others.
+    /// `committed` (`STATUS_COMMITTED`) for every trade among sessions of one engine; a
+    /// cross-server trade is `pending` until it is decided, once, `committed` or `aborted`.
     pub status: String,
-    /// Cross-server trades will name their escrow document here.
+    /// Unused (kept so records written before cross-server trades read the same): a
+    /// cross-server trade's escrow documents are named by trade id and leg (`across::escrow_id`).
     pub escrow: Option<DocId>,
-    /// When it committed, by the store's clock (filled in when read back).
+    /// When it committed, by the store's clock (filled in when read back): for a cross-server
+    /// trade, when its record was created.
     #[serde(default)]
     pub committed_at_ms: i64,
+    /// Cross-server trades: how long after the record's creation (by the store's clock) the
+    /// trade may still be decided `committed`; past that it can only abort.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Cross-server trades: the parties (indexes) that have escrowed what they give, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub prepared: Vec<usize>,
+    /// Cross-server trades: why it aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_reason: Option<String>,
 }
+
+/// `TradeRecord::status` of a trade that moved its value (every same-engine trade).
+pub const STATUS_COMMITTED: &str = "committed";
+/// `TradeRecord::status` of a cross-server trade not yet decided.
+pub const STATUS_PENDING: &str = "pending";
+/// `TradeRecord::status` of a cross-server trade that moved nothing in the end.
+pub const STATUS_ABORTED: &str = "aborted";
 
 impl TradeRecord {
     /// True when both records move the same value between the same parties (ids and times aside).
@@ -130,4 +172,10 @@ pub enum TradeError {
     Transaction(TransactError),
     #[error("reading the trade record failed: {0}")]
     Store(StoreError),
+}
+
+impl TradeError {
+    pub(crate) fn invalid(reason: impl Into<String>) -> TradeError {
+        TradeError::Invalid { reason: reason.into() }
+    }
 }

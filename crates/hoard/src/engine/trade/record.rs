@@ -5,9 +5,13 @@
 //! Invariant: "first" is decided by the commit that inserted the record; a replay is compared
 //! with that record (same parties and legs: `AlreadyCommitted`; anything else: refused).
 
-use crate::store::{DocId, Key, StoreName};
+use crate::store::{DocId, Key, StoreError, StoreName};
 
-use super::{RecordedLeg, TRADE_LOG_STORE, TRADE_RECORD_STORE, Trade, TradeError, TradeOutcome, TradeRecord};
+use super::super::core::Core;
+
+use super::{
+    RecordedLeg, STATUS_COMMITTED, TRADE_LOG_STORE, TRADE_RECORD_STORE, Trade, TradeError, TradeOutcome, TradeRecord,
+};
 
 /// The document holding a trade's record (`hoard.trades/{trade id}`).
 pub fn record_id(trade_id: &str) -> Result<DocId, TradeError> {
@@ -42,17 +46,38 @@ pub fn record_for(trade: &Trade, parties: &[DocId]) -> TradeRecord {
                 })
             })
             .collect(),
-        status: "committed".into(),
+        status: STATUS_COMMITTED.into(),
         escrow: None,
         committed_at_ms: 0,
+        timeout_ms: None,
+        prepared: Vec::new(),
+        abort_reason: None,
     }
 }
 
-/// Decides a replay: the same trade again is `AlreadyCommitted`, another trade with the id is refused.
+/// Decides a replay: the same trade again is `AlreadyCommitted`, another trade with the id (or a
+/// cross-server trade's id, whatever its state) is refused.
 pub fn already(first: TradeRecord, attempted: &TradeRecord) -> Result<TradeOutcome, TradeError> {
-    if first.same_trade(attempted) {
+    if first.same_trade(attempted) && first.status == STATUS_COMMITTED && first.timeout_ms.is_none() {
         Ok(TradeOutcome::AlreadyCommitted(first))
     } else {
         Err(TradeError::TradeIdReused { trade_id: first.trade_id.clone(), first: Box::new(first) })
     }
+}
+
+/// A trade's record as read, with the version of its document (0: never written).
+pub(crate) struct RecordRead {
+    pub record: Option<TradeRecord>,
+    pub version: u64,
+}
+
+/// Reads a trade's record; `committed_at_ms` is filled with the store time the record was created.
+pub(crate) async fn read_record(core: &Core, trade_id: &str) -> Result<RecordRead, TradeError> {
+    let id = record_id(trade_id)?;
+    let document = core.read(&id).await.map_err(TradeError::Store)?;
+    let Some(value) = document.value else { return Ok(RecordRead { record: None, version: document.version }) };
+    let mut record: TradeRecord = serde_json::from_value(value)
+        .map_err(|e| TradeError::Store(StoreError::corrupt(format!("trade record {trade_id}: {e}"))))?;
+    record.committed_at_ms = document.created_at_ms;
+    Ok(RecordRead { record: Some(record), version: document.version })
 }

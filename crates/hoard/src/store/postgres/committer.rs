@@ -13,13 +13,19 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::error::{Severity, SqlState};
+use tokio_postgres::types::Type;
 
+use super::PostgresProfile;
+use super::indexes::{
+    BatchReindex, DELETE_INDEX_ROWS_SQL, INSERT_INDEX_ROWS_SQL, IndexColumns, LOCK_STORES_SHARED_SQL, SELECT_DECLS_SQL,
+    decls_from_rows,
+};
 use super::rows::{DocColumns, HistoryColumns, document_from_row_with_text, to_json_text};
+use super::sql::{Param, Sql, StatementMode};
 use super::unavailable;
 use crate::store::apply::{Current, VALUE_NOT_READ, apply_commit, write_reads_value};
 use crate::store::encoded::EncodedCommit;
@@ -28,13 +34,20 @@ use crate::store::limits::{HistoryPolicy, Limits};
 use crate::store::types::{CommitOutcome, DocId, ValueOp};
 use crate::store::{GroupCommitStats, StoreError};
 
-/// How many times a batch is retried from scratch when PostgreSQL aborts it with a serialization
-/// failure (40001) or a deadlock (40P01). Neither should happen given the canonical lock order,
-/// but PostgreSQL may still report them (e.g. a deadlock with an operator's manual transaction).
+/// How many times a batch is tried when PostgreSQL aborts it with a serialization failure
+/// (40001) or a deadlock (40P01). Under READ COMMITTED neither should happen given the canonical
+/// lock order, but PostgreSQL may still report them (e.g. a deadlock with an operator's manual
+/// transaction).
 pub const GROUP_COMMIT_RETRY_ATTEMPTS_MAX: u32 = 5;
 
-/// Pause before retrying an aborted batch, multiplied by the attempt number.
-pub const GROUP_COMMIT_RETRY_BACKOFF_MS: u64 = 10;
+/// The same under SERIALIZABLE (the portable profile), where a batch that waited for a row lock
+/// held by a batch that then committed a change of that row always fails with 40001: contention
+/// on one key costs retries, so more are allowed.
+pub const SERIALIZABLE_GROUP_COMMIT_RETRY_ATTEMPTS_MAX: u32 = 40;
+
+/// Backoff between tries of an aborted batch, jittered so that the workers that collided do not
+/// collide again in lockstep.
+pub const GROUP_COMMIT_RETRY_BACKOFF: crate::retry::Backoff = crate::retry::Backoff { initial_ms: 5, max_ms: 200 };
 
 /// One caller's commit waiting in the queue, with where to send its answer.
 #[derive(Debug)]
@@ -73,10 +86,18 @@ impl GroupCommitCounters {
 #[derive(Debug)]
 pub struct CommitterShared {
     pub pool: Pool,
+    pub sql: Arc<Sql>,
+    /// Set inside each batch transaction when a pooler keeps hoard from setting it per connection.
+    pub statement_timeout_ms: u64,
     pub limits: Limits,
     pub history_policy: HistoryPolicy,
     pub group_commit_max_commits: usize,
     pub counters: GroupCommitCounters,
+    /// Tries of a batch aborted by a serialization failure or a deadlock.
+    pub retry_attempts_max: u32,
+    pub jitter: crate::retry::Jitter,
+    /// Whether batches take the stores' index locks (the full profile) or rely on SERIALIZABLE.
+    pub profile: PostgresProfile,
 }
 
 /// Starts `workers` tasks that take batches from `receiver` until every sender is dropped (the
@@ -103,6 +124,7 @@ async fn run_worker(shared: Arc<CommitterShared>, receiver: Arc<Mutex<mpsc::Rece
 }
 
 /// Why a batch's transaction ended without committing, and whether it may have applied.
+#[derive(Debug)]
 enum BatchFailure {
     /// Aborted by PostgreSQL for a reason a retry can cure (40001, 40P01). Nothing applied.
     Retryable(String),
@@ -112,8 +134,21 @@ enum BatchFailure {
     OutcomeUnknown(String),
 }
 
+impl std::fmt::Display for BatchFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchFailure::Retryable(message) | BatchFailure::NothingApplied(message) => f.write_str(message),
+            BatchFailure::OutcomeUnknown(message) => write!(f, "outcome unknown: {message}"),
+        }
+    }
+}
+
 fn is_retryable(error: &tokio_postgres::Error) -> bool {
-    matches!(error.code(), Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED)
+    // 25P02 (a transaction already aborted) can only come first from a connection left inside a
+    // failed transaction; the batch ran nothing, and its retry takes another connection.
+    matches!(error.code(), Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE
+        || *code == SqlState::T_R_DEADLOCK_DETECTED
+        || *code == SqlState::IN_FAILED_SQL_TRANSACTION)
 }
 
 /// Classifies an error raised before COMMIT was sent: the transaction did not commit.
@@ -155,17 +190,22 @@ async fn run_batch(shared: &CommitterShared, mut batch: Vec<PendingCommit>) {
     for pending in &mut batch {
         pending.encoded.strip_put_values(|id| keys.get(id).is_none_or(|reads| reads.value));
     }
-    let mut attempt = 0;
-    let result = loop {
-        attempt += 1;
-        match try_batch(shared, &batch, &keys).await {
-            Err(BatchFailure::Retryable(message)) if attempt < GROUP_COMMIT_RETRY_ATTEMPTS_MAX => {
-                tracing::debug!(attempt, %message, "group commit batch aborted by PostgreSQL; retrying");
-                tokio::time::sleep(Duration::from_millis(GROUP_COMMIT_RETRY_BACKOFF_MS * u64::from(attempt))).await;
+    let retry = crate::retry::Retry::new(
+        "run a group commit batch",
+        shared.retry_attempts_max,
+        GROUP_COMMIT_RETRY_BACKOFF,
+        &shared.jitter,
+    );
+    let result = retry
+        .run(|_| async {
+            match try_batch(shared, &batch, &keys).await {
+                Ok(outcomes) => crate::retry::Attempt::Done(outcomes),
+                Err(failure @ BatchFailure::Retryable(_)) => crate::retry::Attempt::Retry(failure),
+                Err(failure) => crate::retry::Attempt::Fail(failure),
             }
-            other => break other,
-        }
-    };
+        })
+        .await
+        .map_err(crate::retry::GaveUp::into_error);
     match result {
         Ok(outcomes) => {
             shared.counters.record_batch(batch.len());
@@ -192,13 +232,20 @@ async fn run_batch(shared: &CommitterShared, mut batch: Vec<PendingCommit>) {
     }
 }
 
-// Explicit, so a server configured with another default isolation level does not change how
-// batches behave: row locks, not snapshots, are what make them correct.
-const BEGIN_SQL: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+// BEGIN names its isolation level (`Sql::begin`), so a server configured with another default
+// does not change how batches behave: row locks, not snapshots, are what make them correct (the
+// portable profile runs them SERIALIZABLE, where a lost race is a serialization failure, retried).
 const COMMIT_SQL: &str = "COMMIT";
+// Stands in for a step of the read pipeline that this configuration does not need.
+const NOTHING_SQL: &str = "SELECT 1";
 const ROLLBACK_SQL: &str = "ROLLBACK";
 
-const INSERT_PLACEHOLDERS_SQL: &str = "INSERT INTO docs (store, key)
+// Behind a transaction-mode pooler, the limits a direct connection gets at startup, for this
+// transaction only (one statement, so it rides in the same pipeline as BEGIN).
+const SET_TIMEOUTS_SQL: &str = "SELECT set_config('statement_timeout', $1, true),
+            set_config('idle_in_transaction_session_timeout', $1, true)";
+
+const INSERT_PLACEHOLDERS_SQL: &str = "INSERT INTO {docs} (store, key)
      SELECT want.store, want.key FROM unnest($1::text[], $2::text[]) AS want(store, key)
      ORDER BY want.store COLLATE \"C\", want.key COLLATE \"C\"
      ON CONFLICT (store, key) DO NOTHING";
@@ -208,9 +255,9 @@ const INSERT_PLACEHOLDERS_SQL: &str = "INSERT INTO docs (store, key)
 // without GROUP BY is always one row, so `clock_timestamp()` is read once.
 const SELECT_HOLDERS_AND_NOW_SQL: &str = "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS now_ms,
             coalesce(array_agg(h.holder), '{}') AS holders, coalesce(array_agg(h.expires_at_ms), '{}') AS expires_at_ms
-     FROM holders AS h
+     FROM {holders} AS h
      WHERE h.holder = ANY(array_cat($3::text[], ARRAY(
-         SELECT d.lease_holder FROM docs AS d
+         SELECT d.lease_holder FROM {docs} AS d
          JOIN unnest($1::text[], $2::text[]) AS want(store, key) ON d.store = want.store AND d.key = want.key
          WHERE d.lease_holder IS NOT NULL)))";
 
@@ -224,7 +271,7 @@ const SELECT_HOLDERS_AND_NOW_SQL: &str = "SELECT (extract(epoch from clock_times
 // PostgreSQL then reuses the TOASTed datum instead of compressing kilobytes again, and the
 // stand-in the batch held for an unread value (`VALUE_NOT_READ`) is never stored.
 const WRITE_BATCH_SQL: &str = "WITH updated AS (
-         UPDATE docs AS d SET
+         UPDATE {docs} AS d SET
              value = CASE WHEN n.value_set THEN n.value ELSE d.value END, version = n.version,
              created_at_ms = n.created_at_ms, updated_at_ms = n.updated_at_ms, attributes = n.attributes,
              user_ids = n.user_ids, lease_holder = n.lease_holder, lease_epoch = n.lease_epoch, inbox = n.inbox,
@@ -236,7 +283,7 @@ const WRITE_BATCH_SQL: &str = "WITH updated AS (
          WHERE d.store = n.store AND d.key = n.key
          RETURNING 1
      ), inserted AS (
-         INSERT INTO history
+         INSERT INTO {history}
              (store, key, version, written_at_ms, deleted, value, delta, value_bytes, attributes, user_ids, commit_id)
          SELECT * FROM unnest($15::text[], $16::text[], $17::bigint[], $18::bigint[], $19::bool[], $20::text[],
                               $21::bytea[], $22::bigint[], $23::text[], $24::text[], $25::text[])
@@ -256,7 +303,7 @@ fn lock_docs_sql() -> String {
     let columns = super::rows::DOC_COLUMNS
         .replace("d.value,", "CASE WHEN want.read_text THEN d.value END AS value, d.value IS NOT NULL AS has_value,");
     format!(
-        "SELECT {columns} FROM docs AS d
+        "SELECT {columns} FROM {{docs}} AS d
          JOIN unnest($1::text[], $2::text[], $3::bool[]) AS want(store, key, read_text)
            ON d.store = want.store AND d.key = want.key
          ORDER BY d.store, d.key
@@ -306,25 +353,74 @@ async fn batch_transaction(
     let read_texts: Vec<bool> = ids.values().map(|reads| reads.text).collect();
     let acquiring_holders: Vec<&str> = acquiring_holders.into_iter().collect();
 
-    // Prepared once per pooled connection, then served from its statement cache.
-    let begin = client.prepare_cached(BEGIN_SQL).await.map_err(before_commit("prepare"))?;
-    let insert_placeholders = client.prepare_cached(INSERT_PLACEHOLDERS_SQL).await.map_err(before_commit("prepare"))?;
-    let lock_docs = client.prepare_cached(&LOCK_DOCS_SQL).await.map_err(before_commit("prepare"))?;
-    let select_holders_and_now =
-        client.prepare_cached(SELECT_HOLDERS_AND_NOW_SQL).await.map_err(before_commit("prepare"))?;
-
-    // Pipelined: the four statements go out together and run in this order on the server, so the
+    // Statements are prepared once per pooled connection and then served from its statement
+    // cache, or sent unnamed behind a pooler. All are made ready before any is sent, so that the
+    // pipeline below runs them in order (`Sql::ready`).
+    let sql = &shared.sql;
+    let timeout = format!("{}ms", shared.statement_timeout_ms);
+    let no_params: [Param<'_>; 0] = [];
+    let timeout_params: [Param<'_>; 1] = [(&timeout, Type::TEXT)];
+    let placeholder_params: [Param<'_>; 2] = [(&stores, Type::TEXT_ARRAY), (&keys, Type::TEXT_ARRAY)];
+    let lock_params: [Param<'_>; 3] =
+        [(&stores, Type::TEXT_ARRAY), (&keys, Type::TEXT_ARRAY), (&read_texts, Type::BOOL_ARRAY)];
+    let holders_params: [Param<'_>; 3] =
+        [(&stores, Type::TEXT_ARRAY), (&keys, Type::TEXT_ARRAY), (&acquiring_holders, Type::TEXT_ARRAY)];
+    let stores_params: [Param<'_>; 1] = [(&stores, Type::TEXT_ARRAY)];
+    // Behind a pooler the timeouts are set per transaction; the portable profile takes no
+    // advisory lock (SERIALIZABLE keeps a batch and an index declaration from both committing on
+    // what the other did not see, `indexes`): both are then the empty statement `SELECT 1`.
+    let set_timeouts_sql = match sql.statements() {
+        StatementMode::Prepared => NOTHING_SQL,
+        StatementMode::Unnamed => SET_TIMEOUTS_SQL,
+    };
+    let set_timeouts_params: &[Param<'_>] = if set_timeouts_sql == NOTHING_SQL { &no_params } else { &timeout_params };
+    let lock_stores_sql: &str = match shared.profile {
+        PostgresProfile::Full => &LOCK_STORES_SHARED_SQL,
+        PostgresProfile::Portable => NOTHING_SQL,
+    };
+    let lock_stores_params: &[Param<'_>] = if lock_stores_sql == NOTHING_SQL { &no_params } else { &stores_params };
+    let steps: [(&str, &[Param<'_>]); 7] = [
+        (sql.begin(), &no_params),
+        (set_timeouts_sql, set_timeouts_params),
+        (INSERT_PLACEHOLDERS_SQL, &placeholder_params),
+        (&LOCK_DOCS_SQL, &lock_params),
+        (SELECT_HOLDERS_AND_NOW_SQL, &holders_params),
+        (lock_stores_sql, lock_stores_params),
+        (SELECT_DECLS_SQL, &stores_params),
+    ];
+    let mut ready = Vec::with_capacity(steps.len());
+    for (template, params) in steps {
+        ready.push(sql.ready(client, template, params).await.map_err(before_commit("prepare"))?);
+    }
+    // Pipelined: the statements go out together and run in this order on the server, so the
     // whole read phase costs one round trip. The holder and clock read runs after the locks are
     // held, so it sees the locked rows' holders and a `now` no earlier than the previous
-    // writer's commit of any of these keys.
-    let (_, _, doc_rows, holders_row) = futures_util::future::try_join4(
-        client.execute(&begin, &[]),
-        client.execute(&insert_placeholders, &[&stores, &keys]),
-        client.query(&lock_docs, &[&stores, &keys, &read_texts]),
-        client.query_one(&select_holders_and_now, &[&stores, &keys, &acquiring_holders]),
+    // writer's commit of any of these keys. The index lock (shared) and the declarations come
+    // last, each its own statement so the declarations are read after the lock is held
+    // (`indexes`).
+    let run = |index: usize| sql.run(client, &ready[index], steps[index].1);
+    // Every reply is awaited and the first failure in pipeline order is the one reported: once a
+    // statement fails, PostgreSQL answers the ones behind it with 25P02 (transaction aborted),
+    // which says nothing of why (a serialization failure, retried, or a real error).
+    let ((r0, r1, r2, r3, r4), (r5, r6)) = futures_util::future::join(
+        futures_util::future::join5(run(0), run(1), run(2), run(3), run(4)),
+        futures_util::future::join(run(5), run(6)),
     )
-    .await
-    .map_err(before_commit("lock the batch's keys"))?;
+    .await;
+    let first_failure = [&r0, &r1, &r2, &r3, &r4, &r5, &r6].into_iter().position(|result| result.is_err());
+    if let Some(index) = first_failure {
+        let failed = [r0, r1, r2, r3, r4, r5, r6].into_iter().nth(index).expect("the position was just found");
+        return Err(failed.map(|_| ()).map_err(before_commit("lock the batch's keys")).expect_err("it failed"));
+    }
+    let (doc_rows, holders_rows, decl_rows) = (
+        r3.expect("no statement of the pipeline failed"),
+        r4.expect("no statement of the pipeline failed"),
+        r6.expect("no statement of the pipeline failed"),
+    );
+    let holders_row = holders_rows.first().ok_or_else(|| {
+        BatchFailure::NothingApplied("lock the batch's keys: the holder and clock read answered no row".to_string())
+    })?;
+    let decls = decls_from_rows(&decl_rows).map_err(BatchFailure::NothingApplied)?;
 
     let now_ms: i64 = holders_row.try_get("now_ms").map_err(before_commit("read the clock"))?;
     let holders: Vec<String> = holders_row.try_get("holders").map_err(before_commit("read holders"))?;
@@ -368,6 +464,7 @@ async fn batch_transaction(
     // write changed the value (`None` inside: deleted).
     let mut changed: BTreeMap<DocId, Option<Option<String>>> = BTreeMap::new();
     let mut history = HistoryColumns::default();
+    let mut reindex = BatchReindex::default();
     let nothing_applied = |error: StoreError| BatchFailure::NothingApplied(error.to_string());
     for pending in batch {
         let commit = &pending.encoded.commit;
@@ -392,6 +489,7 @@ async fn batch_transaction(
                     // write keeps it (`value_set` false), whatever stand-in the batch holds.
                     let text = if next.new_version {
                         let write = &commit.writes[index];
+                        reindex.new_version(&id, &superseded.doc.user_ids, !matches!(write.value, ValueOp::Keep));
                         let new_text = match (&write.value, pending.encoded.value_text(index)) {
                             (_, Some(text)) => Some(text.clone()),
                             // New metadata on the same value: the stored text stays as it is.
@@ -432,11 +530,21 @@ async fn batch_transaction(
     if changed.is_empty() {
         // Every commit conflicted: the answers were decided under the locks, nothing needs to be
         // durable, and rolling back also removes this batch's placeholder rows.
-        let rollback = client.prepare_cached(ROLLBACK_SQL).await.map_err(before_commit("prepare"))?;
-        client.execute(&rollback, &[]).await.map_err(before_commit("roll back"))?;
+        sql.query(client, ROLLBACK_SQL, &[]).await.map_err(before_commit("roll back"))?;
         return Ok(outcomes);
     }
-    write_back_and_commit(client, &states, changed, &history).await?;
+    let mut index = IndexColumns::default();
+    for (id, (user_ids_before, value_changed)) in &reindex.keys {
+        let (current, text) =
+            states.get(id).ok_or_else(|| BatchFailure::NothingApplied(format!("reindexed key {id} has no state")))?;
+        if &current.doc.user_ids != user_ids_before {
+            index.user_ids_changed(id, &current.doc.user_ids);
+        }
+        if let Some(decls) = decls.get(id.store.as_str()).filter(|_| *value_changed) {
+            index.value_changed(id, decls, text.as_deref()).map_err(nothing_applied)?;
+        }
+    }
+    write_back_and_commit(client, sql, &states, changed, &history, &index).await?;
     Ok(outcomes)
 }
 
@@ -461,9 +569,11 @@ fn in_commit_pipeline(context: &str, error: tokio_postgres::Error) -> BatchFailu
 /// `synchronous_commit = on`) when its reply arrives.
 async fn write_back_and_commit(
     client: &deadpool_postgres::Object,
+    sql: &Sql,
     states: &HashMap<DocId, (Current, Option<String>)>,
     changed: BTreeMap<DocId, Option<Option<String>>>,
     history: &HistoryColumns,
+    index: &IndexColumns,
 ) -> Result<(), BatchFailure> {
     let mut docs = DocColumns::default();
     for (id, value_text) in changed {
@@ -471,41 +581,65 @@ async fn write_back_and_commit(
             states.get(&id).ok_or_else(|| BatchFailure::NothingApplied(format!("changed key {id} has no state")))?;
         docs.push(&current.doc, value_text).map_err(|error| BatchFailure::NothingApplied(error.to_string()))?;
     }
-    let write_batch = client.prepare_cached(WRITE_BATCH_SQL).await.map_err(before_commit("prepare"))?;
-    let commit = client.prepare_cached(COMMIT_SQL).await.map_err(before_commit("prepare"))?;
-    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 25] = [
-        &docs.stores,
-        &docs.keys,
-        &docs.values,
-        &docs.versions,
-        &docs.created_at_ms,
-        &docs.updated_at_ms,
-        &docs.attributes,
-        &docs.user_ids,
-        &docs.lease_holders,
-        &docs.lease_epochs,
-        &docs.inboxes,
-        &docs.inbox_next_seqs,
-        &docs.last_commit_ids,
-        &docs.value_sets,
-        &history.stores,
-        &history.keys,
-        &history.versions,
-        &history.written_at_ms,
-        &history.deleted,
-        &history.values,
-        &history.deltas,
-        &history.value_bytes,
-        &history.attributes,
-        &history.user_ids,
-        &history.commit_ids,
+    let params: [super::sql::Param<'_>; 25] = [
+        (&docs.stores, Type::TEXT_ARRAY),
+        (&docs.keys, Type::TEXT_ARRAY),
+        (&docs.values, Type::TEXT_ARRAY),
+        (&docs.versions, Type::INT8_ARRAY),
+        (&docs.created_at_ms, Type::INT8_ARRAY),
+        (&docs.updated_at_ms, Type::INT8_ARRAY),
+        (&docs.attributes, Type::TEXT_ARRAY),
+        (&docs.user_ids, Type::TEXT_ARRAY),
+        (&docs.lease_holders, Type::TEXT_ARRAY),
+        (&docs.lease_epochs, Type::INT8_ARRAY),
+        (&docs.inboxes, Type::TEXT_ARRAY),
+        (&docs.inbox_next_seqs, Type::INT8_ARRAY),
+        (&docs.last_commit_ids, Type::TEXT_ARRAY),
+        (&docs.value_sets, Type::BOOL_ARRAY),
+        (&history.stores, Type::TEXT_ARRAY),
+        (&history.keys, Type::TEXT_ARRAY),
+        (&history.versions, Type::INT8_ARRAY),
+        (&history.written_at_ms, Type::INT8_ARRAY),
+        (&history.deleted, Type::BOOL_ARRAY),
+        (&history.values, Type::TEXT_ARRAY),
+        (&history.deltas, Type::BYTEA_ARRAY),
+        (&history.value_bytes, Type::INT8_ARRAY),
+        (&history.attributes, Type::TEXT_ARRAY),
+        (&history.user_ids, Type::TEXT_ARRAY),
+        (&history.commit_ids, Type::TEXT_ARRAY),
     ];
-    // Both are polled (and so sent) in this order before any reply is awaited; each reply is then
-    // looked at, because which one failed decides what the failure means.
-    let (written, committed) =
-        futures_util::future::join(client.query_one(&write_batch, &params), client.execute(&commit, &[])).await;
+    // All are polled (and so sent) in this order before any reply is awaited; each reply is then
+    // looked at, because which one failed decides what the failure means. The index rows go
+    // first (deleted, then inserted), only when the batch changed any.
+    // Every statement is made ready before any is sent (`Sql::ready`): a COMMIT already cached
+    // must not overtake the writes it commits.
+    let write_batch = sql.ready(client, WRITE_BATCH_SQL, &params).await.map_err(before_commit("prepare"))?;
+    let commit = sql.ready(client, COMMIT_SQL, &[]).await.map_err(before_commit("prepare"))?;
+    let (written, committed) = if index.is_empty() {
+        futures_util::future::join(sql.run(client, &write_batch, &params), sql.run(client, &commit, &[])).await
+    } else {
+        let delete_params = index.delete_params();
+        let insert_params = index.insert_params();
+        let delete_index =
+            sql.ready(client, DELETE_INDEX_ROWS_SQL, &delete_params).await.map_err(before_commit("prepare"))?;
+        let insert_index =
+            sql.ready(client, INSERT_INDEX_ROWS_SQL, &insert_params).await.map_err(before_commit("prepare"))?;
+        let (deleted, inserted, written, committed) = futures_util::future::join4(
+            sql.run(client, &delete_index, &delete_params),
+            sql.run(client, &insert_index, &insert_params),
+            sql.run(client, &write_batch, &params),
+            sql.run(client, &commit, &[]),
+        )
+        .await;
+        deleted.map_err(|error| in_commit_pipeline("delete index rows", error))?;
+        inserted.map_err(|error| in_commit_pipeline("insert index rows", error))?;
+        (written, committed)
+    };
     let written = written.map_err(|error| in_commit_pipeline("write documents and history", error))?;
     committed.map_err(|error| in_commit_pipeline("commit", error))?;
+    let written = written.into_iter().next().ok_or_else(|| {
+        BatchFailure::OutcomeUnknown("write documents and history: the count answered no row".to_string())
+    })?;
     let counts: Result<(i64, i64), tokio_postgres::Error> =
         written.try_get("updated_rows").and_then(|updated| Ok((updated, written.try_get("inserted_rows")?)));
     let expected = (docs.stores.len() as i64, history.stores.len() as i64);

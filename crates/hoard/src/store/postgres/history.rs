@@ -12,11 +12,13 @@
 use std::collections::BTreeMap;
 
 use deadpool_postgres::Pool;
+use tokio_postgres::types::Type;
 use tokio_postgres::{IsolationLevel, Row};
 
 use super::rows::{
     VERSION_INFO_COLUMNS, counter_from_db, counter_to_db, parse_metadata, parse_value, version_info_from_row,
 };
+use super::sql::Sql;
 use super::unavailable;
 use crate::store::history::{RowMeta, StoredPayload, doomed_rows, plan_prune, rebuild_lowest};
 use crate::store::limits::{HistoryPolicy, Limits};
@@ -33,6 +35,7 @@ const REBUILD_ROWS_PER_FETCH: i64 = 128;
 
 pub async fn list_versions(
     pool: &Pool,
+    sql: &Sql,
     id: &DocId,
     query: &VersionQuery,
     limits: &Limits,
@@ -41,18 +44,26 @@ pub async fn list_versions(
     let before = query.before_version.map_or(i64::MAX, counter_to_db);
     let client = pool.get().await.map_err(|error| unavailable("get a connection", error))?;
     // One statement, so the current version and the superseded ones come from one snapshot.
-    let sql = format!(
-        "SELECT {VERSION_INFO_COLUMNS} FROM history
+    let template = format!(
+        "SELECT {VERSION_INFO_COLUMNS} FROM {{history}}
          WHERE store = $1 AND key = $2 AND version < $3
          UNION ALL
          SELECT version, updated_at_ms, value IS NULL, coalesce(octet_length(value), 0)::bigint, last_commit_id
-         FROM docs WHERE store = $1 AND key = $2 AND version < $3 AND version > 0
+         FROM {{docs}} WHERE store = $1 AND key = $2 AND version < $3 AND version > 0
          ORDER BY version DESC
          LIMIT $4"
     );
-    let statement = client.prepare_cached(&sql).await.map_err(|error| unavailable("list versions", error))?;
-    let rows = client
-        .query(&statement, &[&id.store.as_str(), &id.key.as_str(), &before, &limit])
+    let rows = sql
+        .query(
+            &client,
+            &template,
+            &[
+                (&id.store.as_str(), Type::TEXT),
+                (&id.key.as_str(), Type::TEXT),
+                (&before, Type::INT8),
+                (&limit, Type::INT8),
+            ],
+        )
         .await
         .map_err(|error| unavailable("list versions", error))?;
     rows.iter().map(|row| version_info_from_row(row, id)).collect()
@@ -69,7 +80,12 @@ fn payload_from_row(row: &Row, id: &DocId) -> Result<(u64, StoredPayload), Store
 
 /// Reads one version with its contents: the document for the current version, else its history
 /// row rebuilt through the deltas above it, all in one REPEATABLE READ snapshot.
-pub async fn get_version(pool: &Pool, id: &DocId, version: u64) -> Result<Option<VersionRecord>, StoreError> {
+pub async fn get_version(
+    pool: &Pool,
+    sql: &Sql,
+    id: &DocId,
+    version: u64,
+) -> Result<Option<VersionRecord>, StoreError> {
     let Ok(wanted) = i64::try_from(version) else { return Ok(None) };
     let read = |error: tokio_postgres::Error| unavailable("read a version", error);
     let mut client = pool.get().await.map_err(|error| unavailable("get a connection", error))?;
@@ -80,13 +96,16 @@ pub async fn get_version(pool: &Pool, id: &DocId, version: u64) -> Result<Option
         .start()
         .await
         .map_err(read)?;
-    let document = transaction
+    let store_and_key: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+        [(&id.store.as_str(), Type::TEXT), (&id.key.as_str(), Type::TEXT)];
+    let document = sql
         .query_opt(
+            &transaction,
             "SELECT version, updated_at_ms AS written_at_ms, value IS NULL AS deleted,
                     coalesce(octet_length(value), 0)::bigint AS value_bytes, last_commit_id AS commit_id,
                     value, attributes, user_ids
-             FROM docs WHERE store = $1 AND key = $2",
-            &[&id.store.as_str(), &id.key.as_str()],
+             FROM {docs} WHERE store = $1 AND key = $2",
+            &store_and_key,
         )
         .await
         .map_err(read)?;
@@ -111,10 +130,11 @@ pub async fn get_version(pool: &Pool, id: &DocId, version: u64) -> Result<Option
     if wanted == current_version {
         return record_of(&document, current_text).map(Some);
     }
-    let row = transaction
+    let row = sql
         .query_opt(
-            &format!("SELECT {VERSION_INFO_COLUMNS}, value, delta, attributes, user_ids FROM history WHERE store = $1 AND key = $2 AND version = $3"),
-            &[&id.store.as_str(), &id.key.as_str(), &wanted],
+            &transaction,
+            &format!("SELECT {VERSION_INFO_COLUMNS}, value, delta, attributes, user_ids FROM {{history}} WHERE store = $1 AND key = $2 AND version = $3"),
+            &[(&id.store.as_str(), Type::TEXT), (&id.key.as_str(), Type::TEXT), (&wanted, Type::INT8)],
         )
         .await
         .map_err(read)?;
@@ -125,11 +145,17 @@ pub async fn get_version(pool: &Pool, id: &DocId, version: u64) -> Result<Option
     'walk: while chain.last().is_some_and(|(_, payload)| payload.needs_successor()) {
         // The rows above, up to the first that needs no successor; without one, the document's
         // value is the base.
-        let above = transaction
+        let above = sql
             .query(
-                "SELECT version, deleted, value, delta FROM history
+                &transaction,
+                "SELECT version, deleted, value, delta FROM {history}
                  WHERE store = $1 AND key = $2 AND version > $3 ORDER BY version LIMIT $4",
-                &[&id.store.as_str(), &id.key.as_str(), &after, &REBUILD_ROWS_PER_FETCH],
+                &[
+                    (&id.store.as_str(), Type::TEXT),
+                    (&id.key.as_str(), Type::TEXT),
+                    (&after, Type::INT8),
+                    (&REBUILD_ROWS_PER_FETCH, Type::INT8),
+                ],
             )
             .await
             .map_err(read)?;
@@ -162,6 +188,7 @@ pub async fn get_version(pool: &Pool, id: &DocId, version: u64) -> Result<Option
 /// `rows_max` rows were examined or the history's end was reached.
 pub async fn prune_history_page(
     pool: &Pool,
+    sql: &Sql,
     after: Option<DocId>,
     rows_max: usize,
     policy: &HistoryPolicy,
@@ -173,7 +200,7 @@ pub async fn prune_history_page(
         let budget = i64::try_from(rows_max.saturating_sub(examined))
             .unwrap_or(i64::MAX)
             .clamp(1, PRUNE_HISTORY_ROWS_PER_TRANSACTION);
-        let (pruned, rows_examined, next) = prune_transaction(pool, cursor.as_ref(), budget, policy).await?;
+        let (pruned, rows_examined, next) = prune_transaction(pool, sql, cursor.as_ref(), budget, policy).await?;
         done.pruned += pruned;
         done.rows_examined += rows_examined;
         cursor = next;
@@ -189,6 +216,7 @@ pub async fn prune_history_page(
 /// judged and pruned. Returns (pruned, rows examined, the last key or `None` at the end).
 async fn prune_transaction(
     pool: &Pool,
+    sql: &Sql,
     after: Option<&DocId>,
     budget: i64,
     policy: &HistoryPolicy,
@@ -197,11 +225,12 @@ async fn prune_transaction(
     let mut client = pool.get().await.map_err(|error| unavailable("get a connection", error))?;
     let (after_store, after_key) = after.map_or(("", ""), |id| (id.store.as_str(), id.key.as_str()));
     // Which keys: the next ones with history, as many as make up the budget (at least one).
-    let counted = client
+    let counted = sql
         .query(
-            "SELECT store, key, count(*) AS rows FROM history WHERE (store, key) > ($1, $2)
+            &client,
+            "SELECT store, key, count(*) AS rows FROM {history} WHERE (store, key) > ($1, $2)
              GROUP BY store, key ORDER BY store, key LIMIT $3",
-            &[&after_store, &after_key, &budget],
+            &[(&after_store, Type::TEXT), (&after_key, Type::TEXT), (&budget, Type::INT8)],
         )
         .await
         .map_err(prune)?;
@@ -226,19 +255,20 @@ async fn prune_transaction(
     }
     let stores: Vec<&str> = ids.iter().map(|id| id.store.as_str()).collect();
     let keys: Vec<&str> = ids.iter().map(|id| id.key.as_str()).collect();
-    let transaction =
-        client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await.map_err(prune)?;
-    let now_row = transaction
-        .query_one("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint", &[])
+    let transaction = client.build_transaction().isolation_level(sql.isolation()).start().await.map_err(prune)?;
+    let now_row = sql
+        .query_opt(&transaction, "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint", &[])
         .await
-        .map_err(prune)?;
+        .map_err(prune)?
+        .ok_or_else(|| StoreError::unavailable("postgres: prune history: the clock answered no row"))?;
     let now_ms: i64 = now_row.try_get(0).map_err(prune)?;
-    let documents = transaction
+    let documents = sql
         .query(
-            "SELECT d.store, d.key, d.version, d.updated_at_ms FROM docs AS d
+            &transaction,
+            "SELECT d.store, d.key, d.version, d.updated_at_ms FROM {docs} AS d
              JOIN unnest($1::text[], $2::text[]) AS want(store, key) ON d.store = want.store AND d.key = want.key
              ORDER BY d.store, d.key FOR UPDATE OF d",
-            &[&stores, &keys],
+            &[(&stores, Type::TEXT_ARRAY), (&keys, Type::TEXT_ARRAY)],
         )
         .await
         .map_err(prune)?;
@@ -250,12 +280,13 @@ async fn prune_transaction(
             .map_err(|error| StoreError::corrupt(format!("docs key {store}/{key}: {error}")))?;
         current.insert(id, (row.try_get("version").map_err(prune)?, row.try_get("updated_at_ms").map_err(prune)?));
     }
-    let metas = transaction
+    let metas = sql
         .query(
-            "SELECT h.store, h.key, h.version, h.written_at_ms FROM history AS h
+            &transaction,
+            "SELECT h.store, h.key, h.version, h.written_at_ms FROM {history} AS h
              JOIN unnest($1::text[], $2::text[]) AS want(store, key) ON h.store = want.store AND h.key = want.key
              ORDER BY h.store, h.key, h.version",
-            &[&stores, &keys],
+            &[(&stores, Type::TEXT_ARRAY), (&keys, Type::TEXT_ARRAY)],
         )
         .await
         .map_err(prune)?;
@@ -293,18 +324,22 @@ async fn prune_transaction(
         if !doomed.iter().any(|gone| *gone) {
             continue;
         }
-        let payload_rows = transaction
+        let store_and_key: [(&(dyn tokio_postgres::types::ToSql + Sync), Type); 2] =
+            [(&id.store.as_str(), Type::TEXT), (&id.key.as_str(), Type::TEXT)];
+        let payload_rows = sql
             .query(
-                "SELECT version, deleted, value, delta FROM history WHERE store = $1 AND key = $2 ORDER BY version",
-                &[&id.store.as_str(), &id.key.as_str()],
+                &transaction,
+                "SELECT version, deleted, value, delta FROM {history} WHERE store = $1 AND key = $2 ORDER BY version",
+                &store_and_key,
             )
             .await
             .map_err(prune)?;
         let payloads = payload_rows.iter().map(|row| payload_from_row(row, id)).collect::<Result<Vec<_>, _>>()?;
-        let document = transaction
-            .query_one("SELECT value FROM docs WHERE store = $1 AND key = $2", &[&id.store.as_str(), &id.key.as_str()])
+        let document = sql
+            .query_opt(&transaction, "SELECT value FROM {docs} WHERE store = $1 AND key = $2", &store_and_key)
             .await
-            .map_err(prune)?;
+            .map_err(prune)?
+            .ok_or_else(|| StoreError::corrupt(format!("{id} has history rows but no document")))?;
         let current_text: Option<String> = document.try_get("value").map_err(prune)?;
         let plan = plan_prune(id, &payloads, &doomed, current_text.as_deref(), policy)?;
         for version in plan.delete_versions {
@@ -322,27 +357,36 @@ async fn prune_transaction(
         }
     }
     if !rewrite.0.is_empty() {
-        transaction
-            .execute(
-                "UPDATE history AS h SET value = n.value, delta = n.delta
-                 FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bytea[]) AS n(store, key, version, value, delta)
-                 WHERE h.store = n.store AND h.key = n.key AND h.version = n.version",
-                &[&rewrite.0, &rewrite.1, &rewrite.2, &rewrite.3, &rewrite.4],
-            )
+        sql.query(
+            &transaction,
+            "UPDATE {history} AS h SET value = n.value, delta = n.delta
+             FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::bytea[]) AS n(store, key, version, value, delta)
+             WHERE h.store = n.store AND h.key = n.key AND h.version = n.version",
+            &[
+                (&rewrite.0, Type::TEXT_ARRAY),
+                (&rewrite.1, Type::TEXT_ARRAY),
+                (&rewrite.2, Type::INT8_ARRAY),
+                (&rewrite.3, Type::TEXT_ARRAY),
+                (&rewrite.4, Type::BYTEA_ARRAY),
+            ],
+        )
             .await
             .map_err(prune)?;
     }
     let pruned = if delete.0.is_empty() {
         0
     } else {
-        transaction
-            .execute(
-                "DELETE FROM history AS h USING unnest($1::text[], $2::text[], $3::bigint[]) AS d(store, key, version)
-                 WHERE h.store = d.store AND h.key = d.key AND h.version = d.version",
-                &[&delete.0, &delete.1, &delete.2],
+        let deleted = sql
+            .query(
+                &transaction,
+                "DELETE FROM {history} AS h USING unnest($1::text[], $2::text[], $3::bigint[]) AS d(store, key, version)
+                 WHERE h.store = d.store AND h.key = d.key AND h.version = d.version
+                 RETURNING 1",
+                &[(&delete.0, Type::TEXT_ARRAY), (&delete.1, Type::TEXT_ARRAY), (&delete.2, Type::INT8_ARRAY)],
             )
             .await
-            .map_err(prune)?
+            .map_err(prune)?;
+        deleted.len() as u64
     };
     transaction.commit().await.map_err(prune)?;
     let next = if reached_end { None } else { ids.last().cloned() };

@@ -12,9 +12,12 @@
 mod committer;
 mod errors;
 mod history;
+mod indexes;
 mod listener;
+mod poller;
 mod rows;
 mod schema;
+mod sql;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,10 +27,14 @@ use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio_postgres::NoTls;
+use tokio_postgres::types::Type;
 
 use self::committer::{CommitterShared, GroupCommitCounters, PendingCommit};
+pub use self::poller::{NOTIFICATION_POLL_ROWS_MAX, NOTIFICATION_RETENTION_MS};
 use self::rows::{DOC_COLUMNS, document_from_row};
 pub use self::schema::SCHEMA_VERSION_LATEST;
+use self::sql::Sql;
+pub use self::sql::StatementMode;
 use crate::store::encoded::EncodedCommit;
 use crate::store::limits::{HistoryPolicy, Limits};
 use crate::store::types::{
@@ -48,10 +55,26 @@ pub const NOTIFY_PAYLOAD_BYTES_MAX: usize = 7_999;
 
 pub use self::history::PRUNE_HISTORY_ROWS_PER_TRANSACTION;
 
+/// How often the `Portable` profile polls for notifications by default: a handoff request
+/// reaches its holder within about this long.
+pub const NOTIFICATION_POLL_INTERVAL_MS_DEFAULT: u64 = 100;
+
+pub use super::postgres_choices::{Pooler, PostgresProfile};
+
 #[derive(Clone, Debug)]
 pub struct PostgresOptions {
     /// A libpq-style URL or key=value string, e.g. `postgres://hoard@db:5432/hoard`.
     pub url: String,
+    /// What sits between hoard and the database (`Pooler::Transaction` for PgBouncer's
+    /// transaction mode).
+    pub pooler: Pooler,
+    /// Where the notification listener connects, when not at `url`: a direct connection to the
+    /// database, required behind a transaction-mode pooler with the `Full` profile.
+    pub listen_url: Option<String>,
+    /// Which PostgreSQL features the store relies on (`Portable` for distributed SQL engines).
+    pub profile: PostgresProfile,
+    /// How often the `Portable` profile polls for notifications.
+    pub notification_poll_interval_ms: u64,
     /// The schema hoard's tables live in (created if missing, unless `must_exist`):
     /// `[a-z_][a-z0-9_]*`, at most `SCHEMA_NAME_BYTES_MAX` bytes. Stores in different schemas are
     /// fully isolated, including their notifications.
@@ -81,6 +104,10 @@ impl Default for PostgresOptions {
     fn default() -> Self {
         PostgresOptions {
             url: String::new(),
+            pooler: Pooler::None,
+            listen_url: None,
+            profile: PostgresProfile::Full,
+            notification_poll_interval_ms: NOTIFICATION_POLL_INTERVAL_MS_DEFAULT,
             schema: "hoard".to_string(),
             must_exist: false,
             limits: Limits::default(),
@@ -100,6 +127,8 @@ impl Default for PostgresOptions {
 #[derive(Debug)]
 pub struct PostgresStore {
     pool: Pool,
+    sql: Arc<Sql>,
+    profile: PostgresProfile,
     schema: String,
     channel: String,
     limits: Limits,
@@ -108,7 +137,7 @@ pub struct PostgresStore {
     commit_queue_depth: usize,
     committer: Arc<CommitterShared>,
     notifications: broadcast::Sender<Notification>,
-    /// Dropped with the store, which ends the listener task.
+    /// Dropped with the store, which ends the listener (or poller) task.
     _listener_shutdown: watch::Sender<()>,
 }
 
@@ -145,11 +174,20 @@ fn validate_options(options: &PostgresOptions) -> Result<(), InvalidInput> {
         ("group_commit_max_commits", options.group_commit_max_commits),
         ("group_commit_workers", options.group_commit_workers),
         ("commit_queue_depth", options.commit_queue_depth),
+        ("notification_poll_interval_ms", usize::try_from(options.notification_poll_interval_ms).unwrap_or(usize::MAX)),
     ];
     for (what, count) in counts {
         if count == 0 {
             return Err(InvalidInput::Malformed { what, expected: "at least 1" });
         }
+    }
+    if options.pooler == Pooler::Transaction && options.profile == PostgresProfile::Full && options.listen_url.is_none()
+    {
+        return Err(InvalidInput::Malformed {
+            what: "postgres listen url",
+            expected: "a direct connection to the database (not through the pooler) for LISTEN: a transaction-mode \
+                       pooler cannot hold a LISTEN; or the portable profile, which polls instead",
+        });
     }
     Ok(())
 }
@@ -202,7 +240,32 @@ impl PostgresStore {
         // The application name names the schema, so an operator can tell (and a test can terminate)
         // one store's connections in pg_stat_activity.
         let application_name = format!("hoard:{}", options.schema);
-        config.options(server_options.trim()).connect_timeout(connect_timeout).application_name(&application_name);
+        config.connect_timeout(connect_timeout).application_name(&application_name);
+        let listen_config = match &options.listen_url {
+            Some(url) => {
+                let mut listen: tokio_postgres::Config =
+                    url.parse().map_err(|error| unavailable("parse the listen URL", error))?;
+                listen.connect_timeout(connect_timeout).application_name(&application_name);
+                listen
+            }
+            None => config.clone(),
+        };
+        // Behind a transaction-mode pooler nothing may depend on the connection: PgBouncer refuses
+        // the `options` startup parameter, and a server connection's settings would not follow
+        // hoard's transactions anyway. Plans need no help there: unnamed statements are planned for
+        // their parameters every time. The timeouts are set inside each commit (`committer`).
+        let statements = match options.pooler {
+            Pooler::None => {
+                config.options(server_options.trim());
+                StatementMode::Prepared
+            }
+            Pooler::Transaction => StatementMode::Unnamed,
+        };
+        let isolation = match options.profile {
+            PostgresProfile::Full => tokio_postgres::IsolationLevel::ReadCommitted,
+            PostgresProfile::Portable => tokio_postgres::IsolationLevel::Serializable,
+        };
+        let sql = Arc::new(Sql::new(&options.schema, statements, isolation));
         let manager =
             Manager::from_config(config.clone(), NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
@@ -220,21 +283,36 @@ impl PostgresStore {
             .map_err(|error| unavailable(format!("connect to the {}", schema::target_text(&config)), error))?;
         drop(first_connection);
         if options.must_exist {
-            schema::refuse_missing_schema(&pool, &config, &options.schema).await?;
+            schema::refuse_missing_schema(&pool, &sql, &config, &options.schema).await?;
         }
-        schema::migrate(&pool, &options.schema).await?;
+        schema::migrate(&pool, &options.schema, options.profile).await?;
 
         let channel = format!("hoard_{}", options.schema);
         let (notifications, _) = broadcast::channel(NOTIFICATION_CHANNEL_CAPACITY);
         let (listener_shutdown, shutdown_receiver) = watch::channel(());
         let (ready_sender, ready_receiver) = oneshot::channel();
-        tokio::spawn(listener::run_listener(
-            config,
-            channel.clone(),
-            notifications.clone(),
-            ready_sender,
-            shutdown_receiver,
-        ));
+        match options.profile {
+            PostgresProfile::Full => {
+                tokio::spawn(listener::run_listener(
+                    listen_config,
+                    channel.clone(),
+                    notifications.clone(),
+                    ready_sender,
+                    shutdown_receiver,
+                ));
+            }
+            PostgresProfile::Portable => {
+                let poll_interval = Duration::from_millis(options.notification_poll_interval_ms);
+                tokio::spawn(poller::run_poller(
+                    pool.clone(),
+                    sql.clone(),
+                    poll_interval,
+                    notifications.clone(),
+                    ready_sender,
+                    shutdown_receiver,
+                ));
+            }
+        }
         match tokio::time::timeout(connect_timeout.saturating_mul(2), ready_receiver).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(message))) => {
@@ -248,16 +326,26 @@ impl PostgresStore {
 
         let committer = Arc::new(CommitterShared {
             pool: pool.clone(),
+            sql: sql.clone(),
+            statement_timeout_ms: options.statement_timeout_ms,
             limits: options.limits.clone(),
             history_policy: options.history_policy.clone(),
             group_commit_max_commits: options.group_commit_max_commits,
             counters: GroupCommitCounters::default(),
+            retry_attempts_max: match options.profile {
+                PostgresProfile::Full => committer::GROUP_COMMIT_RETRY_ATTEMPTS_MAX,
+                PostgresProfile::Portable => committer::SERIALIZABLE_GROUP_COMMIT_RETRY_ATTEMPTS_MAX,
+            },
+            jitter: crate::retry::Jitter::seeded(crate::retry::Jitter::seed_from(&options.schema)),
+            profile: options.profile,
         });
         let (commit_queue, commit_receiver) = mpsc::channel(options.commit_queue_depth);
         committer::spawn_workers(committer.clone(), commit_receiver, options.group_commit_workers);
 
         Ok(PostgresStore {
             pool,
+            sql,
+            profile: options.profile,
             schema: options.schema,
             channel,
             limits: options.limits,
@@ -292,11 +380,12 @@ impl Store for PostgresStore {
 
     async fn now_ms(&self) -> Result<i64, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached("SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint")
+        let row = self
+            .sql
+            .query_opt(&client, "SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint", &[])
             .await
-            .map_err(|error| unavailable("read the clock", error))?;
-        let row = client.query_one(&statement, &[]).await.map_err(|error| unavailable("read the clock", error))?;
+            .map_err(|error| unavailable("read the clock", error))?
+            .ok_or_else(|| StoreError::unavailable("postgres: read the clock: no row answered"))?;
         row.try_get(0).map_err(|error| unavailable("read the clock", error))
     }
 
@@ -310,13 +399,15 @@ impl Store for PostgresStore {
         let stores: Vec<&str> = ids.iter().map(|id| id.store.as_str()).collect();
         let keys: Vec<&str> = ids.iter().map(|id| id.key.as_str()).collect();
         let client = self.client().await?;
-        let sql = format!(
-            "SELECT {DOC_COLUMNS} FROM docs AS d
+        let template = format!(
+            "SELECT {DOC_COLUMNS} FROM {{docs}} AS d
              JOIN unnest($1::text[], $2::text[]) AS want(store, key) ON d.store = want.store AND d.key = want.key"
         );
-        let statement = client.prepare_cached(&sql).await.map_err(|error| unavailable("read documents", error))?;
-        let rows =
-            client.query(&statement, &[&stores, &keys]).await.map_err(|error| unavailable("read documents", error))?;
+        let rows = self
+            .sql
+            .query(&client, &template, &[(&stores, Type::TEXT_ARRAY), (&keys, Type::TEXT_ARRAY)])
+            .await
+            .map_err(|error| unavailable("read documents", error))?;
         let mut found: HashMap<DocId, Document> = HashMap::with_capacity(rows.len());
         for row in &rows {
             let doc = document_from_row(row)?;
@@ -339,19 +430,25 @@ impl Store for PostgresStore {
         let client = self.client().await?;
         // `key >= prefix` and `key < upper bound` bound the index scan; `left(key, n) = prefix`
         // is the exact test (no LIKE, so `%` and `_` in a prefix are plain characters).
-        let statement = client
-            .prepare_cached(
-                "SELECT key FROM docs
+        let rows = self
+            .sql
+            .query(
+                &client,
+                "SELECT key FROM {docs}
                  WHERE store = $1 AND value IS NOT NULL
                    AND key >= $2 AND ($3::text IS NULL OR key < $3) AND left(key, $4) = $2
                    AND ($5::text IS NULL OR key > $5)
                  ORDER BY key
                  LIMIT $6",
+                &[
+                    (&store.as_str(), Type::TEXT),
+                    (&query.prefix, Type::TEXT),
+                    (&upper_bound, Type::TEXT),
+                    (&prefix_chars, Type::INT4),
+                    (&after, Type::TEXT),
+                    (&fetch, Type::INT8),
+                ],
             )
-            .await
-            .map_err(|error| unavailable("list keys", error))?;
-        let rows = client
-            .query(&statement, &[&store.as_str(), &query.prefix, &upper_bound, &prefix_chars, &after, &fetch])
             .await
             .map_err(|error| unavailable("list keys", error))?;
         let mut keys = Vec::with_capacity(rows.len());
@@ -386,12 +483,12 @@ impl Store for PostgresStore {
 
     async fn list_versions(&self, id: &DocId, query: &VersionQuery) -> Result<Vec<VersionInfo>, StoreError> {
         validate_doc_id(id, &self.limits)?;
-        history::list_versions(&self.pool, id, query, &self.limits).await
+        history::list_versions(&self.pool, &self.sql, id, query, &self.limits).await
     }
 
     async fn get_version(&self, id: &DocId, version: u64) -> Result<Option<VersionRecord>, StoreError> {
         validate_doc_id(id, &self.limits)?;
-        history::get_version(&self.pool, id, version).await
+        history::get_version(&self.pool, &self.sql, id, version).await
     }
 
     async fn prune_history(&self) -> Result<u64, StoreError> {
@@ -399,51 +496,51 @@ impl Store for PostgresStore {
     }
 
     async fn prune_history_page(&self, after: Option<DocId>, rows_max: usize) -> Result<PrunedPage, StoreError> {
-        history::prune_history_page(&self.pool, after, rows_max, &self.history_policy).await
+        history::prune_history_page(&self.pool, &self.sql, after, rows_max, &self.history_policy).await
     }
 
     async fn renew_holder(&self, holder: &HolderId, ttl_ms: u64) -> Result<HolderLease, StoreError> {
         let ttl_ms = i64::try_from(ttl_ms).unwrap_or(i64::MAX);
         let client = self.client().await?;
         // Expiry by the database's clock, saturating like the memory store.
-        let statement = client
-            .prepare_cached(
+        let row = self
+            .sql
+            .query_opt(
+                &client,
                 "WITH clock AS (SELECT (extract(epoch from clock_timestamp()) * 1000)::bigint AS now_ms)
-                 INSERT INTO holders (holder, expires_at_ms)
+                 INSERT INTO {holders} (holder, expires_at_ms)
                  SELECT $1, CASE WHEN $2::bigint > 9223372036854775807 - clock.now_ms THEN 9223372036854775807
                                  ELSE clock.now_ms + $2::bigint END
                  FROM clock
                  ON CONFLICT (holder) DO UPDATE SET expires_at_ms = EXCLUDED.expires_at_ms
                  RETURNING expires_at_ms",
+                &[(&holder.as_str(), Type::TEXT), (&ttl_ms, Type::INT8)],
             )
             .await
-            .map_err(|error| unavailable("renew holder", error))?;
-        let row = client
-            .query_one(&statement, &[&holder.as_str(), &ttl_ms])
-            .await
-            .map_err(|error| unavailable("renew holder", error))?;
+            .map_err(|error| unavailable("renew holder", error))?
+            .ok_or_else(|| StoreError::unavailable("postgres: renew holder: no row answered"))?;
         let expires_at_ms: i64 = row.try_get(0).map_err(|error| unavailable("renew holder", error))?;
         Ok(HolderLease { holder: holder.clone(), expires_at_ms })
     }
 
     async fn release_holder(&self, holder: &HolderId) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached("DELETE FROM holders WHERE holder = $1")
+        self.sql
+            .query(&client, "DELETE FROM {holders} WHERE holder = $1", &[(&holder.as_str(), Type::TEXT)])
             .await
             .map_err(|error| unavailable("release holder", error))?;
-        client.execute(&statement, &[&holder.as_str()]).await.map_err(|error| unavailable("release holder", error))?;
         Ok(())
     }
 
     async fn holder_lease(&self, holder: &HolderId) -> Result<Option<HolderLease>, StoreError> {
         let client = self.client().await?;
-        let statement = client
-            .prepare_cached("SELECT expires_at_ms FROM holders WHERE holder = $1")
-            .await
-            .map_err(|error| unavailable("read holder", error))?;
-        let row = client
-            .query_opt(&statement, &[&holder.as_str()])
+        let row = self
+            .sql
+            .query_opt(
+                &client,
+                "SELECT expires_at_ms FROM {holders} WHERE holder = $1",
+                &[(&holder.as_str(), Type::TEXT)],
+            )
             .await
             .map_err(|error| unavailable("read holder", error))?;
         row.map(|row| {
@@ -468,9 +565,18 @@ impl Store for PostgresStore {
             .into());
         }
         let client = self.client().await?;
-        let statement =
-            client.prepare_cached("SELECT pg_notify($1, $2)").await.map_err(|error| unavailable("notify", error))?;
-        client.execute(&statement, &[&self.channel, &payload]).await.map_err(|error| unavailable("notify", error))?;
+        match self.profile {
+            PostgresProfile::Full => self
+                .sql
+                .query(&client, "SELECT pg_notify($1, $2)", &[(&self.channel, Type::TEXT), (&payload, Type::TEXT)])
+                .await
+                .map_err(|error| unavailable("notify", error))?,
+            PostgresProfile::Portable => self
+                .sql
+                .query(&client, poller::INSERT_NOTIFICATION_SQL, &[(&payload, Type::TEXT)])
+                .await
+                .map_err(|error| unavailable("notify", error))?,
+        };
         Ok(())
     }
 
@@ -480,6 +586,10 @@ impl Store for PostgresStore {
 
     fn group_commit_stats(&self) -> Option<GroupCommitStats> {
         Some(self.committer.counters.snapshot())
+    }
+
+    fn operator(&self) -> Option<&dyn crate::store::OperatorStore> {
+        Some(self)
     }
 }
 

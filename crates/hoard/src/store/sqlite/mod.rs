@@ -21,6 +21,7 @@ mod clock;
 mod connection;
 mod history;
 mod identify;
+mod indexes;
 mod notifications;
 mod reads;
 mod rows;
@@ -421,5 +422,9 @@ impl Store for SqliteStore {
 
     fn group_commit_stats(&self) -> Option<GroupCommitStats> {
         Some(self.writer_stats.snapshot())
+    }
+
+    fn operator(&self) -> Option<&dyn crate::store::OperatorStore> {
+        Some(self)
     }
 }

@@ -11,7 +11,8 @@ use rusqlite::{Connection, OptionalExtension};
 use crate::store::StoreError;
 
 /// Migrations in order: `MIGRATIONS[n]` takes a file from version `n` to version `n + 1`.
-const MIGRATIONS: &[&str] = &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("schema_v1.sql"), include_str!("schema_v2.sql"), include_str!("schema_v3.sql")];
 
 /// The schema version this build of hoard writes.
 pub const SCHEMA_VERSION_LATEST: i64 = MIGRATIONS.len() as i64;

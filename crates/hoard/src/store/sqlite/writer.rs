@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::clock;
 use super::history::{PruneCursor, PrunePage, SupersededRow, insert_superseded, prune_history_page};
+use super::indexes::{Reindex, reindex};
 use super::rows::{read_current, sql_error, to_json_text, upsert_document};
 use crate::store::apply::{apply_commit, write_reads_value};
 use crate::store::encoded::EncodedCommit;
@@ -69,6 +70,24 @@ pub(crate) enum WriteRequest {
         rows_max: usize,
         reply: Reply<PrunePage>,
     },
+    /// An operator's write (declare or drop an index, purge history: `indexes`), in its own
+    /// savepoint like a commit; answers a count.
+    Operator {
+        work: OperatorWork,
+        reply: Reply<u64>,
+    },
+}
+
+/// What an operator's write runs on the writer's connection.
+pub(crate) type OperatorFn = dyn FnOnce(&Connection) -> Result<u64, StoreError> + Send;
+
+/// The work of a `WriteRequest::Operator`, run once on the writer's connection.
+pub(crate) struct OperatorWork(pub Box<OperatorFn>);
+
+impl std::fmt::Debug for OperatorWork {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OperatorWork")
+    }
 }
 
 /// Counters of the writer, shared with the store for `group_commit_stats`.
@@ -126,6 +145,7 @@ enum Answer {
     Holder(Reply<HolderLease>, Result<HolderLease, StoreError>),
     Unit(Reply<()>, Result<(), StoreError>),
     Prune(Reply<PrunePage>, Result<PrunePage, StoreError>),
+    Count(Reply<u64>, Result<u64, StoreError>),
 }
 
 impl Answer {
@@ -136,6 +156,7 @@ impl Answer {
             Answer::Holder(_, result) => result.is_ok(),
             Answer::Unit(_, result) => result.is_ok(),
             Answer::Prune(_, result) => result.as_ref().is_ok_and(|page| page.pruned > 0),
+            Answer::Count(_, result) => result.is_ok(),
         }
     }
 
@@ -145,6 +166,7 @@ impl Answer {
             Answer::Holder(_, result) => result.is_ok(),
             Answer::Unit(_, result) => result.is_ok(),
             Answer::Prune(_, result) => result.is_ok(),
+            Answer::Count(_, result) => result.is_ok(),
         }
     }
 
@@ -155,6 +177,7 @@ impl Answer {
             Answer::Holder(reply, result) => Answer::Holder(reply, result.and_then(|_| Err(error()))),
             Answer::Unit(reply, result) => Answer::Unit(reply, result.and_then(|_| Err(error()))),
             Answer::Prune(reply, result) => Answer::Prune(reply, result.and_then(|_| Err(error()))),
+            Answer::Count(reply, result) => Answer::Count(reply, result.and_then(|_| Err(error()))),
         }
     }
 
@@ -165,6 +188,7 @@ impl Answer {
             Answer::Holder(reply, result) => drop(reply.send(result)),
             Answer::Unit(reply, result) => drop(reply.send(result)),
             Answer::Prune(reply, result) => drop(reply.send(result)),
+            Answer::Count(reply, result) => drop(reply.send(result)),
         }
     }
 }
@@ -177,6 +201,7 @@ impl WriteRequest {
             WriteRequest::ReleaseHolder { reply, .. } => drop(reply.send(Err(error))),
             WriteRequest::Notify { reply, .. } => drop(reply.send(Err(error))),
             WriteRequest::PruneHistoryPage { reply, .. } => drop(reply.send(Err(error))),
+            WriteRequest::Operator { reply, .. } => drop(reply.send(Err(error))),
         }
     }
 
@@ -286,6 +311,7 @@ fn run_in_savepoint(
                 Answer::Unit(reply, Err(sql_error("savepoint")(error)))
             }
             WriteRequest::PruneHistoryPage { reply, .. } => Answer::Prune(reply, Err(sql_error("savepoint")(error))),
+            WriteRequest::Operator { reply, .. } => Answer::Count(reply, Err(sql_error("savepoint")(error))),
         };
         return (answer, false);
     }
@@ -307,6 +333,7 @@ fn run_in_savepoint(
                 prune_history_page(connection, after.as_ref(), rows_max, now_ms, &context.history_policy),
             )
         }
+        WriteRequest::Operator { work, reply } => Answer::Count(reply, (work.0)(connection)),
     };
     if connection.is_autocommit() {
         // The transaction is already gone (see `run_batch`); there is no savepoint to end.
@@ -355,7 +382,8 @@ fn write_commit(
         Err(conflict) => return Ok(CommitOutcome::Conflict(conflict)),
     };
     for (index, next) in nexts.iter().enumerate() {
-        // A new version is the only way a write changes the stored value; any other write keeps it.
+        // A new version is the only way a write changes the stored value (or its user ids, or
+        // what an index reads); any other write keeps it.
         if !next.new_version {
             upsert_document(connection, &next.doc, None)?;
             continue;
@@ -395,6 +423,15 @@ fn write_commit(
         }
         // A metadata-only version leaves the stored text in place (`None`): nothing to rewrite.
         let keeps_text = matches!(commit.writes[index].value, ValueOp::Keep);
+        reindex(
+            connection,
+            Reindex {
+                id: &next.doc.id,
+                old_user_ids: &superseded.user_ids,
+                new_user_ids: &next.doc.user_ids,
+                new_text: if keeps_text { None } else { Some(new_text.as_deref()) },
+            },
+        )?;
         upsert_document(connection, &next.doc, if keeps_text { None } else { Some(new_text) })?;
     }
     Ok(CommitOutcome::Committed { commit_id: commit.id, at_ms: now_ms, applied })

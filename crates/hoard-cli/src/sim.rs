@@ -124,6 +124,10 @@ pub struct SimArgs {
     /// Server freezes longer than a lease per minute, world-wide.
     #[arg(long)]
     pauses_per_minute: Option<f64>,
+    /// In process: chance each party's part in a cross-server trade arms a crash or freeze just
+    /// before or after one of its server's commits of the trade (escrow, decision, leg).
+    #[arg(long)]
+    cross_trade_step_faults: Option<f64>,
     /// `--path http`: requests applied whose answer is lost (probability per request).
     #[arg(long)]
     http_answer_lost: Option<f64>,
@@ -166,6 +170,7 @@ fn faults(args: &SimArgs) -> FaultRates {
     set(&mut rates.notification_loss, args.notification_loss);
     set(&mut rates.crashes_per_minute, args.crashes_per_minute);
     set(&mut rates.pauses_per_minute, args.pauses_per_minute);
+    set(&mut rates.cross_trade_step_faults, args.cross_trade_step_faults);
     set(&mut rates.http_answer_lost, args.http_answer_lost);
     set(&mut rates.http_request_lost, args.http_request_lost);
     set(&mut rates.http_duplicated, args.http_duplicated);

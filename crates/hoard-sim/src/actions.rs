@@ -410,6 +410,7 @@ impl World {
             return;
         };
         let crash_after_pending = self.chance(CROSS_TRADE_CRASH_AFTER_PENDING_PROBABILITY);
+        self.arm_step_fault(server, &trade.id);
         let world = self.clone();
         self.spawn_on(&[server], async move {
             let _guard = guard;
@@ -430,7 +431,8 @@ impl World {
                 }
                 _ => {}
             }
-            if ack == CrossAck::Pending && crash_after_pending && world.servers_up().len() >= 2 {
+            if ack == CrossAck::Pending && crash_after_pending && !world.play_is_over() && world.servers_up().len() >= 2
+            {
                 world
                     .audit
                     .player_event(&[player], &format!("crash s{server} right after {} answered pending", trade.id));
@@ -463,7 +465,10 @@ impl World {
         let delay_ms = self.random().random_range(0..=HOP_JOIN_DELAY_MS_MAX);
         let Some(guard) = self.busy(&[player]) else { return false };
         let world = self.clone();
-        self.spawn_on(&[server], async move {
+        // It dies with either server: a buy left waiting on a crashed second server would keep
+        // the player busy for ever.
+        let servers: Vec<usize> = std::iter::once(server).chain(second).collect();
+        self.spawn_on(&servers, async move {
             let _guard = guard;
             let Some(game) = world.server(server) else { return };
             let here = async {

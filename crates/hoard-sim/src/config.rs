@@ -78,6 +78,10 @@ pub struct FaultRates {
     pub pauses_per_minute: f64,
     /// Upper bound of each store call's network latency, each way.
     pub link_latency_ms_max: u64,
+    /// Chance that a party's part in a cross-server trade arms a step fault on its server: a
+    /// crash or freeze just before or after one of its commits of the trade (`step_faults`).
+    #[serde(default)]
+    pub cross_trade_step_faults: f64,
     /// HTTP path: a request applied by `hoard serve` whose answer is lost (probability each).
     #[serde(default)]
     pub http_answer_lost: f64,
@@ -115,6 +119,7 @@ impl FaultRates {
             crashes_per_minute: 4.0,
             pauses_per_minute: 4.0,
             link_latency_ms_max: 8,
+            cross_trade_step_faults: 0.2,
             http_answer_lost: 0.08,
             http_request_lost: 0.05,
             http_duplicated: 0.05,
@@ -136,6 +141,7 @@ impl FaultRates {
             crashes_per_minute: 0.0,
             pauses_per_minute: 0.0,
             link_latency_ms_max: 0,
+            cross_trade_step_faults: 0.0,
             http_answer_lost: 0.0,
             http_request_lost: 0.0,
             http_duplicated: 0.0,

@@ -3,6 +3,10 @@
 //! taken over elsewhere, then waking and trying to write. Store faults (errors before/after
 //! apply, lost requests, latency spikes, lost notifications) are `FaultStore`'s, per server.
 //!
+//! Cross-server trades also get faults aimed at their steps (`step_faults`): a trap armed on the
+//! party's server's link crashes or freezes it just before or just after one of its commits of
+//! the trade.
+//!
 //! Invariants:
 //! - At least one server stays up, so the world keeps playing.
 //! - A crashed incarnation never comes back: the next incarnation has a new holder id and link.
@@ -14,7 +18,8 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::world::World;
+use crate::step_faults::{FireStepFault, StepFault, StepMoment, StepTrap, TradeStep, step_fault_name};
+use crate::world::{ServerLink, World};
 
 /// How often the scheduler considers a crash or a freeze.
 pub const FAULT_TICK_MS: u64 = 1_000;
@@ -24,6 +29,11 @@ pub const RECONNECT_ELSEWHERE_PROBABILITY: f64 = 0.7;
 pub const SAVES_IN_FLIGHT_AT_FREEZE_MAX: usize = 3;
 /// How long after those saves start the freeze hits (so some are cut mid-flight).
 pub const FREEZE_AFTER_SAVES_MS_MAX: u64 = 10;
+/// The last of one party's server's commits touching a cross-server trade a step fault may hit
+/// (0: its prepare; 1: the next, its settle or an abort's decision).
+pub const STEP_FAULT_COMMIT_INDEX_MAX: usize = 1;
+/// Chance a step fault aims at the party's prepare rather than at its next commit of the trade.
+pub const STEP_FAULT_AT_PREPARE_PROBABILITY: f64 = 0.35;
 
 impl World {
     pub(crate) async fn fault_scheduler(self: Arc<Self>, end: tokio::time::Instant) {
@@ -54,6 +64,77 @@ impl World {
             if serve_restart_chance > 0.0 && self.chance(serve_restart_chance) {
                 let world = self.clone();
                 tokio::spawn(async move { world.restart_service().await });
+            }
+        }
+    }
+
+    /// With the configured chance, arms a step fault on server `index`'s link for `trade_id`: a
+    /// crash or freeze before or after one of its next commits of that trade.
+    pub(crate) fn arm_step_fault(self: &Arc<Self>, index: usize, trade_id: &str) {
+        if !self.chance(self.config.faults.cross_trade_step_faults) || self.play_is_over() {
+            return;
+        }
+        let (link, incarnation) = {
+            let servers = self.servers();
+            let Some(slot) = servers.get(index) else { return };
+            let ServerLink::Store(link) = &slot.link else { return };
+            (link.clone(), slot.incarnation)
+        };
+        // Settles are the rarer commits (a party may have moved, or another server settles it).
+        let commit_index = if self.chance(STEP_FAULT_AT_PREPARE_PROBABILITY) { 0 } else { STEP_FAULT_COMMIT_INDEX_MAX };
+        let moment = if self.chance(0.5) { StepMoment::Before } else { StepMoment::After };
+        let fault = if self.chance(0.5) { StepFault::Crash } else { StepFault::Freeze };
+        // Weak: the trap lives in a link the world owns.
+        let world = Arc::downgrade(self);
+        let fire: FireStepFault = Box::new(move |fault, moment, step| {
+            if let Some(world) = world.upgrade() {
+                world.step_fault(index, incarnation, fault, moment, step);
+            }
+        });
+        let trap = StepTrap { trade_id: trade_id.to_string(), commit_index, moment, fault, fire, commits_seen: 0 };
+        if link.arm(trap) {
+            self.count_outcome("cross_trade.step_fault.replaced_unsprung");
+        }
+    }
+
+    /// Play is over: no trap springs any more (the settling rounds wait for their servers).
+    pub(crate) fn disarm_step_faults(&self) {
+        for slot in self.servers().iter() {
+            if let ServerLink::Store(link) = &slot.link {
+                link.disarm();
+            }
+        }
+    }
+
+    /// A step fault's trap sprang on server `index` (incarnation `incarnation`): crash or freeze
+    /// it now, while the trade's commit waits at its link.
+    fn step_fault(
+        self: &Arc<Self>,
+        index: usize,
+        incarnation: u64,
+        fault: StepFault,
+        moment: StepMoment,
+        step: TradeStep,
+    ) {
+        let link = self
+            .servers()
+            .get(index)
+            .filter(|slot| slot.incarnation == incarnation && slot.server.is_some() && !slot.frozen)
+            .map(|slot| slot.link.clone());
+        let Some(link) = link.filter(|_| self.servers_up().len() >= 2) else {
+            self.count_outcome("cross_trade.step_fault.not_possible");
+            return;
+        };
+        let name = step_fault_name(fault, moment, step);
+        self.count_outcome(&name);
+        self.audit.event(&[], &format!("{name} on s{index}"));
+        match fault {
+            StepFault::Crash => self.crash(index),
+            StepFault::Freeze => {
+                // Held from this instant (the freeze itself pauses the link a little later).
+                link.pause();
+                let world = self.clone();
+                tokio::spawn(async move { world.freeze(index).await });
             }
         }
     }

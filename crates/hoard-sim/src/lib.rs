@@ -29,6 +29,7 @@ pub mod http;
 pub mod link;
 pub mod model;
 pub mod report;
+pub mod step_faults;
 pub mod strategies;
 pub mod world;
 

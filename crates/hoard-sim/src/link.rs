@@ -12,6 +12,8 @@
 //! - Latency is drawn from the link's own seeded generator in call order (replayable).
 //! - The audit sees each applied commit synchronously after the store answered; on the memory
 //!   store that is the store's apply order.
+//! - At most one cross-server trade step fault (`step_faults`) is armed on a link (the newest);
+//!   it fires at the commit it names, before the commit leaves or after it applied, then is gone.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::Notify;
 
 use crate::audit::Audit;
+use crate::step_faults::{StepMoment, StepTrap, TradeStep};
 
 #[derive(Debug)]
 pub struct SimLink {
@@ -41,6 +44,8 @@ pub struct SimLink {
     /// order of the latency draws after a resume differ between runs of one seed.
     resumed: Notify,
     killed: AtomicBool,
+    /// The cross-server trade step fault armed on this link, if any.
+    trap: Mutex<Option<StepTrap>>,
     /// The link under `hoard serve` (HTTP path): commits are attributed to the game server whose
     /// holder each write names, not to this link.
     attribute_by_holder: bool,
@@ -57,6 +62,7 @@ impl SimLink {
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
             killed: AtomicBool::new(false),
+            trap: Mutex::new(None),
             attribute_by_holder: false,
         }
     }
@@ -87,6 +93,35 @@ impl SimLink {
         self.killed.store(true, Ordering::SeqCst);
         // Wake waiters so they notice the kill and pend forever instead.
         self.resume();
+    }
+
+    /// Arms `trap`, in place of one that has not sprung (its commit may never come: its trade
+    /// was decided elsewhere, or its party left); answers whether it replaced one.
+    pub fn arm(&self, trap: StepTrap) -> bool {
+        self.trap.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(trap).is_some()
+    }
+
+    /// Takes off the armed trap, if any.
+    pub fn disarm(&self) {
+        self.trap.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+    }
+
+    /// The armed trap, taken off the link, when `commit` is the commit it hits.
+    fn sprung_by(&self, commit: &Commit) -> Option<(StepTrap, TradeStep)> {
+        let mut armed = self.trap.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let trap = armed.as_mut()?;
+        let step = TradeStep::of(commit, &trap.trade_id)?;
+        trap.commits_seen += 1;
+        if trap.commits_seen <= trap.commit_index {
+            return None;
+        }
+        armed.take().map(|trap| (trap, step))
+    }
+
+    /// Makes the trap's fault happen to this link's server (a crash kills this link, a freeze
+    /// pauses it).
+    fn spring(&self, trap: &StepTrap, step: TradeStep) {
+        (trap.fire)(trap.fault, trap.moment, step);
     }
 
     async fn travel(&self) {
@@ -143,6 +178,14 @@ impl Store for SimLink {
 
     async fn commit(&self, commit: Commit) -> Result<CommitOutcome, StoreError> {
         self.travel().await;
+        let sprung = self.sprung_by(&commit);
+        if let Some((trap, step)) = &sprung
+            && trap.moment == StepMoment::Before
+        {
+            self.spring(trap, *step);
+            // A crash killed the link (this pends for ever); a freeze holds the commit here.
+            self.travel().await;
+        }
         let observed = commit.clone();
         let result = self.inner.commit(commit).await;
         if let Ok(outcome) = &result {
@@ -151,6 +194,11 @@ impl Store for SimLink {
             } else {
                 self.audit.observe_commit(self.id, &observed, outcome);
             }
+        }
+        if let Some((trap, step)) = &sprung
+            && trap.moment == StepMoment::After
+        {
+            self.spring(trap, *step);
         }
         self.travel().await;
         result

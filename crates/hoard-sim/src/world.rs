@@ -11,7 +11,7 @@
 //!   nothing of a dead incarnation reaches the store afterwards.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -35,6 +35,8 @@ use crate::strategies::{GameServer, ServerContext, open_server};
 
 /// Tries to open a server incarnation before giving up on it for this world.
 pub const SERVER_OPEN_ATTEMPTS_MAX: u32 = 5;
+/// At the end of play: how often the world looks whether its frozen servers woke.
+const FROZEN_POLL_MS: u64 = 100;
 /// At the end of play: rounds of rejoining and settling players who hold cross-server trades.
 pub const END_SETTLE_ROUNDS_MAX: u32 = 20;
 /// Simulated time between two such rounds.
@@ -141,6 +143,9 @@ pub(crate) struct World {
     pub stats: Mutex<Stats>,
     pub next_id: AtomicU64,
     next_link: AtomicU64,
+    /// Set when play ends: no process fault starts after it (the settling rounds wait on their
+    /// servers, and a crash would leave them waiting for ever).
+    play_over: AtomicBool,
 }
 
 /// Clears the players' busy flags when the action ends, however it ends (aborted included).
@@ -228,6 +233,7 @@ impl World {
             stats: Mutex::new(Stats::default()),
             next_id: AtomicU64::new(0),
             next_link,
+            play_over: AtomicBool::new(false),
             config,
             seed,
             names,
@@ -427,7 +433,11 @@ impl World {
             }
         }
         let _ = faults.await;
+        self.play_over.store(true, Ordering::SeqCst);
+        self.disarm_step_faults();
         self.audit.event(&[], "play ends; settling");
+        // A freeze a step fault began just before the end may outlast the settle time.
+        self.wait_until_no_server_is_frozen().await;
         tokio::time::sleep(Duration::from_millis(self.config.settle_ms)).await;
         self.settle_cross_trades().await?;
         self.shutdown_all().await;
@@ -462,6 +472,19 @@ impl World {
         self.audit.event(&[], "every server shut down");
     }
 
+    /// Whether play has ended (process faults have stopped).
+    pub fn play_is_over(&self) -> bool {
+        self.play_over.load(Ordering::SeqCst)
+    }
+
+    /// Waits for every frozen server to wake (a freeze ends by itself within `pause_ms_max`).
+    async fn wait_until_no_server_is_frozen(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(self.config.pause_ms_max + FROZEN_POLL_MS);
+        while self.servers().iter().any(|slot| slot.frozen) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(FROZEN_POLL_MS)).await;
+        }
+    }
+
     /// At the end of play: every player whose durable profile holds a cross-server trade pending
     /// rejoins (if offline) and is settled, until none is left or the rounds run out (the final
     /// audit then reports what stayed).
@@ -486,7 +509,10 @@ impl World {
                 let here = self.players().get(player).and_then(|slot| slot.at).filter(|s| up.contains(s));
                 let Some(server) = here.or_else(|| self.pick(&up)) else { continue };
                 let Some(game) = self.server(server) else { continue };
-                let Some(_guard) = self.busy(&[player]) else { continue };
+                let Some(_guard) = self.busy(&[player]) else {
+                    self.audit.player_event(&[player], &format!("p{player} is busy: settled next round"));
+                    continue;
+                };
                 if here.is_none() {
                     let joined = game.join(player, true).await;
                     self.audit.player_event(&[player], &format!("p{player} rejoins s{server} to settle: {joined:?}"));

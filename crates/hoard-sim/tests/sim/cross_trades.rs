@@ -38,7 +38,10 @@ fn hoard_sweep_with_cross_server_trades_finds_no_violation() {
 
 /// The control is caught in most worlds of a short sweep.
 fn cross_control_is_caught(strategy: Strategy) -> SweepReport {
-    let config = cross_trading_world(strategy);
+    let mut config = cross_trading_world(strategy);
+    // The controls' flaws need trades that reach their decision; step faults crash many servers
+    // before it, and would leave the catch to luck.
+    config.faults.cross_trade_step_faults = 0.0;
     let report = sweep(&config, seed_from_env(5_000), 4, 2, &|_| {});
     let summary = report.summary(0);
     assert!(report.errors.is_empty(), "{summary}");
@@ -64,4 +67,22 @@ fn record_failure_as_abort_control_is_caught() {
 fn early_escrow_release_control_is_caught() {
     let report = cross_control_is_caught(Strategy::EarlyEscrowRelease);
     assert!(report.escrow_misreleased > 0, "{}", report.summary(0));
+}
+
+/// Half the parties' parts arm a crash or freeze at one of their server's commits of the trade
+/// (more would leave few servers up to trade on), so the sweep reaches each step (escrow, decision, leg) with each fault before and after the commit.
+#[test]
+fn crashes_and_freezes_at_every_step_of_a_cross_server_trade_lose_and_dupe_nothing() {
+    let mut config = cross_trading_world(Strategy::Hoard);
+    config.faults.cross_trade_step_faults = 0.5;
+    let report = sweep(&config, seed_from_env(6_000), 24, 2, &|_| {});
+    let summary = report.summary(0);
+    assert!(!report.failed(), "{summary}");
+    assert_eq!(count(&report.cross_trades, "undecided"), 0, "{summary}");
+    let missed: Vec<String> = hoard_sim::step_faults::every_step_fault_name()
+        .into_iter()
+        .filter(|name| count(&report.outcomes, name) == 0)
+        .collect();
+    assert!(missed.is_empty(), "step faults never reached: {missed:?}\n{summary}");
+    assert!(count(&report.cross_trades, "committed") > 0, "no cross-server trade committed: {summary}");
 }

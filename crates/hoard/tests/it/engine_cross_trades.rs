@@ -603,3 +603,15 @@ fn cross_trade_futures_are_send(engine: Engine, session: Session<Trader>, trade:
     send(engine.settle_trade(&session, "x"));
     send(engine.abort_trade("x", "declined"));
 }
+
+// Conservation under faults on the PostgreSQL deployment variants too (polled notifications and
+// no advisory locks; a transaction-mode pooler): every backend hoard ships for.
+mod profiles {
+    use super::*;
+
+    crate::backends::backend_suite! {
+        config: Default::default();
+        backends: [postgres_portable, postgres_pooled];
+        cases: [cross_trades_conserve_items_and_currency_under_faults]
+    }
+}

@@ -144,7 +144,7 @@ impl OperatorStore for MemoryStore {
             Some(after) => Bound::Excluded((user_id.to_string(), after.clone())),
             None => Bound::Unbounded,
         };
-        let mut ids: Vec<DocId> = state
+        let ids: Vec<DocId> = state
             .indexes
             .user_keys
             .range((start, Bound::Unbounded))
@@ -153,10 +153,7 @@ impl OperatorStore for MemoryStore {
             .take(limit + 1)
             .map(|(_, id)| id.clone())
             .collect();
-        let more = ids.len() > limit;
-        ids.truncate(limit);
-        let next_after = if more { ids.last().cloned() } else { None };
-        Ok(DocIdPage { ids, next_after })
+        Ok(DocIdPage::from_fetched(ids, limit))
     }
 
     async fn keys_by_member(

@@ -42,6 +42,17 @@ pub struct DocIdPage {
     pub next_after: Option<DocId>,
 }
 
+impl DocIdPage {
+    /// The page of `limit` ids out of `fetched`, which a backend reads as up to `limit + 1` rows
+    /// in order: one row more says there is a next page.
+    pub fn from_fetched(mut fetched: Vec<DocId>, limit: usize) -> DocIdPage {
+        let more = fetched.len() > limit;
+        fetched.truncate(limit);
+        let next_after = if more { fetched.last().cloned() } else { None };
+        DocIdPage { ids: fetched, next_after }
+    }
+}
+
 /// The page size an index query uses: 0 means the store's default page size, and no page is
 /// longer than `INDEX_PAGE_ENTRIES_MAX`.
 pub fn index_page_size(requested: usize, default: usize) -> usize {

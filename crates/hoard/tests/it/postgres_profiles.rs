@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hoard::store::postgres::{PostgresOptions, PostgresStore};
-use hoard::store::{Commit, Condition, Notification, Pooler, PostgresProfile, SharedStore, Write, get};
+use hoard::store::{Commit, Condition, DocId, Notification, Pooler, PostgresProfile, SharedStore, Write, get};
 use serde_json::{Value, json};
 
 use crate::backends::{TestConfig, TestStore, fresh_schema_name, postgres_url, require_postgres};
@@ -129,26 +129,10 @@ async fn two_stores_through_one_pgbouncer_share_a_schema_lose_no_increment_and_h
         async move { Arc::new(PostgresStore::open(options).await.expect("open through pgbouncer")) as SharedStore }
     };
     let (first, second) = (open().await, open().await);
-    let mut subscription = second.subscribe();
-    let sent = Notification { topic: "holder/b".into(), payload: "release players/alice".into() };
-    first.notify(sent.clone()).await.expect("notify through the pooler");
-    let received = tokio::time::timeout(Duration::from_secs(10), subscription.recv())
-        .await
-        .expect("the notification arrives over the direct LISTEN connection")
-        .expect("subscription open");
-    assert_eq!(received, sent);
+    notification_crosses(&first, &second, "release players/alice", "over the direct LISTEN connection").await;
 
     let id = doc("counters", "pooled");
-    let tasks: Vec<_> = (0..8)
-        .map(|index| {
-            tokio::spawn(cas_increments(if index % 2 == 0 { first.clone() } else { second.clone() }, id.clone(), 20))
-        })
-        .collect();
-    for task in tasks {
-        task.await.expect("task");
-    }
-    let document = get(&*first, &id).await.expect("read");
-    assert_eq!((document.value, document.version), (Some(json!(160)), 160), "no increment lost or doubled");
+    increments_from_both_land_exactly_once(&first, &second, &id, &first).await;
     let versions = first.list_versions(&id, &Default::default()).await.expect("history through the pooler");
     assert!(!versions.is_empty());
     first.get_version(&id, 1).await.expect("a version rebuilt through the pooler").expect("kept");
@@ -232,18 +216,34 @@ async fn portable_profile_uses_no_listen_and_two_stores_hear_each_other_by_polli
         .expect("read pg_stat_activity");
     assert_eq!(listening.get::<_, i64>(0), 0, "no connection of the portable profile LISTENs");
 
-    let mut subscription = second.subscribe();
-    let sent = Notification { topic: "holder/b".into(), payload: "polled".into() };
-    first.notify(sent.clone()).await.expect("notify");
-    let received = tokio::time::timeout(Duration::from_secs(10), subscription.recv())
-        .await
-        .expect("the poller delivers it")
-        .expect("subscription open");
-    assert_eq!(received, sent);
+    notification_crosses(&first, &second, "polled", "through the poller").await;
 
     // Under SERIALIZABLE, contention shows up as serialization failures, which the committer
     // retries: every increment still lands exactly once.
     let id = doc("counters", "portable");
+    increments_from_both_land_exactly_once(&first, &second, &id, &second).await;
+}
+
+/// A notification `first` sends reaches a subscriber of `second` (`how`: the path it takes).
+async fn notification_crosses(first: &SharedStore, second: &SharedStore, payload: &str, how: &str) {
+    let mut subscription = second.subscribe();
+    let sent = Notification { topic: "holder/b".into(), payload: payload.into() };
+    first.notify(sent.clone()).await.expect("notify");
+    let received = tokio::time::timeout(Duration::from_secs(10), subscription.recv())
+        .await
+        .unwrap_or_else(|_| panic!("the notification arrives {how}"))
+        .expect("subscription open");
+    assert_eq!(received, sent);
+}
+
+/// Eight tasks, half on each store, each make 20 compare-and-set increments of `id`: read back
+/// through `reader`, every one landed exactly once.
+async fn increments_from_both_land_exactly_once(
+    first: &SharedStore,
+    second: &SharedStore,
+    id: &DocId,
+    reader: &SharedStore,
+) {
     let tasks: Vec<_> = (0..8)
         .map(|index| {
             tokio::spawn(cas_increments(if index % 2 == 0 { first.clone() } else { second.clone() }, id.clone(), 20))
@@ -252,6 +252,6 @@ async fn portable_profile_uses_no_listen_and_two_stores_hear_each_other_by_polli
     for task in tasks {
         task.await.expect("task");
     }
-    let document = get(&*second, &id).await.expect("read");
+    let document = get(&**reader, id).await.expect("read");
     assert_eq!((document.value, document.version), (Some(json!(160)), 160), "no increment lost or doubled");
 }

@@ -344,10 +344,7 @@ impl OperatorStore for PostgresStore {
             let key: String = row.try_get("key").map_err(|error| unavailable("look up a user id", error))?;
             ids.push(DocId::parse(&store, &key).map_err(|error| StoreError::corrupt(error.to_string()))?);
         }
-        let more = ids.len() > limit;
-        ids.truncate(limit);
-        let next_after = if more { ids.last().cloned() } else { None };
-        Ok(DocIdPage { ids, next_after })
+        Ok(DocIdPage::from_fetched(ids, limit))
     }
 
     async fn keys_by_member(

@@ -234,10 +234,7 @@ impl OperatorStore for SqliteStore {
                     let (store, key) = row.map_err(sql_error("looking up a user id"))?;
                     ids.push(DocId::parse(&store, &key).map_err(|error| StoreError::corrupt(error.to_string()))?);
                 }
-                let more = ids.len() > limit;
-                ids.truncate(limit);
-                let next_after = if more { ids.last().cloned() } else { None };
-                Ok(DocIdPage { ids, next_after })
+                Ok(DocIdPage::from_fetched(ids, limit))
             })
             .await
     }

@@ -36,8 +36,9 @@ pub enum StrategyArg {
     NoAdopt,
     /// Over HTTP: hoard's client retrying lost value moves with fresh ids (a control).
     FreshIds,
-    /// In process: the engine, but a cross-server trade whose deciding record write failed is
-    /// taken as not committed and the party refunded (a control).
+    /// The engine (or, over HTTP, hoard's client), but a cross-server trade whose deciding record
+    /// write failed (over HTTP: whose prepare's first attempt went unanswered) is taken as not
+    /// committed and the party refunded (a control).
     RecordFailureAsAbort,
     /// In process: the engine, but a receiver takes the other party's escrow before the trade
     /// is decided (a control).

@@ -346,7 +346,7 @@ impl World {
     /// A trade between two players held by different servers: the first party's server takes
     /// its part now, the second's later (sometimes past the deadline, sometimes never).
     pub(crate) fn action_cross_trade(self: &Arc<Self>) -> bool {
-        if !self.config.strategy.trades_across_servers() || self.service.is_some() {
+        if !self.config.strategy.trades_across_servers() {
             return false;
         }
         let idle = self.online_idle(None);
@@ -464,24 +464,35 @@ impl World {
         let second = if self.chance(BUY_ON_TWO_SERVERS_PROBABILITY) { self.pick(&others) } else { None };
         let delay_ms = self.random().random_range(0..=HOP_JOIN_DELAY_MS_MAX);
         let Some(guard) = self.busy(&[player]) else { return false };
+        // Each server's part is a task of that server alone, as in a hop: a crash aborts only
+        // what the crashed process was doing (aborting a live server's request mid-flight would
+        // make it forget a write that applied), and the player stays busy until both are over.
+        let guard = Arc::new(guard);
+        let elsewhere = second.map(|to| {
+            let (world, purchase, guard) = (self.clone(), purchase.clone(), guard.clone());
+            self.spawn_on(&[to], async move {
+                let _guard = guard;
+                if !world.hop(player, server, to, delay_ms, true).await {
+                    return None;
+                }
+                let other = world.server(to)?;
+                Some(other.buy(player, &purchase).await)
+            })
+        });
         let world = self.clone();
-        // It dies with either server: a buy left waiting on a crashed second server would keep
-        // the player busy for ever.
-        let servers: Vec<usize> = std::iter::once(server).chain(second).collect();
-        self.spawn_on(&servers, async move {
+        self.spawn_on(&[server], async move {
             let _guard = guard;
             let Some(game) = world.server(server) else { return };
             let here = async {
                 let (first, again) = tokio::join!(game.buy(player, &purchase), game.buy(player, &purchase));
                 [first, again]
             };
+            // A second server that crashed ends its part (`None`).
             let elsewhere = async {
-                let to = second?;
-                if !world.hop(player, server, to, delay_ms, true).await {
-                    return None;
+                match elsewhere {
+                    Some(task) => joined(task).await.flatten(),
+                    None => None,
                 }
-                let other = world.server(to)?;
-                Some(other.buy(player, &purchase).await)
             };
             let (answers, last) = tokio::join!(here, elsewhere);
             let acks: Vec<BuyAck> = answers.into_iter().chain(last).collect();

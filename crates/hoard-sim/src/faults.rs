@@ -19,7 +19,7 @@ use std::time::Duration;
 use rand::Rng;
 
 use crate::step_faults::{FireStepFault, StepFault, StepMoment, StepTrap, TradeStep, step_fault_name};
-use crate::world::{ServerLink, World};
+use crate::world::World;
 
 /// How often the scheduler considers a crash or a freeze.
 pub const FAULT_TICK_MS: u64 = 1_000;
@@ -77,8 +77,7 @@ impl World {
         let (link, incarnation) = {
             let servers = self.servers();
             let Some(slot) = servers.get(index) else { return };
-            let ServerLink::Store(link) = &slot.link else { return };
-            (link.clone(), slot.incarnation)
+            (slot.link.clone(), slot.incarnation)
         };
         // Settles are the rarer commits (a party may have moved, or another server settles it).
         let commit_index = if self.chance(STEP_FAULT_AT_PREPARE_PROBABILITY) { 0 } else { STEP_FAULT_COMMIT_INDEX_MAX };
@@ -100,9 +99,7 @@ impl World {
     /// Play is over: no trap springs any more (the settling rounds wait for their servers).
     pub(crate) fn disarm_step_faults(&self) {
         for slot in self.servers().iter() {
-            if let ServerLink::Store(link) = &slot.link {
-                link.disarm();
-            }
+            slot.link.disarm();
         }
     }
 

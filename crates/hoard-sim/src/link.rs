@@ -29,7 +29,7 @@ use rand_chacha::ChaCha8Rng;
 use tokio::sync::Notify;
 
 use crate::audit::Audit;
-use crate::step_faults::{StepMoment, StepTrap, TradeStep};
+use crate::step_faults::{StepMoment, StepTrap, TradeStep, TrapSlot};
 
 #[derive(Debug)]
 pub struct SimLink {
@@ -45,7 +45,7 @@ pub struct SimLink {
     resumed: Notify,
     killed: AtomicBool,
     /// The cross-server trade step fault armed on this link, if any.
-    trap: Mutex<Option<StepTrap>>,
+    trap: TrapSlot,
     /// The link under `hoard serve` (HTTP path): commits are attributed to the game server whose
     /// holder each write names, not to this link.
     attribute_by_holder: bool,
@@ -62,7 +62,7 @@ impl SimLink {
             paused: AtomicBool::new(false),
             resumed: Notify::new(),
             killed: AtomicBool::new(false),
-            trap: Mutex::new(None),
+            trap: TrapSlot::default(),
             attribute_by_holder: false,
         }
     }
@@ -95,27 +95,19 @@ impl SimLink {
         self.resume();
     }
 
-    /// Arms `trap`, in place of one that has not sprung (its commit may never come: its trade
-    /// was decided elsewhere, or its party left); answers whether it replaced one.
+    /// Arms `trap` (see `TrapSlot::arm`); answers whether it replaced one that had not sprung.
     pub fn arm(&self, trap: StepTrap) -> bool {
-        self.trap.lock().unwrap_or_else(std::sync::PoisonError::into_inner).replace(trap).is_some()
+        self.trap.arm(trap)
     }
 
     /// Takes off the armed trap, if any.
     pub fn disarm(&self) {
-        self.trap.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        self.trap.disarm();
     }
 
     /// The armed trap, taken off the link, when `commit` is the commit it hits.
     fn sprung_by(&self, commit: &Commit) -> Option<(StepTrap, TradeStep)> {
-        let mut armed = self.trap.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let trap = armed.as_mut()?;
-        let step = TradeStep::of(commit, &trap.trade_id)?;
-        trap.commits_seen += 1;
-        if trap.commits_seen <= trap.commit_index {
-            return None;
-        }
-        armed.take().map(|trap| (trap, step))
+        self.trap.sprung_by(|trade_id| TradeStep::of(commit, trade_id))
     }
 
     /// Makes the trap's fault happen to this link's server (a crash kills this link, a freeze

@@ -12,6 +12,13 @@
 //!   the same commit as its escrow, or `aborted`);
 //! - `leg`: a settle, which takes escrow into a profile and writes no record.
 //!
+//! On the HTTP path the trap sits in the game server's network (`HttpLink`) and counts its
+//! requests of the trade (`/v1/trades/cross/…`): "before" holds or drops the request before it
+//! leaves, "after" lets `hoard serve` apply it and then loses (crash) or holds (freeze) its
+//! answer. A request's step is read from the route and, for a prepare, from the record as it
+//! stands when the request leaves (`TradeStep::of_request`): a prepare that the record shows
+//! every other party has made is the decision.
+//!
 //! Invariants:
 //! - A trap fires at most once, on the link it was armed on (a crashed incarnation's link never
 //!   carries another commit).
@@ -21,6 +28,7 @@
 //!   for, is frozen already, or is the last one up) lets the commit through unharmed.
 
 use std::fmt;
+use std::sync::{Mutex, MutexGuard};
 
 use hoard::engine::trade::{STATUS_PENDING, TRADE_ESCROW_STORE, TRADE_RECORD_STORE};
 use hoard::store::{Commit, ValueOp};
@@ -125,6 +133,86 @@ impl TradeStep {
             Some(STATUS_PENDING) => TradeStep::Escrow,
             Some(_) => TradeStep::Decision,
         })
+    }
+}
+
+/// The trap slot of one link: at most one armed trap, the newest.
+#[derive(Debug, Default)]
+pub struct TrapSlot {
+    armed: Mutex<Option<StepTrap>>,
+}
+
+impl TrapSlot {
+    fn armed(&self) -> MutexGuard<'_, Option<StepTrap>> {
+        self.armed.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Arms `trap`, in place of one that has not sprung (its commit may never come: its trade
+    /// was decided elsewhere, or its party left); answers whether it replaced one.
+    pub fn arm(&self, trap: StepTrap) -> bool {
+        self.armed().replace(trap).is_some()
+    }
+
+    /// Takes off the armed trap, if any.
+    pub fn disarm(&self) {
+        self.armed().take();
+    }
+
+    /// The trade the armed trap waits for.
+    pub fn trade_id(&self) -> Option<String> {
+        self.armed().as_ref().map(|trap| trap.trade_id.clone())
+    }
+
+    /// The armed trap, taken off, when the message `step_of` reads is the one it hits;
+    /// `step_of` is given the trap's trade id and answers the step the message takes in it
+    /// (`None`: the message does not touch that trade).
+    pub fn sprung_by(&self, step_of: impl FnOnce(&str) -> Option<TradeStep>) -> Option<(StepTrap, TradeStep)> {
+        let mut armed = self.armed();
+        let trap = armed.as_mut()?;
+        let step = step_of(&trap.trade_id)?;
+        trap.commits_seen += 1;
+        if trap.commits_seen <= trap.commit_index {
+            return None;
+        }
+        armed.take().map(|trap| (trap, step))
+    }
+}
+
+/// The trade a request of the HTTP cross-server trade routes is about, and whether it is a
+/// prepare (whose step depends on the record); `None` for any other request (a `GET` of a trade
+/// moves nothing).
+pub fn request_trade(method: &axum::http::Method, path: &str, body: Option<&Value>) -> Option<(String, bool)> {
+    if method != axum::http::Method::POST {
+        return None;
+    }
+    let rest = path.strip_prefix("/v1/trades/cross/")?;
+    if rest == "prepare" {
+        let id = body?.pointer("/trade/id")?.as_str()?;
+        return Some((id.to_string(), true));
+    }
+    let (id, action) = rest.split_once('/')?;
+    matches!(action, "settle" | "abort").then(|| (id.to_string(), false))
+}
+
+impl TradeStep {
+    /// The step an HTTP request of trade `trade_id` takes: a settle is a leg, an abort a
+    /// decision, and a prepare, by `record` (the record's value as the request leaves, `None`
+    /// when absent): the decision when every other party has prepared, a leg when the trade is
+    /// decided already (the prepare then only settles), else an escrow.
+    pub fn of_request(path: &str, record: Option<&Value>) -> TradeStep {
+        if path.ends_with("/settle") {
+            return TradeStep::Leg;
+        }
+        if path.ends_with("/abort") {
+            return TradeStep::Decision;
+        }
+        let Some(record) = record else { return TradeStep::Escrow };
+        if record.get("status").and_then(Value::as_str) != Some(STATUS_PENDING) {
+            return TradeStep::Leg;
+        }
+        let parties = record.get("parties").and_then(Value::as_array).map_or(0, Vec::len);
+        let prepared = record.get("prepared").and_then(Value::as_array).map_or(0, Vec::len);
+        if prepared + 1 >= parties { TradeStep::Decision } else { TradeStep::Escrow }
     }
 }
 

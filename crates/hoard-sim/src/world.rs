@@ -31,6 +31,7 @@ use crate::http::{HttpContext, HttpLink, HttpServer, SimService, client_rules};
 use crate::link::SimLink;
 use crate::model::{Names, SimProfile, decode_stored_profile, gift_of_message};
 use crate::report::WorldReport;
+use crate::step_faults::StepTrap;
 use crate::strategies::{GameServer, ServerContext, open_server};
 
 /// Tries to open a server incarnation before giving up on it for this world.
@@ -88,6 +89,22 @@ impl ServerLink {
         match self {
             ServerLink::Store(link) => link.kill(),
             ServerLink::Http(link) => link.kill(),
+        }
+    }
+
+    /// Arms a cross-server trade step fault on the server's commits (in process) or requests
+    /// (HTTP) of its trade; answers whether it replaced one that had not sprung.
+    pub fn arm(&self, trap: StepTrap) -> bool {
+        match self {
+            ServerLink::Store(link) => link.arm(trap),
+            ServerLink::Http(link) => link.arm(trap),
+        }
+    }
+
+    pub fn disarm(&self) {
+        match self {
+            ServerLink::Store(link) => link.disarm(),
+            ServerLink::Http(link) => link.disarm(),
         }
     }
 }
@@ -331,6 +348,7 @@ impl World {
             service.clone(),
             self.config.faults.clone(),
             derive_seed(self.seed, SEED_PART_LINK, part),
+            self.inner.clone(),
         ));
         let context = HttpContext {
             config: self.config.clone(),
@@ -387,8 +405,13 @@ impl World {
         *self.stats().outcomes.entry(outcome.to_string()).or_insert(0) += 1;
     }
 
-    /// Spawns an action that dies with any of `servers` (a crash aborts it).
-    pub fn spawn_on(&self, servers: &[usize], action: impl Future<Output = ()> + Send + 'static) {
+    /// Spawns an action that dies with any of `servers` (a crash aborts it); its handle tells the
+    /// caller how it ended (`joined`).
+    pub fn spawn_on<T: Send + 'static>(
+        &self,
+        servers: &[usize],
+        action: impl Future<Output = T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<T> {
         let task = tokio::spawn(action);
         let mut slots = self.servers();
         for index in servers {
@@ -397,6 +420,7 @@ impl World {
                 slot.tasks.push(task.abort_handle());
             }
         }
+        task
     }
 
     /// Indexes of servers that are up and not frozen.
@@ -489,7 +513,7 @@ impl World {
     /// rejoins (if offline) and is settled, until none is left or the rounds run out (the final
     /// audit then reports what stayed).
     async fn settle_cross_trades(self: &Arc<Self>) -> Result<(), String> {
-        if !self.config.strategy.trades_across_servers() || self.service.is_some() {
+        if !self.config.strategy.trades_across_servers() {
             return Ok(());
         }
         for round in 0..END_SETTLE_ROUNDS_MAX {

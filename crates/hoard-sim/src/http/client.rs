@@ -55,6 +55,9 @@ pub enum ClientRules {
     NoAdopt,
     /// hoard's client, but a value move whose answer was lost is retried with a fresh id.
     FreshIds,
+    /// hoard's client, but a cross-server trade's prepare whose first attempt went unanswered is
+    /// taken as "not committed": what the party gave is refunded in memory (`http::cross`).
+    RecordFailureAsAbort,
 }
 
 /// Everything one game server incarnation is built from.
@@ -82,6 +85,9 @@ pub(crate) struct PlayerSession {
     pub applied_through: u64,
     /// Highest inbox sequence a save acknowledged.
     pub acked_through: u64,
+    /// When each pending cross-server trade is next settled by this server (decided: now; else
+    /// after its deadline). A pending trade not listed is due now (as after a join).
+    pub settle_at: BTreeMap<String, tokio::time::Instant>,
 }
 
 impl PlayerSession {
@@ -102,6 +108,11 @@ impl PlayerSession {
         messages.sort_by_key(|m| m.seq);
         for message in messages {
             apply_message(&mut self.data, message);
+            if let Some(trade_id) = super::cross::decided_trade(message)
+                && self.data.holdings.pending_trades.contains_key(trade_id)
+            {
+                self.settle_at.insert(trade_id.to_string(), tokio::time::Instant::now());
+            }
             self.applied_through = message.seq;
         }
     }
@@ -308,12 +319,20 @@ impl Client {
             data,
             applied_through: 0,
             acked_through: 0,
+            settle_at: BTreeMap::new(),
         };
         let inbox: Vec<InboxMessage> =
             answer.get("inbox").and_then(|inbox| serde_json::from_value(inbox.clone()).ok()).unwrap_or_default();
         session.apply_inbox(&inbox);
+        let settles = !session.data.holdings.pending_trades.is_empty();
         self.sessions().insert(player, session);
         self.count("sessions_started");
+        if settles {
+            // The seed's resolution on load: a trade left pending is settled from its record.
+            if let Err(OpError::Kicked(reason)) = self.settle_due_locked(player, true).await {
+                return Err(OpError::Kicked(reason));
+            }
+        }
         Ok(())
     }
 
@@ -348,6 +367,23 @@ impl Client {
         });
     }
 
+    /// The error of a session write (`what`: save, end, settle) answered neither done nor
+    /// `stale`: `fenced_out` drops the session (kicked); no answer leaves its state unknown, so it
+    /// is dropped too (kicked); any other answer fails.
+    pub fn session_write_failed(&self, player: usize, what: &str, answer: Option<(u16, Value)>) -> OpError {
+        match answer {
+            Some((409, answer)) if error_code(&answer) == "fenced_out" => {
+                self.drop_session(player, "fenced_out");
+                OpError::Kicked("fenced out".into())
+            }
+            Some((status, answer)) => OpError::Failed(format!("{what}: {status} {}", error_code(&answer))),
+            None => {
+                self.drop_session(player, "sessions_dropped_unknown");
+                OpError::Kicked(format!("{what}: no answer; the session's state is unknown"))
+            }
+        }
+    }
+
     /// Saves a player whose queue the caller holds: adopts `stale` and saves again.
     pub async fn save_locked(&self, player: usize) -> Result<(), OpError> {
         for _ in 0..=STALE_REBASES_MAX {
@@ -363,17 +399,7 @@ impl Client {
                 Some((409, answer)) if error_code(&answer) == "stale" && self.rules != ClientRules::NoAdopt => {
                     self.adopt_stale(player, &answer);
                 }
-                Some((409, answer)) if error_code(&answer) == "fenced_out" => {
-                    self.drop_session(player, "fenced_out");
-                    return Err(OpError::Kicked("fenced out".into()));
-                }
-                Some((status, answer)) => {
-                    return Err(OpError::Failed(format!("save: {status} {}", error_code(&answer))));
-                }
-                None => {
-                    self.drop_session(player, "sessions_dropped_unknown");
-                    return Err(OpError::Kicked("save: no answer; the session's state is unknown".into()));
-                }
+                other => return Err(self.session_write_failed(player, "save", other)),
             }
         }
         Err(OpError::Failed("save: stale again after every rebase".into()))
@@ -400,17 +426,7 @@ impl Client {
                 Some((409, answer)) if error_code(&answer) == "stale" && self.rules != ClientRules::NoAdopt => {
                     self.adopt_stale(player, &answer);
                 }
-                Some((409, answer)) if error_code(&answer) == "fenced_out" => {
-                    self.drop_session(player, "fenced_out");
-                    return Err(OpError::Kicked("fenced out".into()));
-                }
-                Some((status, answer)) => {
-                    return Err(OpError::Failed(format!("end: {status} {}", error_code(&answer))));
-                }
-                None => {
-                    self.drop_session(player, "sessions_dropped_unknown");
-                    return Err(OpError::Kicked("end: no answer".into()));
-                }
+                other => return Err(self.session_write_failed(player, "end", other)),
             }
         }
         Err(OpError::Failed("end: stale again after every rebase".into()))

@@ -4,14 +4,16 @@
 //!
 //! Map: `service` (the real router over the world's store, driven in memory; restarts), `net`
 //! (`HttpLink`: one game server's network), `client` (sessions and their writes, the background
-//! sync; the client rules), `sync` (the background loop: renewal, autosave, messages, handoffs), `moves` (trades, receipts,
-//! gifts, deposits), `rebase` (client rule 2).
+//! sync; the client rules), `sync` (the background loop: renewal, autosave, messages, handoffs),
+//! `moves` (trades, receipts, gifts, deposits), `cross` (cross-server trades: prepare, settle on
+//! a decision, at the deadline and on join), `rebase` (client rule 2).
 //!
 //! Invariant: the game servers speak only the documented API; the audit is the in-process
 //! path's, fed by the service's store link (`SimLink::for_service`), which attributes each
 //! write to the game server whose holder it names.
 
 pub mod client;
+pub mod cross;
 pub mod moves;
 pub mod net;
 pub mod rebase;
@@ -27,9 +29,10 @@ use async_trait::async_trait;
 
 use crate::audit::GiftAck;
 use crate::model::{Gift, Purchase, SimProfile, SimTrade};
-use crate::strategies::{BuyAck, GameServer, OpError, ShutdownSummary, Strategy, TradeAck};
+use crate::strategies::{BuyAck, CrossAck, GameServer, OpError, ShutdownSummary, Strategy, TradeAck};
 use client::Client;
 pub use client::{ClientRules, HttpContext};
+use hoard::engine::CrossTrade;
 pub use net::{HttpLink, NetCounts};
 pub use service::SimService;
 use sync::background;
@@ -40,6 +43,7 @@ pub fn client_rules(strategy: Strategy) -> Result<ClientRules, String> {
         Strategy::Hoard => Ok(ClientRules::Hoard),
         Strategy::NoAdopt => Ok(ClientRules::NoAdopt),
         Strategy::FreshIds => Ok(ClientRules::FreshIds),
+        Strategy::RecordFailureAsAbort => Ok(ClientRules::RecordFailureAsAbort),
         other => Err(format!("strategy {} does not run over HTTP", other.name())),
     }
 }
@@ -87,6 +91,14 @@ impl GameServer for HttpServer {
 
     async fn trade(&self, trade: &SimTrade) -> TradeAck {
         self.client.trade(trade).await
+    }
+
+    async fn trade_across(&self, player: usize, trade: &CrossTrade) -> CrossAck {
+        self.client.trade_across(player, trade).await
+    }
+
+    async fn settle_pending(&self, player: usize) -> Option<usize> {
+        self.client.settle_pending(player).await
     }
 
     async fn buy(&self, player: usize, purchase: &Purchase) -> BuyAck {

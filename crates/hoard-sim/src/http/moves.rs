@@ -22,7 +22,7 @@ use crate::strategies::{BuyAck, OpError, TradeAck};
 /// The JSON Pointer of a profile's (and a bank's) holdings, for trades.
 pub const HOLDINGS_PATH: &str = "/holdings";
 
-fn leg_body(leg: &hoard::engine::TradeLeg) -> Value {
+pub(crate) fn leg_body(leg: &hoard::engine::TradeLeg) -> Value {
     json!({"from": leg.from, "to": leg.to, "items": leg.items, "currencies": leg.currencies})
 }
 
@@ -34,10 +34,10 @@ fn attempt_id(rules: ClientRules, id: &str, attempt: u32) -> String {
 impl Client {
     /// Before a move: hoard's client saves a party whose applied messages are unacknowledged;
     /// the no-adopt client saves every party (its trades apply to the saved values).
-    async fn save_before_move(&self, player: usize) -> Result<(), OpError> {
+    pub(crate) async fn save_before_move(&self, player: usize) -> Result<(), OpError> {
         let needs = match self.rules {
             ClientRules::NoAdopt => true,
-            ClientRules::Hoard | ClientRules::FreshIds => {
+            ClientRules::Hoard | ClientRules::FreshIds | ClientRules::RecordFailureAsAbort => {
                 self.session(player).ok_or_else(|| OpError::Kicked("no session here".into()))?.unacknowledged()
             }
         };

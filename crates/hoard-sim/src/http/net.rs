@@ -10,11 +10,16 @@
 //!   still had in flight reaches it afterwards. A duplicate already in the network still arrives.
 //! - A client learns only what an answer tells it: a lost request, a lost answer and a cut
 //!   connection all look the same (`Answer::Lost`).
+//! - A cross-server trade step fault (`step_faults`) armed here springs on the request it hits:
+//!   before it leaves (a crash drops it, a freeze holds it) or after `hoard serve` applied it (a
+//!   crash loses the answer, a freeze holds it). That request is not also lost by the network.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use hoard::engine::trade::record_id;
+use hoard::store::SharedStore;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde_json::Value;
@@ -22,6 +27,7 @@ use tokio::sync::Notify;
 
 use super::service::{Delivery, SimRequest, SimService};
 use crate::config::FaultRates;
+use crate::step_faults::{StepMoment, StepTrap, TradeStep, TrapSlot, request_trade};
 
 /// How long a client waits for an answer that never comes before it calls the request lost.
 pub const CLIENT_TIMEOUT_MS: u64 = 1_000;
@@ -61,6 +67,10 @@ pub struct HttpLink {
     resumed: Notify,
     killed: AtomicBool,
     counts: Mutex<NetCounts>,
+    /// The cross-server trade step fault armed on this link, if any.
+    trap: TrapSlot,
+    /// The world's store without faults, read only to name the step a prepare takes.
+    oracle: SharedStore,
 }
 
 struct Draw {
@@ -70,7 +80,7 @@ struct Draw {
 }
 
 impl HttpLink {
-    pub fn new(id: usize, service: Arc<SimService>, rates: FaultRates, seed: u64) -> HttpLink {
+    pub fn new(id: usize, service: Arc<SimService>, rates: FaultRates, seed: u64, oracle: SharedStore) -> HttpLink {
         HttpLink {
             id,
             service,
@@ -80,7 +90,35 @@ impl HttpLink {
             resumed: Notify::new(),
             killed: AtomicBool::new(false),
             counts: Mutex::new(NetCounts::default()),
+            trap: TrapSlot::default(),
+            oracle,
         }
+    }
+
+    /// Arms `trap` (see `TrapSlot::arm`); answers whether it replaced one that had not sprung.
+    pub fn arm(&self, trap: StepTrap) -> bool {
+        self.trap.arm(trap)
+    }
+
+    /// Takes off the armed trap, if any.
+    pub fn disarm(&self) {
+        self.trap.disarm();
+    }
+
+    /// The armed trap, taken off the link, when `request` is the request of its trade it hits.
+    async fn sprung_by(&self, request: &SimRequest) -> Option<(StepTrap, TradeStep)> {
+        let armed_for = self.trap.trade_id()?;
+        let (trade_id, is_prepare) = request_trade(&request.method, &request.path, request.body.as_ref())?;
+        if trade_id != armed_for {
+            return None;
+        }
+        let record = if is_prepare { self.read_record(&trade_id).await } else { None };
+        self.trap.sprung_by(|armed| (armed == trade_id).then(|| TradeStep::of_request(&request.path, record.as_ref())))
+    }
+
+    async fn read_record(&self, trade_id: &str) -> Option<Value> {
+        let id = record_id(trade_id).ok()?;
+        hoard::store::get(&*self.oracle, &id).await.ok()?.value
     }
 
     pub fn id(&self) -> usize {
@@ -146,7 +184,20 @@ impl HttpLink {
     /// Sends one request and waits for what comes back.
     pub async fn send(&self, request: &SimRequest) -> Answer {
         self.travel().await;
-        let draw = self.draw();
+        let sprung = self.sprung_by(request).await;
+        if let Some((trap, step)) = &sprung
+            && trap.moment == StepMoment::Before
+        {
+            (trap.fire)(trap.fault, trap.moment, *step);
+            // A crash killed the link (this pends for ever); a freeze holds the request here.
+            self.travel().await;
+        }
+        let mut draw = self.draw();
+        if sprung.is_some() {
+            // The trap is this request's fault.
+            draw.request_lost = false;
+            draw.answer_lost = false;
+        }
         self.tally().requests += 1;
         if let Some(delay_ms) = draw.duplicate_after_ms {
             self.tally().duplicated += 1;
@@ -163,6 +214,13 @@ impl HttpLink {
             return Answer::Lost;
         }
         let delivered = self.service.handle(request.clone()).await;
+        if let Some((trap, step)) = &sprung
+            && trap.moment == StepMoment::After
+        {
+            // Applied (or refused) by `hoard serve`; a crash now loses the answer for ever, a
+            // freeze holds it in the `travel` below.
+            (trap.fire)(trap.fault, trap.moment, *step);
+        }
         self.travel().await;
         match delivered {
             Delivery::Answered { .. } if draw.answer_lost => {

@@ -1,7 +1,7 @@
 //! Client rule 2 (README, "Client rules"): adopt a returned value, with the game's changes since
 //! the request rebased onto it. `rebase(new, base, now)` is `new + (now − base)`: numbers move
 //! by their difference, objects merge key by key (a key the game added is added, one it removed
-//! is removed), and lists — which the simulated game only ever appends to — keep `new` and
+//! is removed, one both sides added merges from nothing: zero, `{}`, `[]`), and lists — which the simulated game only ever appends to — keep `new` and
 //! append what the game appended since `base`.
 //!
 //! Invariant: `rebase(new, base, base) == new` and `rebase(base, base, now) == now`, so adopting
@@ -43,9 +43,16 @@ fn merge(new: &Map<String, Value>, base: &Map<String, Value>, now: &Map<String, 
             (Some(_), None) => {
                 merged.remove(key);
             }
-            (None, Some(added)) if !new.contains_key(key) => {
-                merged.insert(key.clone(), added.clone());
-            }
+            (None, Some(added)) => match new.get(key) {
+                None => {
+                    merged.insert(key.clone(), added.clone());
+                }
+                // Both sides added the key (a trade credits a currency the game also just
+                // earned): each side's change counts, from nothing.
+                Some(answered) => {
+                    merged.insert(key.clone(), rebase(answered, &nothing_like(added), added));
+                }
+            },
             (Some(before), Some(after)) if before != after => match new.get(key) {
                 Some(answered) => {
                     merged.insert(key.clone(), rebase(answered, before, after));
@@ -60,6 +67,17 @@ fn merge(new: &Map<String, Value>, base: &Map<String, Value>, now: &Map<String, 
     merged
 }
 
+/// What a key absent from `base` counts as, for a value like `present`: zero, an empty object or
+/// list; `null` for the rest (then the game's value stands).
+fn nothing_like(present: &Value) -> Value {
+    match present {
+        Value::Number(_) => Value::from(0),
+        Value::Object(_) => Value::Object(Map::new()),
+        Value::Array(_) => Value::Array(Vec::new()),
+        _ => Value::Null,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +90,19 @@ mod tests {
         let now = json!({"coins": 15, "progress": 4, "minted": ["a", "b"], "items": {"a": {}, "b": {}}});
         let adopted = rebase(&traded, &base, &now);
         assert_eq!(adopted, json!({"coins": 9, "progress": 4, "minted": ["a", "b"], "items": {"b": {}}}));
+    }
+
+    /// Found by `hoard sim --path http` (seed 120016): a settle credited a currency the profile did
+    /// not have when it was saved, while gifts credited it in memory; the gifts' coins were lost.
+    #[test]
+    fn a_key_both_sides_added_keeps_both_changes() {
+        let base = json!({"currencies": {}, "gifted": 0});
+        let settled = json!({"currencies": {"coins": 7}, "gifted": 0});
+        let now = json!({"currencies": {"coins": 10}, "gifted": 10});
+        let adopted = rebase(&settled, &base, &now);
+        assert_eq!(adopted, json!({"currencies": {"coins": 17}, "gifted": 10}));
+        let items = rebase(&json!({"bag": {"a": 1}}), &json!({}), &json!({"bag": {"b": 2}}));
+        assert_eq!(items, json!({"bag": {"a": 1, "b": 2}}));
     }
 
     #[test]

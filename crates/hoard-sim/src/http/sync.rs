@@ -1,6 +1,7 @@
 //! The background loop of an HTTP game server: one `sync` per renewal interval renews the
 //! holder's lease, saves every dirty session whose queue is free (every autosave interval),
-//! fetches their new inbox messages, and answers handoff requests by ending those sessions.
+//! fetches their new inbox messages, settles the cross-server trades that are due (`cross`), and
+//! answers handoff requests by ending those sessions.
 //!
 //! Invariants:
 //! - A sync touches only the keys whose queue it took (`try_lock`): it never overlaps another
@@ -80,6 +81,7 @@ impl Client {
             self.with_session(*player, |session| session.apply_inbox(&inbox));
         }
         drop(guards);
+        self.settle_due_in_background();
         let handoffs = answer.get("handoffs").and_then(Value::as_array).cloned().unwrap_or_default();
         for handoff in handoffs {
             let Some(key) = handoff.get("key").and_then(Value::as_str) else { continue };

@@ -7,6 +7,8 @@
 //!   reading back, found it did). The next save makes the refund durable: a dupe. A `TapStore`
 //!   between the engine and its faulty link tells the server which deciding writes were
 //!   answered with an error.
+//!   Over HTTP (`http::cross`), hoard's client makes the same refund when a prepare's first
+//!   attempt went unanswered (`refund_given`).
 //! - `early-escrow-release` — a receiver takes what the other party escrowed for it as soon as
 //!   the escrow is there, before the trade is decided: one fenced commit that deletes the escrow
 //!   and credits the receiver (the engine's settle, run too early).
@@ -122,25 +124,26 @@ impl Store for TapStore {
 /// before its part). Returns whether anything was refunded.
 pub fn refund_in_memory(session: &Session<SimProfile>, trade: &CrossTrade, before: &SimProfile) -> bool {
     let Some(me) = trade.parties.iter().position(|party| party == session.id()) else { return false };
-    let legs: Vec<_> = trade.legs.iter().filter(|leg| leg.from == me).cloned().collect();
-    if legs.is_empty() {
+    if !trade.legs.iter().any(|leg| leg.from == me) {
         return false;
     }
-    session
-        .update(|profile| {
-            for leg in &legs {
-                for (currency, amount) in &leg.currencies {
-                    *profile.holdings.currencies.entry(currency.clone()).or_insert(0) += amount;
-                }
-                for item in &leg.items {
-                    let data = before.holdings.items.get(item).cloned().unwrap_or(Value::Null);
-                    profile.holdings.items.insert(item.clone(), data);
-                }
-            }
-            // As far as this server knows, the trade never happened.
-            profile.holdings.pending_trades.remove(&trade.id);
-        })
-        .is_ok()
+    session.update(|profile| refund_given(profile, me, trade, before)).is_ok()
+}
+
+/// The refund itself, on a profile: what party `me` gave in `trade` goes back (item data as in
+/// `before`), and the trade is no longer pending. Shared by the in-process and the HTTP control.
+pub fn refund_given(profile: &mut SimProfile, me: usize, trade: &CrossTrade, before: &SimProfile) {
+    for leg in trade.legs.iter().filter(|leg| leg.from == me) {
+        for (currency, amount) in &leg.currencies {
+            *profile.holdings.currencies.entry(currency.clone()).or_insert(0) += amount;
+        }
+        for item in &leg.items {
+            let data = before.holdings.items.get(item).cloned().unwrap_or(Value::Null);
+            profile.holdings.items.insert(item.clone(), data);
+        }
+    }
+    // As far as this server knows, the trade never happened.
+    profile.holdings.pending_trades.remove(&trade.id);
 }
 
 /// The `early-escrow-release` step: takes into `session`'s profile every escrow of `trade`

@@ -43,7 +43,9 @@ pub enum Strategy {
     FreshIds,
     /// The engine, except that a cross-server trade whose deciding record write was answered
     /// with an error is taken as "not committed": the party gets back what it escrowed, in
-    /// memory, although the record may have committed (the seed's own flaw).
+    /// memory, although the record may have committed (the seed's own flaw). Over HTTP: hoard's
+    /// client, except that a prepare whose first attempt went unanswered is taken as "not
+    /// committed" in the same way, whatever its retry answered.
     RecordFailureAsAbort,
     /// The engine, except that a receiver takes what the other party escrowed as soon as it is
     /// there, before the trade is decided.
@@ -76,7 +78,7 @@ impl Strategy {
     }
 
     /// The strategies whose servers trade across servers (the engine and its two cross-server
-    /// trade controls, in process).
+    /// trade controls in process; hoard's client and `record-failure-as-abort` over HTTP).
     pub fn trades_across_servers(self) -> bool {
         matches!(self, Strategy::Hoard | Strategy::RecordFailureAsAbort | Strategy::EarlyEscrowRelease)
     }
@@ -86,9 +88,10 @@ impl Strategy {
         matches!(self, Strategy::NoAdopt | Strategy::FreshIds)
     }
 
-    /// What `--path http` can run: hoard's own client and the HTTP controls.
+    /// What `--path http` can run: hoard's own client, the HTTP controls and the
+    /// `record-failure-as-abort` client.
     pub fn runs_over_http(self) -> bool {
-        self == Strategy::Hoard || self.is_http_only()
+        matches!(self, Strategy::Hoard | Strategy::RecordFailureAsAbort) || self.is_http_only()
     }
 
     pub fn parse(text: &str) -> Option<Strategy> {

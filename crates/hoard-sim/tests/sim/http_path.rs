@@ -1,7 +1,9 @@
 //! The HTTP path's CI (issue 11): a bounded sweep of hoard's own client over an in-process
 //! `hoard serve` finds nothing under lost requests and answers, late duplicates, crashes,
 //! freezes and restarts of the service; each HTTP control is caught; a seed replays to the
-//! identical event log.
+//! identical event log. Cross-server trades over HTTP (issue 13) lose and dupe nothing with
+//! crashes and freezes at every step, and the client that takes an unanswered prepare as "not
+//! committed" is caught.
 
 use hoard_sim::{SimConfig, SimPath, Strategy, SweepReport, run_world, sweep};
 
@@ -95,6 +97,59 @@ fn an_http_seed_replays_to_the_identical_event_log() {
     assert_eq!(first.engine, second.engine);
 }
 
+/// A small HTTP world where players on different servers trade often.
+fn cross_trading_http_world(strategy: Strategy) -> SimConfig {
+    let mut config = small_http_world(strategy);
+    config.players = 16;
+    config.weights.cross_trade = 20;
+    config
+}
+
+fn count(counts: &std::collections::BTreeMap<String, u64>, name: &str) -> u64 {
+    counts.get(name).copied().unwrap_or(0)
+}
+
+/// Half the parties' parts arm a crash or freeze at one of their server's requests of the trade,
+/// before it leaves or after `hoard serve` applied it, on top of the network's own faults.
+#[test]
+fn cross_server_trades_over_http_lose_and_dupe_nothing_with_crashes_and_freezes_at_every_step() {
+    let mut config = cross_trading_http_world(Strategy::Hoard);
+    config.faults.cross_trade_step_faults = 0.5;
+    let report = sweep(&config, seed_from_env(7_000), 16, 2, &|_| {});
+    let summary = report.summary(0);
+    assert!(!report.failed(), "{summary}");
+    assert!(count(&report.ops_by_kind, "cross_trade") > 0, "no cross-server trade: {summary}");
+    for outcome in ["committed", "aborted", "pending_then_settled"] {
+        assert!(count(&report.cross_trades, outcome) > 0, "no cross-server trade {outcome}: {summary}");
+    }
+    assert_eq!(count(&report.cross_trades, "undecided"), 0, "{summary}");
+    assert!(count(&report.engine, "cross_trades_settled") > 0, "the clients settled nothing: {summary}");
+    let missed: Vec<String> = hoard_sim::step_faults::every_step_fault_name()
+        .into_iter()
+        .filter(|name| count(&report.outcomes, name) == 0)
+        .collect();
+    assert!(missed.is_empty(), "step faults never reached over HTTP: {missed:?}\n{summary}");
+}
+
+/// The seed's flaw over HTTP: a prepare whose first attempt went unanswered is taken as "not
+/// committed" and what the party gave is refunded in memory, although the retry (or the lost
+/// first attempt) escrowed it. Step faults are off: they would crash many servers before the
+/// decision and leave the catch to luck.
+#[test]
+fn a_client_that_takes_an_unanswered_prepare_as_not_committed_is_caught() {
+    let mut config = cross_trading_http_world(Strategy::RecordFailureAsAbort);
+    config.faults.cross_trade_step_faults = 0.0;
+    let report = sweep(&config, seed_from_env(8_000), 4, 2, &|_| {});
+    let summary = report.summary(0);
+    assert!(report.errors.is_empty(), "{summary}");
+    assert!(count(&report.engine, "refunded_after_unanswered_prepare") > 0, "the flaw never acted: {summary}");
+    assert!(
+        report.failing_seeds.len() * 2 > report.worlds as usize,
+        "the audit missed the record-failure-as-abort client in too many worlds: {summary}"
+    );
+    assert!(report.dupes + report.currency_drift > 0, "a refund of escrowed value dupes: {summary}");
+}
+
 #[test]
 fn the_http_controls_are_refused_in_process_and_the_in_process_controls_over_http() {
     let mut config = SimConfig::default_world(Strategy::NoAdopt);
@@ -103,6 +158,10 @@ fn the_http_controls_are_refused_in_process_and_the_in_process_controls_over_htt
     assert!(config.check().is_ok());
     config.strategy = Strategy::Naive;
     assert!(config.check().is_err(), "naive is an in-process design");
+    config.strategy = Strategy::EarlyEscrowRelease;
+    assert!(config.check().is_err(), "early-escrow-release reads escrows through the engine");
+    config.strategy = Strategy::RecordFailureAsAbort;
+    assert!(config.check().is_ok(), "record-failure-as-abort has a client of hoard serve too");
     config.strategy = Strategy::Hoard;
     config.store = hoard_sim::StoreChoice::Database { location: "x.sqlite3".into() };
     assert!(config.check().is_err(), "the HTTP path runs on the memory store");

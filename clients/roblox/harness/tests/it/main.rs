@@ -34,4 +34,5 @@ specs!(
     replication,
     messages_and_updates,
     trade_across,
+    trade_across_rebase,
 );

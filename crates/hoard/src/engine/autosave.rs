@@ -6,6 +6,8 @@
 //! - One autosave task per session, holding only `Weak`s: it ends when the session ends, the
 //!   engine is gone, or the task set is aborted.
 //! - Clean sessions write nothing; saves in flight are bounded by `concurrent_saves_max`.
+//! - An idle autosave task is small (its timer and two `Weak`s): the save it runs is boxed, so
+//!   its state is allocated per save, not kept per session.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,10 +43,16 @@ pub(crate) fn start<P: Profile>(core: &Arc<Core>, session: &Arc<SessionCore<P>>)
             if !session.is_dirty() {
                 continue;
             }
-            // Never closed: the semaphore lives as long as the core.
-            let _slot = core.save_slots().acquire().await.expect("the save-slot semaphore is never closed");
-            let turn = session.write_turn().await;
-            match session.save_in_turn(turn, SaveKind::Autosave).await {
+            // Boxed: a save's state (over a kilobyte) then exists only while it runs, instead of
+            // inline in every live session's idle autosave task.
+            let saved = Box::pin(async {
+                // Never closed: the semaphore lives as long as the core.
+                let _slot = core.save_slots().acquire().await.expect("the save-slot semaphore is never closed");
+                let turn = session.write_turn().await;
+                session.save_in_turn(turn, SaveKind::Autosave).await
+            })
+            .await;
+            match saved {
                 // Failures were told to the game as events; the next tick tries again.
                 Ok(_) | Err(SessionError::SaveFailed { .. } | SessionError::Store { .. }) => {}
                 Err(_) => return,

@@ -425,6 +425,32 @@ pub async fn save_failures_are_reported_to_the_game(t: TestStore) {
     assert_eq!(stored_player(&get(&*t.store, &id("rita")).await.expect("read")).coins, 1);
 }
 
+/// The event channel is made by the first listener: changes before it are not heard (nobody was
+/// listening), every listener after it hears every later event, and a listener that comes after
+/// all others left still hears.
+pub async fn listeners_that_come_late_hear_every_later_event(t: TestStore) {
+    let a = engine(&t.store, "a").await;
+    let session = a.start_session(&players(), "tess").await.expect("start");
+    session.update(|p| p.coins = 1).expect("a change nobody listens to");
+    session.save_now().await.expect("a save nobody listens to");
+    let (mut first, mut second) = (session.events(), session.events());
+    session.update(|p| p.coins = 2).expect("update");
+    let heard = SessionEvent::Changed {
+        changes: vec![hoard::engine::FieldChange { field: "coins".into(), value: Some(json!(2)) }],
+        client_changes: vec![hoard::engine::FieldChange { field: "coins".into(), value: Some(json!(2)) }],
+    };
+    assert_eq!(first.try_recv().expect("the first listener hears the change"), heard);
+    assert_eq!(second.try_recv().expect("the second listener hears the same change"), heard);
+    assert!(first.try_recv().is_err(), "nothing from before the listener came");
+    drop((first, second));
+    session.update(|p| p.coins = 3).expect("a change nobody listens to again");
+    let mut third = session.events();
+    session.save_now().await.expect("save");
+    assert!(matches!(third.try_recv(), Ok(SessionEvent::Saved { .. })), "a listener after all others left hears");
+    session.end().await.expect("end");
+    assert_eq!(stored_player(&get(&*t.store, &id("tess")).await.expect("read")).coins, 3);
+}
+
 crate::backends::backend_suite! {
     config: crate::backends::TestConfig { limits: hoard::store::Limits { inbox_messages_max: 20, ..Default::default() }, ..Default::default() };
     backends: [memory, sqlite, postgres];
@@ -447,5 +473,6 @@ crate::backends::backend_suite! {
         operator_reads_without_taking_and_rolls_back_only_when_free_or_forced,
         a_new_start_waits_for_the_previous_sessions_final_save,
         save_failures_are_reported_to_the_game,
+        listeners_that_come_late_hear_every_later_event,
     ]
 }

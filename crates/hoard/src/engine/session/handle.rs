@@ -99,7 +99,7 @@ impl<P: Profile> Session<P> {
     }
 
     pub fn events(&self) -> broadcast::Receiver<SessionEvent> {
-        self.core.events().subscribe()
+        self.core.subscribe()
     }
 
     /// The profile as a client may see it (private fields left out). Fails only for a profile

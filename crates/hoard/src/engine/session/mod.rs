@@ -24,7 +24,7 @@ mod kind;
 mod save;
 mod state;
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, broadcast};
@@ -41,7 +41,9 @@ pub use kind::{Profile, ProfileKind};
 pub use state::TRADE_DECISION_MESSAGE_FIELD;
 pub(crate) use state::{NewSession, PartySnapshot, PartyStanding};
 
-/// Capacity of each session's event channel; a slow listener skips events (`Lagged`).
+/// Capacity of each session's event channel; a slow listener skips events (`Lagged`). The
+/// channel's ring (about 18 KiB at this capacity) is allocated on the first `Session::events`
+/// call, so a session nobody listens to does not pay for it.
 pub const SESSION_EVENT_CHANNEL_CAPACITY: usize = 256;
 
 /// Where a session stands.
@@ -154,7 +156,10 @@ pub(crate) struct SessionCore<P> {
     state: Mutex<SessionState<P>>,
     /// Serializes every write of this key (G5). In an `Arc` so a write task can own its turn.
     write_order: Arc<tokio::sync::Mutex<()>>,
-    events: broadcast::Sender<SessionEvent>,
+    /// Made by the first subscriber (`SessionCore::subscribe`). Until then there is no listener,
+    /// and an event sent then would be dropped by the channel anyway, so not having one yet
+    /// changes nothing a game can see; it only spares the ring of a session nobody listens to.
+    events: OnceLock<broadcast::Sender<SessionEvent>>,
     /// Woken when an `end` finishes, whatever its result (shutdown waits on it).
     end_finished: Notify,
 }

@@ -9,7 +9,7 @@
 //!   the transaction's RAII `Parties` guard calls.
 
 use std::any::Any;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use async_trait::async_trait;
 use serde_json::{Map, Value};
@@ -100,7 +100,6 @@ impl<P: Profile> SessionCore<P> {
             (new.epoch > 0) != matches!(new.status, SessionStatus::Errored { .. }),
             "a session holds a lease (epoch > 0) exactly when it is not errored"
         );
-        let (events, _) = broadcast::channel(SESSION_EVENT_CHANNEL_CAPACITY);
         // A session playing on defaults has no stored document, hence no attributes or user ids.
         let (attributes, user_ids) = match new.document {
             Some(document) => (document.attributes.clone(), document.user_ids.clone()),
@@ -130,7 +129,7 @@ impl<P: Profile> SessionCore<P> {
             lease: core.lease().clone(),
             state: Mutex::new(state),
             write_order: Arc::new(tokio::sync::Mutex::new(())),
-            events,
+            events: OnceLock::new(),
             end_finished: Notify::new(),
         })
     }
@@ -167,8 +166,15 @@ impl<P: Profile> SessionCore<P> {
         std::ptr::eq(self.engine.as_ptr(), Arc::as_ptr(core))
     }
 
-    pub(crate) fn events(&self) -> &broadcast::Sender<SessionEvent> {
-        &self.events
+    /// A new listener of this session's events (the channel is made by the first one).
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<SessionEvent> {
+        self.events.get_or_init(|| broadcast::channel(SESSION_EVENT_CHANNEL_CAPACITY).0).subscribe()
+    }
+
+    /// True while someone listens to change events: only then is the profile turned into JSON
+    /// to tell what a change changed (a profile is kilobytes).
+    fn is_listened_to(&self) -> bool {
+        self.events.get().is_some_and(|events| events.receiver_count() > 0)
     }
 
     /// The condition every write of this session carries (G1).
@@ -178,7 +184,9 @@ impl<P: Profile> SessionCore<P> {
 
     pub(crate) fn emit(&self, event: SessionEvent) {
         // No listener is fine: events are for games that want them.
-        let _ = self.events.send(event);
+        if let Some(events) = self.events.get() {
+            let _ = events.send(event);
+        }
     }
 
     fn reported(&self, state: &SessionState<P>) -> SessionStatus {
@@ -208,7 +216,7 @@ impl<P: Profile> SessionCore<P> {
     }
 
     pub(crate) fn update<R>(&self, change: impl FnOnce(&mut P) -> R) -> Result<R, SessionError> {
-        let listening = self.events.receiver_count() > 0;
+        let listening = self.is_listened_to();
         let mut state = self.lock();
         self.check_can_change(&state)?;
         let before = if listening { serde_json::to_value(&state.profile).ok() } else { None };
@@ -404,7 +412,7 @@ impl<P: Profile> SessionCore<P> {
     pub(crate) fn party_snapshot(&self) -> PartySnapshot<P> {
         let state = self.lock();
         debug_assert!(state.in_transaction, "a transaction reads only parties it has locked");
-        let listening = self.events.receiver_count() > 0;
+        let listening = self.is_listened_to();
         PartySnapshot {
             profile: state.profile.clone(),
             meta: state.meta,

@@ -181,7 +181,8 @@ pub struct BenchConfig {
     /// Draw progress bars on stderr (hidden anyway when stderr is not a terminal).
     pub progress: bool,
     /// Run only these workloads (names as in `workloads::SELECTABLE`); empty: all of them.
-    /// `over_http` also runs the in-process workloads it is compared with.
+    /// `over_http` also runs the in-process workloads it is compared with, `autosave_sync` the
+    /// autosave storm.
     pub only: Vec<String>,
 }
 
@@ -192,6 +193,8 @@ impl BenchConfig {
             || self.only.iter().any(|name| name == workload)
             || (workloads::OVER_HTTP_COMPARES_WITH.contains(&workload)
                 && self.only.iter().any(|name| name == "over_http"))
+            || (workload == workloads::autosave::NAME
+                && self.only.iter().any(|name| name == workloads::over_http_sync::NAME))
     }
 }
 

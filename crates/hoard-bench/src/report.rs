@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::latency::Figures;
 
 /// The workloads, in report order.
-pub const WORKLOADS: [&str; 13] = [
+pub const WORKLOADS: [&str; 14] = [
     "storage",
     "autosave_storm",
     "session_cycle",
@@ -27,6 +27,7 @@ pub const WORKLOADS: [&str; 13] = [
     "over_http/autosave_storm",
     "over_http/session_cycle",
     "over_http/trades",
+    "over_http/autosave_sync",
     "memory",
 ];
 

@@ -63,7 +63,13 @@ async fn smoke_run_reports_every_figure_on_memory_and_sqlite() {
             }
             if over_http {
                 // The baseline of an over-HTTP row is the in-process row's hoard figures.
-                let in_process_name = workload.trim_start_matches("over_http/");
+                // The batched-sync storm is compared with the autosave storm; the others are
+                // named after their in-process workload.
+                let in_process_name = if workload == hoard_bench::workloads::over_http_sync::ROW {
+                    hoard_bench::workloads::autosave::NAME
+                } else {
+                    workload.trim_start_matches("over_http/")
+                };
                 let in_process = rows
                     .iter()
                     .find(|row| row["workload"] == in_process_name && row["store"] == store)
@@ -113,6 +119,11 @@ async fn smoke_run_reports_every_figure_on_memory_and_sqlite() {
     }
     assert!(written.iter().all(|path| path.exists()));
     assert!(plots.path().join("over_http-trades.svg").exists());
+    let sync = rows
+        .iter()
+        .find(|row| row["workload"] == hoard_bench::workloads::over_http_sync::ROW && row["store"] == "sqlite")
+        .expect("the batched-sync row");
+    assert!(sync["extra"]["requests_per_save"].as_f64().is_some_and(|share| share > 0.0), "{sync}");
     let table = report.table();
     assert!(table.contains("autosave_storm"));
     assert!(table.contains("over_http/session_cycle"));

@@ -52,7 +52,8 @@ pub struct BenchArgs {
     #[arg(long)]
     no_progress: bool,
     /// Run only these workloads (comma-separated), e.g. to profile one; `over_http` also runs the
-    /// in-process workloads it is compared with.
+    /// in-process workloads it is compared with, `autosave_sync` (the autosave storm through
+    /// batched `POST /v1/holders/{holder}/sync`) the in-process autosave storm.
     #[arg(long, value_delimiter = ',', value_parser = clap::builder::PossibleValuesParser::new(hoard_bench::workloads::SELECTABLE))]
     only: Vec<String>,
 }

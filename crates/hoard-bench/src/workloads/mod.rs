@@ -16,6 +16,7 @@ pub mod handoff;
 pub mod liveops;
 pub mod memory;
 pub mod over_http;
+pub mod over_http_sync;
 pub mod receipts;
 pub mod shutdown;
 pub mod storage;
@@ -374,7 +375,7 @@ fn tracing_free_warning(error: &str) {
 /// Every workload but memory on one target, in order. Over HTTP comes last: its ratios are
 /// against the in-process rows of this same run.
 /// The names `hoard bench --only` takes, in the order the workloads run.
-pub const SELECTABLE: [&str; 12] = [
+pub const SELECTABLE: [&str; 13] = [
     "storage",
     "autosave_storm",
     "session_cycle",
@@ -384,6 +385,7 @@ pub const SELECTABLE: [&str; 12] = [
     "handoff",
     "shutdown",
     "over_http",
+    "autosave_sync",
     "liveops",
     "memory",
     "curves",
@@ -428,6 +430,10 @@ pub async fn run_target(
     if config.runs("over_http") {
         let over_http = over_http::run(target, sizes, progress, &results).await;
         results.extend(over_http);
+    }
+    if config.runs(over_http_sync::NAME) {
+        let row = over_http_sync::run(target, sizes, progress, &results).await;
+        results.push(row);
     }
     if config.runs("liveops") && target.store.operator().is_some() {
         results.push(liveops::run(target, sizes, progress).await);

@@ -158,11 +158,24 @@ async fn measure(
         "through hoard serve in this process on loopback (RemoteStore, engine key, rate limit raised to {BENCH_KEY_RATE_PER_SECOND}/s so the limiter is not measured; client and server share the cores): {}",
         result.hoard_setup
     );
+    compare_with_in_process(result, http, workload.in_process(), in_process, place.backend);
+    Ok(())
+}
+
+/// Fills in a row over HTTP from its figures `http` and the in-process row `in_process` of the
+/// workload `in_process_name` on `backend` (the ratio's denominator), with the goal. A
+/// missing in-process figure leaves the ratio out and says why in the note.
+pub(crate) fn compare_with_in_process(
+    result: &mut WorkloadResult,
+    http: Figures,
+    in_process_name: &str,
+    in_process: Option<&WorkloadResult>,
+    backend: &str,
+) {
     let in_process_figures = in_process.and_then(|row| row.hoard);
     *result = result.clone().with_figures(http, in_process_figures);
     if in_process_figures.is_some() {
-        result.baseline_setup =
-            format!("hoard in process: the {} row of this run on {}", workload.in_process(), place.backend);
+        result.baseline_setup = format!("hoard in process: the {in_process_name} row of this run on {backend}");
     } else {
         let why = in_process.and_then(|row| row.error.clone()).unwrap_or_else(|| "no such row".into());
         let separator = if result.note.is_empty() { "" } else { "; " };
@@ -172,22 +185,24 @@ async fn measure(
         text: format!("at least {GOAL_SHARE_OF_IN_PROCESS_MIN}x the in-process throughput"),
         // The memory store is the reference for tests, not a backend a game serves from: HTTP
         // against it says little about a deployment, so the goal is judged on SQLite and PostgreSQL.
-        met: (place.backend != "memory")
-            .then(|| result.ratio.is_some_and(|ratio| ratio >= GOAL_SHARE_OF_IN_PROCESS_MIN)),
+        met: (backend != "memory").then(|| result.ratio.is_some_and(|ratio| ratio >= GOAL_SHARE_OF_IN_PROCESS_MIN)),
     });
-    Ok(())
 }
 
 /// A `hoard serve` running in this process, on a loopback port.
 #[derive(Debug)]
-struct BenchServer {
+pub(crate) struct BenchServer {
+    /// Where it listens: `http://127.0.0.1:<port>`.
+    pub(crate) base_url: String,
+    /// The bench key's secret (an `engine` key), for `authorization: Bearer …`.
+    pub(crate) secret: String,
     stop: oneshot::Sender<()>,
     task: JoinHandle<std::io::Result<()>>,
 }
 
 impl BenchServer {
     /// Stops taking requests and waits for the server to finish (at most its shutdown deadline).
-    async fn stop(self) -> Result<(), BenchError> {
+    pub(crate) async fn stop(self) -> Result<(), BenchError> {
         // The server may have ended already; its task then says why.
         let _ = self.stop.send(());
         match self.task.await {
@@ -200,6 +215,18 @@ impl BenchServer {
 
 /// Starts `hoard serve` on `store` and connects a remote store to it.
 async fn start(store: SharedStore) -> Result<(BenchServer, SharedStore), BenchError> {
+    let server = start_server(store).await?;
+    match RemoteStore::connect(&server.base_url, &server.secret).await {
+        Ok(remote) => Ok((server, Arc::new(remote))),
+        Err(error) => {
+            let _ = server.stop().await;
+            Err(BenchError::Setup(format!("connect the remote store to the bench's hoard serve: {error}")))
+        }
+    }
+}
+
+/// Starts `hoard serve` on `store`, on a loopback port, with the bench's one `engine` key.
+pub(crate) async fn start_server(store: SharedStore) -> Result<BenchServer, BenchError> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|error| BenchError::Setup(format!("bind a loopback port for hoard serve: {error}")))?;
@@ -225,14 +252,7 @@ async fn start(store: SharedStore) -> Result<(BenchServer, SharedStore), BenchEr
         let _ = stopped.await;
     };
     let task = tokio::spawn(hoard_server::serve(listener, state, shutdown, SERVER_SHUTDOWN_DEADLINE));
-    let server = BenchServer { stop, task };
-    match RemoteStore::connect(&format!("http://{address}"), &secret).await {
-        Ok(remote) => Ok((server, Arc::new(remote))),
-        Err(error) => {
-            let _ = server.stop().await;
-            Err(BenchError::Setup(format!("connect the remote store to the bench's hoard serve: {error}")))
-        }
-    }
+    Ok(BenchServer { base_url: format!("http://{address}"), secret, stop, task })
 }
 
 #[cfg(test)]

@@ -128,6 +128,9 @@ pub struct SyncAnswer {
 struct Checked {
     id: DocId,
     lease: Condition,
+    /// Whether the session sent a value: its value, attributes and user ids are moved out of
+    /// `session` into its save (a profile is kilobytes of JSON tree, not worth a copy per save).
+    saves: bool,
     session: SyncSession,
 }
 
@@ -158,7 +161,7 @@ fn check_sync(
                 "{id}: ack_inbox_through, attributes and user_ids are written with a save: send value too"
             )));
         }
-        checked.push(Checked { id, lease, session });
+        checked.push(Checked { id, lease, saves: session.value.is_some(), session });
     }
     refuse_duplicates(&checked.iter().map(|c| c.id.clone()).collect::<Vec<_>>())?;
     Ok((checked, wait_ms))
@@ -246,7 +249,7 @@ async fn add_checks_and_messages(state: &AppState, checked: &[Checked], answers:
             worth_reporting = true;
             continue;
         }
-        if checked.session.value.is_none() {
+        if !checked.saves {
             if document.version != checked.session.base_version {
                 let base_version = checked.session.base_version;
                 answer.outcome = SyncOutcome::Stale;
@@ -291,7 +294,7 @@ pub async fn sync(
     principal.may_hold()?;
     let holder = parse_holder(&holder)?;
     principal.owns_holder(&holder)?;
-    let (checked, wait_ms) = check_sync(&state, &principal, &holder, body.value)?;
+    let (mut checked, wait_ms) = check_sync(&state, &principal, &holder, body.value)?;
     // Subscribed before anything is read, so an event after the reads still wakes the wait.
     let mut notifications = state.store.subscribe();
     let deadline = long_poll_deadline(wait_ms);
@@ -302,19 +305,28 @@ pub async fn sync(
         ));
     }
     let lease = state.store.renew_holder(&holder, state.config.lease_ttl_ms).await?;
-    let saves = checked.iter().map(|checked| {
+    // Moved into the saves; what is read afterwards (`saves`, the fence, versions, sequences)
+    // stays in `checked`.
+    let taken: Vec<_> = checked
+        .iter_mut()
+        .map(|checked| {
+            let session = &mut checked.session;
+            (session.value.take(), session.attributes.take(), session.user_ids.take())
+        })
+        .collect();
+    let saves = checked.iter().zip(taken).map(|(checked, (value, attributes, user_ids))| {
         let state = &state;
         let principal = &principal;
         async move {
             // Checked against the stored document below, with the messages.
-            let Some(value) = &checked.session.value else { return blank_answer(checked) };
+            let Some(value) = value else { return blank_answer(checked) };
             let save = SaveBody {
                 token: checked.session.token.clone(),
                 base_version: checked.session.base_version,
-                value: value.clone(),
+                value,
                 ack_inbox_through: checked.session.ack_inbox_through,
-                attributes: checked.session.attributes.clone(),
-                user_ids: checked.session.user_ids.clone(),
+                attributes,
+                user_ids,
             };
             saved_outcome(checked, save_session(state, principal, &save).await)
         }

@@ -5,8 +5,9 @@
 //! - Opening registers the process lease before anything else: an engine that cannot reach its
 //!   store (after `acquire_attempts_max` tries) does not open.
 //! - Shutdown refuses new sessions first (under the registry lock), then ends every live session
-//!   in parallel, waits for ends already in flight, flushes shared documents, and only when
-//!   everything was released drops the process lease; last, it aborts every task.
+//!   in parallel, waits for ends already in flight, flushes shared documents, aborts every task,
+//!   and only when everything was released drops the process lease (retried while transient):
+//!   after the renewal task, so no renewal round can bring the released lease back.
 //! - A crash saves and releases nothing: every task is aborted and every session abandoned; the
 //!   process lease lapses after `lease_ttl_ms`, as a real crash's would.
 
@@ -15,7 +16,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::retry::{Jitter, Retry};
+use crate::retry::{Attempt, Jitter, Retry};
 use crate::store::{DocId, HolderId, SharedStore, StoreError};
 
 use super::config::EngineConfig;
@@ -68,6 +69,9 @@ pub(crate) async fn open(
     Ok(core)
 }
 
+/// Attempts at dropping the process lease at shutdown (transient failures only).
+const RELEASE_ATTEMPTS_MAX: u32 = 5;
+
 pub(crate) async fn shutdown(core: &Arc<Core>, deadline: Duration) -> ShutdownReport {
     core.registry().stop_accepting();
     let sessions = core.registry().live_sessions();
@@ -97,14 +101,20 @@ pub(crate) async fn shutdown(core: &Arc<Core>, deadline: Duration) -> ShutdownRe
             Err(_elapsed) => report.timed_out.push(id),
         }
     }
+    // First: a renewal round racing the release would write the lease back (renewing upserts).
+    core.abort_tasks();
     if report.failed.is_empty() && report.timed_out.is_empty() {
         // Every key is released; dropping the process lease frees anything left at once.
-        if let Err(error) = core.store().release_holder(core.holder()).await {
+        let released = core
+            .retry("release the process lease", RELEASE_ATTEMPTS_MAX)
+            .run(|_| async { Attempt::from_store(core.store().release_holder(core.holder()).await) })
+            .await;
+        if let Err(gave_up) = released {
             core.counters().gave_up();
+            let error = gave_up.into_error();
             tracing::warn!(%error, "the process lease was not released; it lapses after lease_ttl_ms");
         }
     }
-    core.abort_tasks();
     report
 }
 

@@ -23,6 +23,11 @@ pub(crate) fn seed_from_env(default: u64) -> u64 {
     std::env::var("SIM_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
 }
 
+/// One named count of a report's table (0 when absent).
+pub(crate) fn count(counts: &std::collections::BTreeMap<String, u64>, name: &str) -> u64 {
+    counts.get(name).copied().unwrap_or(0)
+}
+
 #[test]
 fn hoard_sweep_finds_no_violation() {
     let config = small_world(Strategy::Hoard);

@@ -5,7 +5,7 @@
 
 use hoard_sim::{SimConfig, Strategy, SweepReport, sweep};
 
-use super::seed_from_env;
+use super::{count, seed_from_env};
 
 /// A small world where players on different servers trade often.
 fn cross_trading_world(strategy: Strategy) -> SimConfig {
@@ -16,10 +16,6 @@ fn cross_trading_world(strategy: Strategy) -> SimConfig {
     config.settle_ms = 15_000;
     config.weights.cross_trade = 20;
     config
-}
-
-fn count(counts: &std::collections::BTreeMap<String, u64>, name: &str) -> u64 {
-    counts.get(name).copied().unwrap_or(0)
 }
 
 #[test]

@@ -7,7 +7,7 @@
 
 use hoard_sim::{SimConfig, SimPath, Strategy, SweepReport, run_world, sweep};
 
-use super::seed_from_env;
+use super::{count, seed_from_env};
 
 /// A small HTTP world: every action and fault happens, quick in a debug build.
 fn small_http_world(strategy: Strategy) -> SimConfig {
@@ -21,7 +21,7 @@ fn small_http_world(strategy: Strategy) -> SimConfig {
 }
 
 fn fault(report: &SweepReport, name: &str) -> u64 {
-    report.faults.get(name).copied().unwrap_or(0)
+    count(&report.faults, name)
 }
 
 #[test]
@@ -103,10 +103,6 @@ fn cross_trading_http_world(strategy: Strategy) -> SimConfig {
     config.players = 16;
     config.weights.cross_trade = 20;
     config
-}
-
-fn count(counts: &std::collections::BTreeMap<String, u64>, name: &str) -> u64 {
-    counts.get(name).copied().unwrap_or(0)
 }
 
 /// Half the parties' parts arm a crash or freeze at one of their server's requests of the trade,
